@@ -1,0 +1,98 @@
+"""The spec's data model: what a YAML spec file says, resolved to absolute paths.
+
+:mod:`sysextant.core.spec` reads and checks the YAML into these objects;
+:mod:`sysextant.core.specedit` writes changes back without touching the user's comments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .units import GiB
+
+ARCHITECTURES = ("x86-64", "arm64", "riscv64", "x86", "arm", "loongarch64", "ppc64-le", "s390x")
+FILESYSTEMS = ("erofs", "squashfs")
+FS_COMPRESSIONS = {"erofs": ("none", "lz4", "lz4hc"), "squashfs": ("none", "gzip", "xz", "zstd", "lz4", "lzo")}
+UKI_COMPRESSIONS = ("zstd", "gzip", "xz", "none")
+#: Top-level folders Kairos leaves out of the UKI initrd (plus ``boot``, whose kernel goes to .linux).
+INITRD_SKIP_TOP = (b"proc", b"sys", b"dev", b"run", b"tmp", b"boot")
+
+
+@dataclass
+class OsSpec:
+    root: Path
+    kernel: Path  # absolute on this machine (inside root unless the spec gave an absolute path)
+    exclude: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UkiSpec:
+    stub: Path = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    cmdline: str = "console=ttyS0"
+    init: str | None = None  # e.g. /usr/bin/immucore: adds the /init symlink Kairos uses
+    compression: str = "zstd"
+    level: int = 19
+    limit: int = 1 * GiB
+    limit_text: str = "1GiB"  # as written, for display
+    output: Path = Path("build/uki.efi")
+    splash: Path | None = None
+    os_release: Path | None = None  # default: the tree's etc/os-release (or usr/lib/os-release)
+    uname: str | None = None  # default: read from the kernel or usr/lib/modules
+    pcr_key: Path | None = None  # optional: .pcrpkey/.pcrsig for TPM-bound unlock
+    pcr_cert: Path | None = None
+
+
+@dataclass
+class SigningSpec:
+    key: Path
+    cert: Path
+    passphrase_env: str | None = None  # name of an environment variable holding the key passphrase
+
+
+@dataclass
+class ExtensionSpec:
+    name: str
+    version: str = "1.0"
+    paths: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    filesystem: str = "erofs"
+    compression: str = "none"
+    release: dict[str, str] = field(default_factory=lambda: {"ID": "_any", "ARCHITECTURE": "x86-64"})
+
+    @property
+    def architecture(self) -> str:
+        return self.release.get("ARCHITECTURE", "x86-64")
+
+    @property
+    def image_name(self) -> str:
+        """The Kairos file name: ``NAME.sysext.raw``."""
+        return f"{self.name}.sysext.raw"
+
+
+@dataclass
+class Spec:
+    path: Path  # the spec file; relative paths resolve against its folder
+    os: OsSpec
+    uki: UkiSpec
+    signing: SigningSpec | None
+    extensions: list[ExtensionSpec]
+    output: Path
+    #: Where each value stands in the file: key path such as ("extensions", 0, "paths", 2)
+    #: -> (line, column), both 1-based. Used to point problems at the right line.
+    locations: dict[tuple[str | int, ...], tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def base(self) -> Path:
+        return self.path.parent
+
+    def where(self, *keys: str | int) -> str:
+        """``spec.yaml:12:7`` for the value at ``keys``, or the nearest enclosing key known."""
+        path = tuple(keys)
+        while path and path not in self.locations:
+            path = path[:-1]
+        line, col = self.locations.get(path, (1, 1))
+        return f"{self.path}:{line}:{col}"
+
+    def extension(self, name: str) -> ExtensionSpec | None:
+        return next((e for e in self.extensions if e.name == name), None)

@@ -1,0 +1,61 @@
+"""Progress events and cooperative cancellation shared by every long operation.
+
+Long operations take a :class:`Reporter` (``None`` means silent) and call it with
+:class:`Progress` events; between units of work they call :meth:`Reporter.check`, which raises
+:class:`~sysextant.core.errors.Cancelled` once the front end has asked to stop. The CLI, the
+workbench and the tests drive the same code through this one seam.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import Cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """``done`` of ``total`` units of ``unit`` for one task (``total`` 0 = unknown)."""
+
+    task: str  # e.g. "firmware: pack", "uki: compress initrd"
+    done: int
+    total: int
+    unit: str = "bytes"  # bytes | files | steps
+    message: str = ""  # a log line worth showing, or ""
+
+
+class Reporter:
+    """Forwards progress to a callback and carries the cancel flag."""
+
+    def __init__(self, callback: Callable[[Progress], None] | None = None) -> None:
+        self._callback = callback
+        self._cancel = threading.Event()
+
+    def __call__(self, task: str, done: int, total: int, unit: str = "bytes", message: str = "") -> None:
+        self.check()
+        if self._callback is not None:
+            self._callback(Progress(task, done, total, unit, message))
+
+    def log(self, task: str, message: str) -> None:
+        """A line for the build log, with no progress change."""
+        if self._callback is not None:
+            self._callback(Progress(task, 0, 0, "steps", message))
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check(self) -> None:
+        """Raise Cancelled if the user asked to stop."""
+        if self._cancel.is_set():
+            raise Cancelled("cancelled by the user")
+
+
+def silent() -> Reporter:
+    """A reporter that reports nothing and is never cancelled."""
+    return Reporter(None)

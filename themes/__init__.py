@@ -1,0 +1,1 @@
+"""Built-in themes (YAML), registered by the workbench at start."""
