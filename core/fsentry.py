@@ -27,8 +27,9 @@ class FsEntry:
 
     ``path`` is relative to the image root with no leading ``./`` or ``/`` (``b"usr/lib/x"``).
     Regular file content comes from ``data`` when set (synthesised files such as the
-    extension-release file), otherwise from ``source`` (an absolute host path, read with
-    :func:`open_nofollow`). ``link_id`` is shared by the names of one hardlinked inode.
+    extension-release file), otherwise from ``source``: a path relative to the tree root, read
+    with :func:`open_entry` (never through a symlink). ``link_id`` is shared by the names of one
+    hardlinked inode.
     """
 
     path: bytes
@@ -40,7 +41,7 @@ class FsEntry:
     rdev: int = 0
     nlink: int = 1
     link_id: tuple[int, int] | None = None
-    source: bytes | None = None
+    source: bytes | None = None  # relative to the tree root
     data: bytes | None = None
     target: bytes | None = None  # symlink target
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
@@ -79,6 +80,13 @@ def open_nofollow(root: bytes, rel: bytes) -> int:
         os.close(fd)
 
 
+def open_entry(root: bytes, entry: FsEntry) -> int:
+    """File descriptor for a regular entry's content in the tree at ``root`` (no symlinks)."""
+    if entry.source is None:
+        raise ValueError(f"entry {entry.path!r} has no source in the tree")
+    return open_nofollow(root, entry.source)
+
+
 def read_xattrs(path: bytes) -> dict[bytes, bytes]:
     """Extended attributes of ``path`` itself (not a link's target); {} where unsupported."""
     try:
@@ -113,7 +121,7 @@ def entry_from_lstat(root: bytes, rel: bytes, st: os.stat_result, *, xattrs: boo
     )
     if stat.S_ISREG(mode):
         entry.size = st.st_size
-        entry.source = host
+        entry.source = rel
         if st.st_nlink > 1:
             entry.link_id = (st.st_dev, st.st_ino)
     elif stat.S_ISLNK(mode):

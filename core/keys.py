@@ -1,0 +1,136 @@
+"""The db signing key and certificate: loaded once, checked before any work starts.
+
+Both sysext signatures (PKCS#7 over the verity root hash) and the UKI's Authenticode signature
+use the same Secure Boot db key. Every problem a user can have with the pair (missing file,
+unreadable PEM, encrypted key without passphrase, a certificate that does not match the key,
+an expired or not-yet-valid certificate, one not allowed to sign) is one clear error here,
+naming the file, before anything is built.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Signer:
+    """An RSA private key with its matching X.509 certificate."""
+
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+    key_path: Path
+    cert_path: Path
+
+    def __repr__(self) -> str:  # never show key material
+        return f"Signer(key={self.key_path}, cert={self.cert_path})"
+
+    @property
+    def cert_der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the certificate's DER, 64 lowercase hex (systemd's certificateFingerprint)."""
+        return self.cert.fingerprint(hashes.SHA256()).hex()
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist; check signing.{'key' if 'key' in what else 'cert'} in the spec") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a PEM file") from None
+    except PermissionError:
+        raise UserError(f"{what} {path} is not readable by this user") from None
+
+
+def _passphrase(key_path: Path, env: str | None) -> bytes | None:
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise UserError(f"the signing key {key_path} is encrypted and ${env} (signing.passphrase_env) is not set")
+        return value.encode()
+    if sys.stdin is not None and sys.stdin.isatty():
+        return getpass.getpass(f"Passphrase for {key_path}: ").encode()
+    raise UserError(
+        f"the signing key {key_path} is encrypted; set signing.passphrase_env to the name of an "
+        "environment variable holding its passphrase"
+    )
+
+
+def load_signer(key_path: Path, cert_path: Path, *, passphrase_env: str | None = None,
+                now: _dt.datetime | None = None) -> Signer:
+    """Load and check a PEM RSA key and PEM certificate; raise UserError on any problem."""
+    key_pem = _read(key_path, "signing key")
+    cert_pem = _read(cert_path, "certificate")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        try:
+            cert = x509.load_der_x509_certificate(cert_pem)
+        except ValueError:
+            raise UserError(f"certificate {cert_path} is not a PEM or DER X.509 certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # encrypted
+        password = _passphrase(key_path, passphrase_env)
+        try:
+            key = serialization.load_pem_private_key(key_pem, password=password)
+        except ValueError:
+            raise UserError(f"wrong passphrase for the signing key {key_path}") from None
+    except ValueError:
+        raise UserError(f"signing key {key_path} is not a PEM private key") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UserError(f"signing key {key_path} is not an RSA key; Secure Boot db keys are RSA")
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        raise UserError(f"certificate {cert_path} does not belong to the signing key {key_path}")
+    now = now or _dt.datetime.now(_dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise UserError(f"certificate {cert_path} expired on {cert.not_valid_after_utc:%Y-%m-%d}; renew it")
+    if cert.not_valid_before_utc > now:
+        raise UserError(f"certificate {cert_path} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}")
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.digital_signature:
+            raise UserError(f"certificate {cert_path} is not allowed to sign (no digitalSignature key usage)")
+    except x509.ExtensionNotFound:
+        pass
+    return Signer(key=key, cert=cert, key_path=key_path, cert_path=cert_path)
+
+
+def generate_demo_pair(common_name: str = "Sysextant demo db (NOT for production)",
+                       bits: int = 2048) -> tuple[bytes, bytes]:
+    """A fresh self-signed RSA key and certificate (PEM), as a Secure Boot db pair for demos."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, common_name)])
+    now = _dt.datetime.now(_dt.UTC).replace(microsecond=0)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(days=1))
+        .not_valid_after(now + _dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return key_pem, cert.public_bytes(serialization.Encoding.PEM)
