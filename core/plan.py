@@ -1,0 +1,184 @@
+"""A spec applied to a scanned tree: what each extension takes and what stays in the initrd.
+
+Moving is logical: the tree is never touched. The UKI initrd holds every entry under the root
+except the top-level ``proc sys dev run tmp boot`` folders and ``os.exclude``, as Kairos packs
+it (plus ``/init`` when ``uki.init`` is set); the slimmed initrd leaves out what the extensions
+take as well. All figures here are exact newc byte counts from the index.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass, field
+
+from .index import TRAILER_BYTES, TreeIndex, cpio_entry_bytes
+from .model import INITRD_SKIP_TOP, Spec
+from .selection import IntervalSet, Sums, match, subtree_set
+from .units import format_size
+
+
+@dataclass
+class ExtensionPlan:
+    name: str
+    marks: list[int]  # entries named by the spec's paths (nested ones dropped)
+    selected: IntervalSet  # marks and their subtrees, minus the extension's excludes
+    entries: int
+    bytes: int  # apparent bytes of the files it takes (hardlinks once)
+    initrd_bytes: int  # cpio bytes it takes out of the initrd
+    special: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    index: TreeIndex
+    sums: Sums
+    extensions: list[ExtensionPlan]
+    initrd_base: IntervalSet  # what the initrd would hold with no extension
+    initrd_after: IntervalSet
+    initrd_cpio_before: int
+    initrd_cpio_after: int
+    problems: list[str]
+    warnings: list[str]
+
+    def owner(self, i: int) -> str | None:
+        """Name of the extension that takes entry ``i``, if any."""
+        for ext in self.extensions:
+            if i in ext.selected:
+                return ext.name
+        return None
+
+    def render(self) -> str:
+        return render(self)
+
+    def to_json(self) -> dict:
+        return {
+            "spec": str(self.spec.path),
+            "root": os.fsdecode(self.index.root),
+            "extensions": [
+                {"name": e.name, "entries": e.entries, "bytes": e.bytes, "initrd_cpio_bytes": e.initrd_bytes}
+                for e in self.extensions
+            ],
+            "initrd_cpio_bytes": {"before": self.initrd_cpio_before, "after": self.initrd_cpio_after},
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+def plan_spec(spec: Spec, index: TreeIndex | None = None) -> Plan:
+    """Scan the spec's tree (unless an index is given) and plan it."""
+    from .index import scan
+
+    return make_plan(spec, index if index is not None else scan(spec.os.root))
+
+
+def render(plan: Plan) -> str:
+    """The human-readable plan `sysextant plan` prints."""
+    lines = [f"spec {plan.spec.path}  ·  OS tree {os.fsdecode(plan.index.root)}"]
+    width = max([len(e.name) for e in plan.extensions] + [9])
+    lines.append(f"  {'extension':<{width}}  {'entries':>8}  {'bytes':>10}  {'initrd saved':>12}")
+    for e in plan.extensions:
+        lines.append(f"  {e.name:<{width}}  {e.entries:>8,}  {format_size(e.bytes):>10}  {format_size(e.initrd_bytes):>12}")
+    lines.append(f"  initrd (newc, uncompressed): {format_size(plan.initrd_cpio_before)} before, "
+                 f"{format_size(plan.initrd_cpio_after)} after ({plan.initrd_cpio_after:,} bytes)")
+    for w in plan.warnings:
+        lines.append(f"warning: {w}")
+    for p in plan.problems:
+        lines.append(f"problem: {p}")
+    return "\n".join(lines)
+
+
+def init_entry_bytes(spec: Spec) -> int:
+    """newc bytes of the ``init -> uki.init`` symlink Kairos adds, 0 when not configured."""
+    return cpio_entry_bytes(len(b"init"), len(os.fsencode(spec.uki.init))) if spec.uki.init else 0
+
+
+def initrd_base(spec: Spec, index: TreeIndex) -> IntervalSet:
+    """Entries the initrd holds before any extension takes its share."""
+    everything = IntervalSet([(1, len(index))])
+    skipped = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
+    if spec.uki.init:
+        existing = index.child(0, b"init")
+        if existing is not None:
+            skipped.append(existing)  # replaced by the /init link
+    for pattern in spec.os.exclude:
+        skipped.extend(match(index, pattern))
+    return everything.difference(subtree_set(index, skipped))
+
+
+def _nested_dropped(index: TreeIndex, marks: list[int]) -> list[int]:
+    marked = set(marks)
+    return sorted(m for m in marked if not any(a in marked for a in index.ancestors(m)))
+
+
+def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
+    """Resolve the spec's paths against the index and compute the exact figures."""
+    sums = sums or Sums(index)
+    problems: list[str] = []
+    warnings: list[str] = []
+    root_text = os.fsdecode(index.root)
+
+    if index.lookup("etc/os-release") is None and index.lookup("usr/lib/os-release") is None:
+        problems.append(f"{spec.where('os', 'root')}: {root_text} does not look like an OS tree "
+                        "(no etc/os-release or usr/lib/os-release)")
+    if not spec.os.kernel.exists():
+        problems.append(f"{spec.where('os', 'kernel')}: kernel {spec.os.kernel} does not exist")
+
+    ext_plans: list[ExtensionPlan] = []
+    for n, ext in enumerate(spec.extensions):
+        marks: list[int] = []
+        for j, pattern in enumerate(ext.paths):
+            found = match(index, pattern)
+            if not found:
+                problems.append(f"{spec.where('extensions', n, 'paths', j)}: {pattern} is not in the OS tree "
+                                f"{root_text} (extension {ext.name})")
+            marks.extend(found)
+        excluded: list[int] = []
+        for pattern in ext.exclude:
+            excluded.extend(match(index, pattern))
+        marks = _nested_dropped(index, marks)
+        selected = subtree_set(index, marks).difference(subtree_set(index, excluded))
+        special = [i for i in index.special if i in selected]
+        if special:
+            warnings.append(f"extension {ext.name} holds {len(special)} special file(s), e.g. "
+                            f"{os.fsdecode(index.path(special[0]))}")
+        ext_plans.append(ExtensionPlan(ext.name, marks, selected, len(selected), sums.apparent(selected), 0,
+                                       special))
+
+    # two extensions claiming the same entries
+    for a in range(len(ext_plans)):
+        for b in range(a + 1, len(ext_plans)):
+            both = ext_plans[a].selected.intersection(ext_plans[b].selected)
+            if both:
+                first = next(both.indices())
+                problems.append(
+                    f"{spec.where('extensions', b, 'paths')}: extensions {ext_plans[a].name} and "
+                    f"{ext_plans[b].name} both claim {os.fsdecode(index.path(first))}"
+                    + (f" and {len(both) - 1} more entries" if len(both) > 1 else "")
+                )
+
+    if spec.uki.init:
+        target = index.lookup(spec.uki.init.lstrip("/"))
+        if target is None:
+            warnings.append(f"{spec.where('uki', 'init')}: {spec.uki.init} is not in the OS tree; /init would dangle")
+        else:
+            for e in ext_plans:
+                if target in e.selected:
+                    problems.append(f"{spec.where('uki', 'init')}: {spec.uki.init} is needed to boot but extension "
+                                    f"{e.name} moves it out of the UKI")
+
+    base = initrd_base(spec, index)
+    moved = IntervalSet().union(*(e.selected for e in ext_plans)) if ext_plans else IntervalSet()
+    after = base.difference(moved)
+    extra = TRAILER_BYTES + init_entry_bytes(spec)
+    before_bytes = sums.cpio_bytes(base) + extra
+    after_bytes = sums.cpio_bytes(after) + extra
+    for e in ext_plans:
+        e.initrd_bytes = sums.cpio_bytes(base.intersection(e.selected))
+    return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings)
+
+
+def is_special(index: TreeIndex, i: int) -> bool:
+    m = index.mode[i]
+    return not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m))

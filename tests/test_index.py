@@ -1,0 +1,171 @@
+"""The tree index against GNU cpio and du: exact newc sizes, hardlinks, symlinks, odd names."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from sysextant.core.index import TRAILER_BYTES, cpio_entry_bytes, scan
+from sysextant.core.selection import IntervalSet, Sums, match, subtree_set
+
+CPIO = shutil.which("cpio")
+
+
+def make_tree(root: Path) -> None:
+    (root / "usr/lib/firmware/amd").mkdir(parents=True)
+    (root / "usr/bin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").write_text("ID=test\n")
+    (root / "usr/lib/firmware/amd/blob.bin").write_bytes(os.urandom(10_001))
+    (root / "usr/lib/firmware/empty").write_bytes(b"")
+    (root / "usr/bin/tool").write_bytes(b"x" * 4099)
+    os.link(root / "usr/bin/tool", root / "usr/bin/tool-hardlink")
+    os.link(root / "usr/bin/tool", root / "etc/tool-third-name")
+    os.symlink("/usr/bin/tool", root / "usr/bin/abs-link")  # absolute: must not be followed
+    os.symlink("../../etc/os-release", root / "usr/lib/os-release")
+    os.symlink("/nonexistent/dangling", root / "usr/bin/dangling")
+    os.symlink("/", root / "usr/bin/to-host-root")  # following it would scan this machine
+    odd = root / "usr/share/odd"
+    odd.mkdir(parents=True)
+    for name in (b"space name", b"new\nline", b"latin1-\xe9\xff", b"tab\tname", b"-dash", b"*star?"):
+        (odd / os.fsdecode(name)).write_bytes(name * 3)
+    os.mkfifo(root / "usr/share/fifo")
+    if os.geteuid() == 0:
+        os.mknod(root / "usr/share/null-dev", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    long_dir = root / "usr/share" / ("d" * 200) / ("e" * 200)
+    long_dir.mkdir(parents=True)
+    (long_dir / ("f" * 250)).write_bytes(b"long")
+
+
+def gnu_cpio_size(root: Path, index) -> int:
+    names = sorted(index.path(i) for i in range(1, len(index)))
+    proc = subprocess.run([CPIO, "-o", "-H", "newc", "--null", "--quiet"], input=b"\0".join(names) + b"\0",
+                          cwd=root, capture_output=True, check=True)
+    return len(proc.stdout)
+
+
+@pytest.mark.skipif(CPIO is None, reason="GNU cpio not installed (apt-get install cpio)")
+def test_cpio_bytes_match_gnu_cpio(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    index = scan(tmp_path)
+    ours = index.counts()["cpio_bytes"]
+    theirs = gnu_cpio_size(tmp_path, index)
+    assert theirs == (ours + 511) // 512 * 512
+    # and per subtree: GNU cpio on just usr/lib equals the index's figure for that folder
+    i = index.lookup("usr/lib")
+    names = sorted([b"usr/lib"] + [index.path(j) for j in index.subtree(i)])
+    proc = subprocess.run([CPIO, "-o", "-H", "newc", "--null", "--quiet"], input=b"\0".join(names) + b"\0",
+                          cwd=tmp_path, capture_output=True, check=True)
+    assert len(proc.stdout) == (index.tot_cpio[i] + TRAILER_BYTES + 511) // 512 * 512
+
+
+def test_counts_and_sizes(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    index = scan(tmp_path)
+    c = index.counts()
+    expected_entries = sum(1 for _ in tmp_path.rglob("*"))
+    assert c["entries"] == expected_entries
+    assert c["symlinks"] == 4
+    assert c["special"] == (2 if os.geteuid() == 0 else 1)
+    assert c["hardlinked_inodes"] == 1
+    # apparent bytes: every inode once, like `du -sb --apparent-size` minus the root itself
+    du = subprocess.run(["du", "-sb", str(tmp_path)], capture_output=True, text=True, check=True)
+    assert c["apparent_bytes"] == int(du.stdout.split()[0]) - os.lstat(tmp_path).st_size
+    du_alloc = subprocess.run(["du", "-s", "--block-size=1", str(tmp_path)], capture_output=True, text=True, check=True)
+    assert c["allocated_bytes"] == int(du_alloc.stdout.split()[0]) - os.lstat(tmp_path).st_blocks * 512
+    # a hardlinked file's data is counted once
+    names = [index.lookup(p) for p in ("usr/bin/tool", "usr/bin/tool-hardlink", "etc/tool-third-name")]
+    assert sorted(index.size[i] for i in names) == [0, 0, 4099]
+    assert all(index.data_bytes(i) == 4099 for i in names)
+    # symlinks are entries, never followed: the link to "/" has no children
+    host_root = index.lookup("usr/bin/to-host-root")
+    assert not index.is_dir(host_root) and len(index.subtree(host_root)) == 0
+    assert index.size[index.lookup("usr/bin/abs-link")] == len("/usr/bin/tool")
+
+
+def test_odd_names_round_trip(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    index = scan(tmp_path)
+    for name in (b"space name", b"new\nline", b"latin1-\xe9\xff", b"tab\tname", b"*star?"):
+        i = index.lookup(b"usr/share/odd/" + name)
+        assert i is not None, name
+        assert index.path(i) == b"usr/share/odd/" + name
+        assert index.size[i] == len(name) * 3
+        assert index.cpio[i] == cpio_entry_bytes(len(b"usr/share/odd/" + name), len(name) * 3)
+
+
+def test_subtrees_are_contiguous_and_totals_add_up(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    index = scan(tmp_path)
+    for d in range(len(index)):
+        if not index.is_dir(d):
+            continue
+        sub = index.subtree(d)
+        for j in sub:
+            assert d in set(index.ancestors(j))
+        assert index.tot_size[d] == index.size[d] + sum(index.size[j] for j in sub)
+        assert index.tot_cpio[d] == index.cpio[d] + sum(index.cpio[j] for j in sub)
+        # nothing outside the range lies below d
+        outside = set(range(1, len(index))) - set(sub) - {d}
+        assert not any(d in set(index.ancestors(j)) for j in outside)
+
+
+def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="sysextant-unreadable-"))
+    try:
+        os.chmod(base, 0o755)
+        make_tree(base)
+        locked = base / "usr/lib/firmware"
+        os.chmod(locked, 0)
+        import json
+
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: as root everything is readable, so scan as nobody to meet a real EACCES
+            try:
+                os.close(read_fd)
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                index = scan(base)
+                os.write(write_fd, json.dumps([index.counts()["entries"], [str(p) for p in index.problems]]).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as fh:
+            entries, problems = json.loads(fh.read())
+        os.waitpid(pid, 0)
+        assert any("firmware" in p and "not readable" in p for p in problems), problems
+        assert entries > 5
+    finally:
+        os.chmod(base / "usr/lib/firmware", 0o755)
+        shutil.rmtree(base)
+
+
+def test_glob_and_intervals(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    index = scan(tmp_path)
+    sums = Sums(index)
+    fw = match(index, "usr/lib/firmware")
+    assert [index.path(i) for i in fw] == [b"usr/lib/firmware"]
+    assert {index.path(i) for i in match(index, "usr/share/odd/*name")} == {b"usr/share/odd/space name",
+                                                                          b"usr/share/odd/tab\tname"}
+    assert {index.path(i) for i in match(index, "usr/**/blob.bin")} == {b"usr/lib/firmware/amd/blob.bin"}
+    assert match(index, "usr/nope") == []
+    sel = subtree_set(index, fw)
+    assert len(sel) == 4  # firmware, amd, blob.bin, empty
+    assert sums.apparent(sel) == index.tot_size[fw[0]]
+    inner = subtree_set(index, match(index, "usr/lib/firmware/amd"))
+    rest = sel.difference(inner)
+    assert sums.apparent(rest) == index.tot_size[fw[0]] - index.tot_size[index.lookup("usr/lib/firmware/amd")]
+    # a hardlinked inode whose counted name is outside the selection still counts once inside it
+    hl = subtree_set(index, [index.lookup("usr/bin/tool-hardlink")])
+    assert sums.apparent(hl) == 4099
+    assert IntervalSet([(0, 3), (2, 5), (7, 9)]) == IntervalSet([(0, 5), (7, 9)])
+    assert IntervalSet([(0, 10)]).difference(IntervalSet([(2, 3), (5, 7)])) == IntervalSet([(0, 2), (3, 5), (7, 10)])

@@ -1,0 +1,223 @@
+"""The ``sysextant`` command line: headless front end over :mod:`sysextant.core`.
+
+Every command prints one clear line and exits non-zero on a user error (bad spec, missing file,
+missing tool); ``--json`` gives machine-readable output. Textual is imported only when the
+workbench is opened, so headless commands start fast and run where no terminal UI is wanted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from sysextant.core.errors import Cancelled, UserError
+from sysextant.core.progress import Progress, Reporter
+from sysextant.core.units import format_size
+
+COMMANDS = ("scan", "plan", "demo", "open", "build", "uki", "verify")
+
+
+# -- output helpers ----------------------------------------------------------------------------
+class TerminalProgress:
+    """A one-line progress bar on a terminal, plain lines otherwise (CI logs)."""
+
+    def __init__(self, stream=None, *, quiet: bool = False) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.quiet = quiet
+        self._last_task = ""
+        self._last_draw = 0.0
+        self._last_pct: dict[str, int] = {}
+
+    def __call__(self, ev: Progress) -> None:
+        if self.quiet:
+            return
+        if ev.message:
+            self._clear()
+            print(f"{ev.task}: {ev.message}", file=self.stream, flush=True)
+            return
+        if not ev.total:
+            return
+        pct = min(100, int(ev.done * 100 / ev.total))
+        if self.tty:
+            now = time.monotonic()
+            if now - self._last_draw < 0.1 and ev.done < ev.total:
+                return
+            self._last_draw = now
+            width = 30
+            filled = int(width * pct / 100)
+            amount = (f"{format_size(ev.done)}/{format_size(ev.total)}" if ev.unit == "bytes"
+                      else f"{ev.done}/{ev.total} {ev.unit}")
+            line = f"\r{ev.task[:40]:<40} [{'#' * filled}{'.' * (width - filled)}] {pct:3d}% {amount}"
+            self.stream.write(line[:120].ljust(120))
+            self.stream.flush()
+            self._last_task = ev.task
+            if ev.done >= ev.total:
+                self.stream.write("\n")
+                self._last_task = ""
+        else:
+            step = pct // 25 * 25
+            if self._last_pct.get(ev.task, -1) < step:
+                self._last_pct[ev.task] = step
+                print(f"{ev.task}: {step}%", file=self.stream, flush=True)
+
+    def _clear(self) -> None:
+        if self.tty and self._last_task:
+            self.stream.write("\r" + " " * 120 + "\r")
+            self._last_task = ""
+
+
+def _emit_json(data: object) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _load(spec_path: str):
+    from sysextant.core.spec import load_spec
+
+    return load_spec(Path(spec_path))
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_scan(args: argparse.Namespace) -> int:
+    from sysextant.core.index import scan
+
+    t0 = time.perf_counter()
+    index = scan(args.root)
+    elapsed = time.perf_counter() - t0
+    counts = index.counts()
+    problems = [str(p) for p in index.problems]
+    if args.json:
+        _emit_json({"root": os.fsdecode(index.root), **counts, "seconds": round(elapsed, 3), "problems": problems})
+        return 0
+    print(f"{os.fsdecode(index.root)}: {counts['entries']:,} entries ({counts['files']:,} files, "
+          f"{counts['dirs']:,} folders, {counts['symlinks']:,} symlinks, {counts['special']:,} special) "
+          f"in {elapsed:.2f} s")
+    print(f"  apparent  {format_size(counts['apparent_bytes']):>10}  ({counts['apparent_bytes']:,} bytes)")
+    print(f"  allocated {format_size(counts['allocated_bytes']):>10}  ({counts['allocated_bytes']:,} bytes)")
+    print(f"  newc cpio {format_size(counts['cpio_bytes']):>10}  ({counts['cpio_bytes']:,} bytes, whole tree)")
+    top = sorted(index.children(0), key=lambda c: -index.tot_size[c])[: args.top]
+    if top:
+        print("  largest top-level entries:")
+        for c in top:
+            print(f"    {format_size(index.tot_size[c]):>10}  {os.fsdecode(index.names[c])}")
+    for p in problems[:20]:
+        print(f"  warning: {p}")
+    if len(problems) > 20:
+        print(f"  ... and {len(problems) - 20} more unreadable entries")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from sysextant.core.plan import plan_spec
+
+    spec = _load(args.spec)
+    result = plan_spec(spec)
+    if args.json:
+        _emit_json(result.to_json())
+    else:
+        print(result.render())
+    return 1 if result.problems else 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sysextant.core.demo import create_demo
+
+    target = Path(args.dir)
+    reporter = Reporter(TerminalProgress(quiet=args.quiet))
+    spec = create_demo(target, reporter=reporter, scale=args.scale)
+    print(f"demo project written: {spec}")
+    print(f"  OS tree (stand-in): {target / 'rootfs'}")
+    print(f"  demo db key pair:   {target / 'keys'} (self-signed, for the demo only)")
+    if args.no_tui:
+        print(f"next: sysextant plan {spec}   |   sysextant build {spec}   |   sysextant {spec}")
+        return 0
+    return _open_workbench(spec)
+
+
+def _open_workbench(spec: Path) -> int:
+    try:
+        from sysextant.tui.app import run_workbench
+    except ImportError as exc:  # the workbench lands after the engine
+        raise UserError(f"the workbench is not available in this build ({exc}); use the headless commands") from None
+    return run_workbench(spec)
+
+
+def cmd_open(args: argparse.Namespace) -> int:
+    spec = Path(args.spec)
+    if not spec.exists():
+        raise UserError(f"spec {spec} does not exist; `sysextant demo` writes an example project")
+    return _open_workbench(spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sysextant",
+        description="Carve signed systemd system extensions out of an OS tree and keep the Kairos UKI "
+                    "under the firmware limit. `sysextant SPEC` opens the workbench on a spec.",
+    )
+    from sysextant import __version__
+
+    parser.add_argument("--version", action="version", version=f"sysextant {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("scan", help="index an OS tree and print its totals",
+                       description="Scan an OS tree (lstat only, symlinks never followed, hardlinks once) "
+                                   "and print entries, apparent, allocated and newc cpio bytes.")
+    p.add_argument("root", help="the OS tree (a folder)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--top", type=int, default=8, help="how many of the largest top-level entries to list")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("plan", help="what each extension takes and the UKI size that results",
+                       description="Apply a spec to its OS tree: per extension entries and bytes, the initrd "
+                                   "before and after, the predicted UKI size against the firmware limit, "
+                                   "and every problem found. Exit code 1 when the spec has problems.")
+    p.add_argument("spec", help="the YAML spec file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-estimate", action="store_true", help="skip the compressed-size estimate (exact cpio figures only)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("demo", help="write the built-in demo project and open it",
+                       description="Write a demo project (spec, a Kairos-like stand-in OS tree, a fresh "
+                                   "self-signed demo db key pair) into DIR and open it in the workbench.")
+    p.add_argument("dir", nargs="?", default="sysextant-demo", help="folder to create (default: sysextant-demo)")
+    p.add_argument("--no-tui", action="store_true", help="only write the project")
+    p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("open", help="open the workbench on a spec (same as `sysextant SPEC`)")
+    p.add_argument("spec", help="the YAML spec file")
+    p.set_defaults(func=cmd_open)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        argv.insert(0, "open")  # `sysextant SPEC`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"sysextant: error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("sysextant: cancelled; no partial output was left behind", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
