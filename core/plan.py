@@ -25,7 +25,7 @@ class ExtensionPlan:
     selected: IntervalSet  # marks and their subtrees, minus the extension's excludes
     entries: int
     bytes: int  # apparent bytes of the files it takes (hardlinks once)
-    initrd_bytes: int  # cpio bytes it takes out of the initrd
+    initrd_bytes: int  # cpio bytes it alone takes out of the initrd
     special: list[int] = field(default_factory=list)
 
 
@@ -174,8 +174,9 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     extra = TRAILER_BYTES + init_entry_bytes(spec)
     before_bytes = sums.cpio_bytes(base) + extra
     after_bytes = sums.cpio_bytes(after) + extra
-    for e in ext_plans:
-        e.initrd_bytes = sums.cpio_bytes(base.intersection(e.selected))
+    base_bytes = before_bytes - extra
+    for e in ext_plans:  # what this extension alone takes out (a hardlink kept elsewhere keeps its data)
+        e.initrd_bytes = base_bytes - sums.cpio_bytes(base.difference(e.selected))
     return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings)
 
 

@@ -1,0 +1,133 @@
+"""A spec applied to a tree: per-extension figures and the exact initrd before and after."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sysextant.core.index import TRAILER_BYTES, cpio_entry_bytes, scan
+from sysextant.core.plan import make_plan
+from sysextant.core.spec import load_spec
+
+CPIO = shutil.which("cpio")
+
+
+def make_os(root: Path) -> None:
+    for d in ("proc", "sys", "dev", "run", "tmp", "boot", "etc", "usr/bin", "usr/lib/firmware/amd",
+              "usr/lib/modules/6.1/kernel/gpu", "usr/share/doc/pkg", "opt/tool", "var/cache"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "etc/os-release").write_text("ID=test\nVERSION_ID=1\n")
+    (root / "boot/vmlinuz").write_bytes(b"MZ" + b"k" * 5000)
+    (root / "tmp/scratch").write_bytes(b"t" * 999)
+    (root / "usr/bin/immucore").write_bytes(b"i" * 1234)
+    (root / "usr/lib/firmware/amd/a.bin").write_bytes(os.urandom(7000))
+    (root / "usr/lib/firmware/b.bin").write_bytes(os.urandom(3001))
+    (root / "usr/lib/modules/6.1/kernel/gpu/drm.ko").write_bytes(b"m" * 2222)
+    (root / "usr/lib/modules/6.1/modules.dep").write_text("gpu/drm.ko:\n")
+    (root / "usr/share/doc/pkg/README").write_text("doc " * 100)
+    (root / "opt/tool/bin").write_bytes(b"o" * 500)
+    (root / "var/cache/x").write_bytes(b"c" * 100)
+    os.link(root / "usr/lib/firmware/b.bin", root / "usr/share/doc/pkg/b-hardlink")
+
+
+def write_spec(dir: Path, extensions: str, extra_uki: str = "", os_exclude: str = "[]") -> Path:
+    spec = dir / "spec.yaml"
+    spec.write_text(f"""\
+version: 1
+os:
+  root: rootfs
+  exclude: {os_exclude}
+uki:
+  limit: 1GiB
+{extra_uki}
+extensions:
+{extensions}
+""")
+    return spec
+
+
+EXTS = """\
+  - name: firmware
+    paths: [usr/lib/firmware]
+  - name: gpu
+    paths:
+      - usr/lib/modules/*/kernel/gpu
+      - usr/lib/modules/6.1/kernel/gpu/drm.ko   # nested in the line above: counted once
+"""
+
+
+def initrd_names(root: Path, index, plan_set) -> list[bytes]:
+    return sorted(index.path(i) for i in plan_set.indices())
+
+
+def test_figures(tmp_path: Path) -> None:
+    make_os(tmp_path / "rootfs")
+    spec = load_spec(write_spec(tmp_path, EXTS))
+    index = scan(spec.os.root)
+    plan = make_plan(spec, index)
+    assert plan.problems == []
+    fw, gpu = plan.extensions
+    fw_root = tmp_path / "rootfs/usr/lib/firmware"
+    on_disk = sum(os.lstat(p).st_size for p in [fw_root, *fw_root.rglob("*")])
+    assert fw.entries == 4 and fw.bytes == on_disk  # b.bin counted though its other name came first
+    assert gpu.entries == 2  # the folder and drm.ko, though drm.ko is named twice
+    assert gpu.bytes == index.tot_size[index.lookup("usr/lib/modules/6.1/kernel/gpu")]
+    names = initrd_names(tmp_path / "rootfs", index, plan.initrd_base)
+    assert not any(n.split(b"/")[0] in (b"proc", b"sys", b"dev", b"run", b"tmp", b"boot") for n in names)
+    assert b"usr/bin/immucore" in names and b"var/cache/x" in names
+    after = initrd_names(tmp_path / "rootfs", index, plan.initrd_after)
+    assert not any(n.startswith(b"usr/lib/firmware") or n.startswith(b"usr/lib/modules/6.1/kernel/gpu") for n in after)
+    assert plan.initrd_cpio_before - plan.initrd_cpio_after == fw.initrd_bytes + gpu.initrd_bytes
+
+
+@pytest.mark.skipif(CPIO is None, reason="GNU cpio not installed (apt-get install cpio)")
+def test_initrd_sizes_match_gnu_cpio(tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    make_os(root)
+    spec = load_spec(write_spec(tmp_path, EXTS, os_exclude="[var/cache]"))
+    index = scan(spec.os.root)
+    plan = make_plan(spec, index)
+    for selection, figure in ((plan.initrd_base, plan.initrd_cpio_before), (plan.initrd_after, plan.initrd_cpio_after)):
+        names = initrd_names(root, index, selection)
+        out = subprocess.run([CPIO, "-o", "-H", "newc", "--null", "--quiet"], input=b"\0".join(names) + b"\0",
+                             cwd=root, capture_output=True, check=True).stdout
+        assert len(out) == (figure + 511) // 512 * 512
+    # the firmware hardlink b.bin stays in the initrd under its other name, with its data
+    assert b"usr/share/doc/pkg/b-hardlink" in initrd_names(root, index, plan.initrd_after)
+
+
+def test_init_link_adds_its_entry(tmp_path: Path) -> None:
+    make_os(tmp_path / "rootfs")
+    plain = make_plan(load_spec(write_spec(tmp_path, EXTS)), scan(tmp_path / "rootfs"))
+    with_init = load_spec(write_spec(tmp_path, EXTS, extra_uki="  init: /usr/bin/immucore"))
+    plan = make_plan(with_init, scan(tmp_path / "rootfs"))
+    assert plan.initrd_cpio_before - plain.initrd_cpio_before == cpio_entry_bytes(4, len("/usr/bin/immucore"))
+    assert plan.initrd_cpio_before > TRAILER_BYTES
+
+
+def test_problems_name_the_line(tmp_path: Path) -> None:
+    make_os(tmp_path / "rootfs")
+    spec_path = write_spec(tmp_path, """\
+  - name: firmware
+    paths: [usr/lib/firmware, usr/lib/nothing-here]
+  - name: again
+    paths: [usr/lib/firmware/amd]
+  - name: boot
+    paths: [usr/bin/immucore]
+""", extra_uki="  init: /usr/bin/immucore")
+    plan = make_plan(load_spec(spec_path), scan(tmp_path / "rootfs"))
+    text = "\n".join(plan.problems)
+    assert f"{spec_path}:10:31:" in text and "usr/lib/nothing-here is not in the OS tree" in text
+    assert "firmware and again both claim usr/lib/firmware/amd" in text
+    assert "/usr/bin/immucore is needed to boot" in text
+
+
+def test_not_an_os_tree(tmp_path: Path) -> None:
+    (tmp_path / "rootfs/usr/lib/firmware").mkdir(parents=True)
+    plan = make_plan(load_spec(write_spec(tmp_path, EXTS.split("  - name: gpu")[0])), scan(tmp_path / "rootfs"))
+    assert any("does not look like an OS tree" in p for p in plan.problems)
+    assert any("kernel" in p and "does not exist" in p for p in plan.problems)
