@@ -126,7 +126,7 @@ def _fake_bzimage(gen: _Gen, size: int) -> bytes:
     img[0x1F1] = 27  # setup_sects
     img[0x202:0x206] = b"HdrS"
     img[0x206:0x208] = struct.pack("<H", 0x020F)
-    version = f"{KERNEL_VERSION} (sysextant demo stand-in, not a kernel) #1 SMP\0".encode()
+    version = f"{KERNEL_VERSION} (stand-in@sysextant-demo) #1 SMP not a real kernel\0".encode()
     offset = 0x3000
     img[0x20E:0x210] = struct.pack("<H", offset - 0x200)
     img[offset:offset + len(version)] = version
