@@ -171,11 +171,10 @@ def hash_tree(data: BinaryIO, data_offset: int, data_size: int, out: BinaryIO, *
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     above: list[bytes] = []
-    out.seek(base + starts[0] * BLOCK)
-    data.seek(data_offset)
     done = 0
     while done < total:
         want = min(CHUNK, total - done)
+        data.seek(data_offset + done)  # data and out may share one file object
         got = data.readinto(view[:want])
         if got != want:
             # readinto on a raw file may return short reads; finish the chunk.
@@ -186,6 +185,7 @@ def hash_tree(data: BinaryIO, data_offset: int, data_size: int, out: BinaryIO, *
                                      f"expected {data_size} bytes")
                 got += n
         level0 = _pad_block(_digests(salted, view, want // BLOCK))
+        out.seek(base + starts[0] * BLOCK + done // BLOCK * DIGEST)  # CHUNK covers whole hash blocks
         out.write(level0)
         above.append(_digests(salted, memoryview(level0), len(level0) // BLOCK))
         done += want
@@ -282,11 +282,11 @@ def verify_tree(data: BinaryIO, data_offset: int, data_size: int, hashdev: Binar
     # Level 0 (or the root itself when there is a single data block), streamed.
     step = max(1, (CHUNK // dbs) // per) * per  # data blocks per read, whole hash blocks
     level_digests: list[bytes] = []
-    data.seek(data_offset)
     done = 0
     bad0: int | None = None
     while done < sb.data_blocks:
         n = min(step, sb.data_blocks - done)
+        data.seek(data_offset + done * dbs)  # data and hashdev may be one file object
         raw = data.read(n * dbs)
         if len(raw) != n * dbs:
             return problems + [f"data area ends early at byte {data_offset + done * dbs + len(raw)}"]

@@ -142,3 +142,21 @@ def test_progress_reports_bytes() -> None:
                      reporter=Reporter(events.append), task="t")
     assert [e.done for e in events] == [verity.CHUNK, len(data)]
     assert all(e.task == "t" and e.total == len(data) for e in events)
+
+
+def test_one_file_object_for_data_and_hash_over_several_chunks() -> None:
+    """verify.py passes the same DDI file object as data and hash device; chunks must re-seek."""
+    blocks = 2 * (verity.CHUNK // 4096) + 129
+    data = _data(blocks * 4096, 11)
+    image = io.BytesIO(data)
+    image.seek(len(data))
+    res = verity.hash_tree(image, 0, len(data), image, salt=SALT, uuid=UUID)
+    separate = io.BytesIO()
+    assert verity.hash_tree(io.BytesIO(data), 0, len(data), separate, salt=SALT, uuid=UUID) == res
+    assert image.getvalue()[len(data):] == separate.getvalue()
+    assert verity.verify_tree(image, 0, len(data), image, len(data), res.root_hash) == []
+    raw = bytearray(image.getvalue())
+    raw[verity.CHUNK + 4096 * 3] ^= 1  # in the second chunk
+    bad = io.BytesIO(bytes(raw))
+    problems = verity.verify_tree(bad, 0, len(data), bad, len(data), res.root_hash)
+    assert any("level 0 hash block" in p for p in problems)
