@@ -667,7 +667,7 @@ class _Raw:
 class _Image:
     """Bounds-checked random access to an image at ``offset`` in ``f``."""
 
-    def __init__(self, f: BinaryIO, offset: int) -> None:
+    def __init__(self, f: BinaryIO, offset: int, *, verify: bool = True) -> None:
         self.f = f
         self.offset = offset
         f.seek(0, os.SEEK_END)
@@ -692,7 +692,7 @@ class _Image:
             raise ValueError(f"EROFS image uses unknown incompatible features 0x{incompat:x}")
         if extra_devices:
             raise ValueError("multi-device EROFS images are not supported")
-        if compat & COMPAT_SB_CHKSUM:
+        if verify and compat & COMPAT_SB_CHKSUM:
             if blksz < SUPER_OFFSET + SUPER_SIZE:
                 raise ValueError("corrupt EROFS image: checksum over a block smaller than the superblock")
             f.seek(offset + SUPER_OFFSET)
@@ -920,7 +920,7 @@ def iter_file(f: BinaryIO, inode: Inode, offset: int = 0) -> Iterator[bytes]:
     """The content of a regular file found by :func:`read_tree`, in chunks of up to 1 MiB."""
     if not stat.S_ISREG(inode.mode):
         raise ValueError(f"{inode.path!r} is not a regular file")
-    img = _Image(f, offset)
+    img = _Image(f, offset, verify=False)  # read_tree checked the superblock already
     raw = img.inode(inode.ino)
     if not stat.S_ISREG(raw.mode):
         raise ValueError(f"nid {inode.ino} is not a regular file")
