@@ -18,6 +18,8 @@ import stat
 import struct
 from pathlib import Path
 
+from sysextant.core import erofs
+
 # VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, permitted = 1 << CAP_NET_RAW(13), inheritable 0
 CAP_NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 PATHS = [b"usr", b"opt"]
@@ -117,3 +119,31 @@ def hardlink_groups(root: Path) -> list[set[bytes]]:
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
                 groups.setdefault((st.st_dev, st.st_ino), set()).add(os.path.relpath(full, base))
     return [g for g in groups.values() if len(g) > 1]
+
+
+def erofs_tree(img: Path, offset: int = 0) -> tuple[dict[bytes, dict], dict[bytes, int]]:
+    """What our EROFS reader finds, in :func:`snapshot` form, plus the nid of every path."""
+    got: dict[bytes, dict] = {}
+    inos: dict[bytes, int] = {}
+    with open(img, "rb") as f:
+        for ino in erofs.read_tree(f, offset):
+            if ino.path == b"":
+                continue
+            rec: dict = {
+                "type": stat.S_IFMT(ino.mode),
+                "mode": stat.S_IMODE(ino.mode),
+                "uid": ino.uid,
+                "gid": ino.gid,
+                "mtime": ino.mtime,
+                "xattrs": ino.xattrs,
+            }
+            if stat.S_ISREG(ino.mode):
+                rec["size"] = ino.size
+                rec["sha"] = hashlib.sha256(erofs.read_file(f, ino, offset)).hexdigest()
+            elif stat.S_ISLNK(ino.mode):
+                rec["target"] = ino.target
+            elif stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
+                rec["rdev"] = ino.rdev
+            got[ino.path] = rec
+            inos[ino.path] = ino.ino
+    return got, inos

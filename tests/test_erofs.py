@@ -15,7 +15,6 @@ Which oracle covers what:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import random
@@ -27,7 +26,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fs_tree import CAP_NET_RAW_EP, PATHS, build_tree, hardlink_groups, snapshot
+from fs_tree import CAP_NET_RAW_EP, PATHS, build_tree, erofs_tree, hardlink_groups, snapshot
 from sysextant.core import erofs, fsentry
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.fsentry import FsEntry
@@ -122,35 +121,8 @@ def test_dump_erofs_shows_hardlinks_as_one_inode(tree: Path, image: Path) -> Non
         assert len(seen) == 1 and next(iter(seen))[1] == len(group)
 
 
-def tree_from_reader(img: Path, offset: int = 0) -> tuple[dict[bytes, dict], dict[bytes, int]]:
-    got: dict[bytes, dict] = {}
-    inos: dict[bytes, int] = {}
-    with open(img, "rb") as f:
-        for ino in erofs.read_tree(f, offset):
-            if ino.path == b"":
-                continue
-            rec: dict = {
-                "type": stat.S_IFMT(ino.mode),
-                "mode": stat.S_IMODE(ino.mode),
-                "uid": ino.uid,
-                "gid": ino.gid,
-                "mtime": ino.mtime,
-                "xattrs": ino.xattrs,
-            }
-            if stat.S_ISREG(ino.mode):
-                rec["size"] = ino.size
-                rec["sha"] = hashlib.sha256(erofs.read_file(f, ino, offset)).hexdigest()
-            elif stat.S_ISLNK(ino.mode):
-                rec["target"] = ino.target
-            elif stat.S_ISCHR(ino.mode) or stat.S_ISBLK(ino.mode):
-                rec["rdev"] = ino.rdev
-            got[ino.path] = rec
-            inos[ino.path] = ino.ino
-    return got, inos
-
-
 def test_reader_round_trips_our_image(tree: Path, image: Path) -> None:
-    got, inos = tree_from_reader(image)
+    got, inos = erofs_tree(image)
     assert got == expected(tree)
     assert got[b"usr/lib/two"]["xattrs"] == {b"security.capability": CAP_NET_RAW_EP}
     for group in hardlink_groups(tree):
@@ -187,7 +159,7 @@ def test_reader_reads_mkfs_erofs_images(tree: Path, tmp_path: Path, compress: bo
             os.rename(os.path.join(os.fsencode(src), top), os.path.join(os.fsencode(tree), top))
     want = expected(tree)
     if not compress:
-        got, inos = tree_from_reader(img)
+        got, inos = erofs_tree(img)
         assert got == want
         for group in hardlink_groups(tree):
             assert len({inos[p] for p in group}) == 1
@@ -218,7 +190,7 @@ def test_identical_input_gives_identical_bytes(tree: Path, image: Path, tmp_path
     with open(tmp_path / "off", "wb") as f:
         f.write(b"\xaa" * 8192)
         erofs.write_image(entries(tree), f, tree_root=os.fsencode(tree), uuid=UUID, mtime=EPOCH)
-    assert tree_from_reader(tmp_path / "off", 8192)[0] == expected(tree)
+    assert erofs_tree(tmp_path / "off", 8192)[0] == expected(tree)
 
 
 def test_changes_change_the_image(tree: Path, image: Path, tmp_path: Path) -> None:
