@@ -183,3 +183,44 @@ def walk_selection(root: bytes, paths: Iterable[bytes], *, xattrs: bool = True) 
                         stack.append(child)
     for key in sorted(found):
         yield found[key]
+
+
+def resolve_in_tree(root: bytes, rel: bytes, *, max_links: int = 40) -> bytes:
+    """Resolve ``rel`` inside the foreign tree at ``root`` the way its own OS would: symlinks are
+    followed, but an absolute target means ``root/target`` and ``..`` never climbs above ``root``.
+    Returns the resolved path relative to ``root``; raises ``OSError`` if a component is missing
+    or the links loop."""
+    todo = [p for p in rel.split(b"/") if p and p != b"."]
+    todo.reverse()
+    done: list[bytes] = []
+    links = 0
+    while todo:
+        part = todo.pop()
+        if part == b"..":
+            if done:
+                done.pop()
+            continue
+        candidate = b"/".join([*done, part])
+        st = os.lstat(os.path.join(root, candidate))
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > max_links:
+                raise OSError(errno.ELOOP, "too many levels of symbolic links", candidate)
+            target = os.readlink(os.path.join(root, candidate))
+            if target.startswith(b"/"):
+                done = []
+            todo.extend(reversed([p for p in target.split(b"/") if p and p != b"."]))
+            continue
+        done.append(part)
+    return b"/".join(done)
+
+
+def host_path_in_tree(root: os.PathLike[str] | str, path: os.PathLike[str] | str) -> str:
+    """The host path of ``path`` when it lies in the tree at ``root``, with links resolved inside
+    the tree (:func:`resolve_in_tree`); a path outside the tree is returned unchanged."""
+    broot = os.path.abspath(os.fsencode(root))
+    bpath = os.path.abspath(os.fsencode(path))
+    if bpath != broot and not bpath.startswith(broot.rstrip(b"/") + b"/"):
+        return os.fsdecode(bpath)
+    rel = bpath[len(broot):].lstrip(b"/")
+    return os.fsdecode(os.path.join(broot, resolve_in_tree(broot, rel)))

@@ -12,7 +12,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from .index import TRAILER_BYTES, TreeIndex, cpio_entry_bytes
+from .fsentry import host_path_in_tree
+from .index import TRAILER_BYTES, TreeIndex, cpio_entry_bytes, scan
 from .model import INITRD_SKIP_TOP, Spec
 from .selection import IntervalSet, Sums, match, subtree_set
 from .units import format_size
@@ -68,8 +69,6 @@ class Plan:
 
 def plan_spec(spec: Spec, index: TreeIndex | None = None) -> Plan:
     """Scan the spec's tree (unless an index is given) and plan it."""
-    from .index import scan
-
     return make_plan(spec, index if index is not None else scan(spec.os.root))
 
 
@@ -122,7 +121,11 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     if index.lookup("etc/os-release") is None and index.lookup("usr/lib/os-release") is None:
         problems.append(f"{spec.where('os', 'root')}: {root_text} does not look like an OS tree "
                         "(no etc/os-release or usr/lib/os-release)")
-    if not spec.os.kernel.exists():
+    try:
+        kernel_ok = os.path.isfile(host_path_in_tree(spec.os.root, spec.os.kernel))
+    except OSError:
+        kernel_ok = False
+    if not kernel_ok:
         problems.append(f"{spec.where('os', 'kernel')}: kernel {spec.os.kernel} does not exist")
 
     ext_plans: list[ExtensionPlan] = []

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sysextant.core import der
 from sysextant.core.authenticode import (
     image_digest,

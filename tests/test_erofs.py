@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 from fs_tree import CAP_NET_RAW_EP, PATHS, build_tree, erofs_tree, hardlink_groups, snapshot
+
 from sysextant.core import erofs, fsentry
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.fsentry import FsEntry

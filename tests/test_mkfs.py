@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from fs_tree import CAP_NET_RAW_EP, PATHS, build_tree, erofs_tree, hardlink_groups, snapshot
+
 from sysextant.core import fsentry, mkfs
 from sysextant.core.errors import Cancelled, MissingToolError, UserError
 from sysextant.core.fsentry import FsEntry

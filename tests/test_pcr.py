@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.errors import UserError
 from sysextant.core.pcr import (
     MEASURED_252,

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.errors import UserError
 from sysextant.core.pe import (
     SCN_CNT_CODE,

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sysextant.core import spec as S
 from sysextant.core.errors import UserError
 from sysextant.core.model import ExtensionSpec

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.authenticode import sign_pe, signature_length, verify_authenticode
 from sysextant.core.errors import UserError
 from sysextant.core.keys import Signer, generate_demo_pair, load_signer

@@ -21,6 +21,7 @@ from ddi_helpers import (
     make_squashfs,
     stage,
 )
+
 from sysextant.core import ddi, pkcs7
 from sysextant.core.verify import image_names, parse_os_release, verify_image
 

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+
 from sysextant.core import verity
 
 VERITYSETUP = shutil.which("veritysetup")

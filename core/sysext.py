@@ -1,0 +1,172 @@
+"""One system extension image: the selected files, its release file, a filesystem, a signed DDI.
+
+The image holds the extension's selection from the OS tree (only under ``usr/`` and ``opt/``),
+the folders leading to it, and ``usr/lib/extension-release.d/extension-release.NAME`` written
+from the spec's ``release`` fields. That file carries the xattr
+``user.extension-release.strict=0``: systemd >= 255 matches ``NAME.sysext.raw`` to
+``extension-release.NAME`` directly, and systemd 252 (which would want
+``extension-release.NAME.sysext``) accepts the single marked file instead. Measured with
+systemd-sysext 252 merges; see docs/domain.md section 2.
+
+The filesystem comes from the built-in EROFS writer (uncompressed), ``mkfs.erofs`` (EROFS with
+compression) or ``mksquashfs``; :func:`sysextant.core.ddi.assemble` then adds dm-verity and the
+signature. Salt, UUIDs and timestamps derive from the inputs and ``SOURCE_DATE_EPOCH``, so the
+same selection gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import ddi
+from .errors import UserError
+from .fsentry import FsEntry, entry_from_lstat
+from .index import TreeIndex
+from .keys import Signer
+from .model import ExtensionSpec
+from .plan import ExtensionPlan
+from .progress import Reporter
+
+RELEASE_DIR = b"usr/lib/extension-release.d"
+STRICT_XATTR = b"user.extension-release.strict"
+FORMAT_VERSION = "sysextant-sysext-1"  # bump when the image layout changes, to invalidate reuse
+
+
+def source_date_epoch() -> int:
+    """``SOURCE_DATE_EPOCH`` as an int (0 when unset); a bad value is a user error."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "0").strip() or "0"
+    if not raw.isdigit():
+        raise UserError(f"SOURCE_DATE_EPOCH={raw!r} is not a number of seconds")
+    return int(raw)
+
+
+_SAFE = re.compile(r"^[A-Za-z0-9_.:/+@%-]*$")
+
+
+def release_text(ext: ExtensionSpec) -> bytes:
+    """The extension-release file in os-release syntax (values quoted where needed)."""
+    fields = dict(ext.release)
+    fields.setdefault("ID", "_any")
+    fields.setdefault("IMAGE_ID", ext.name)
+    fields.setdefault("IMAGE_VERSION", ext.version)
+    lines = []
+    for key, value in fields.items():
+        value = str(value)
+        if not _SAFE.match(value):
+            value = '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$").replace("`", "\\`") + '"'
+        lines.append(f"{key}={value}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _synth_dir(path: bytes) -> FsEntry:
+    return FsEntry(path=path, mode=stat.S_IFDIR | 0o755)
+
+
+def collect_entries(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec) -> list[FsEntry]:
+    """Everything the image holds, sorted by path: the selection, its parent folders (with the
+    tree's metadata) and the release file. Reads metadata with lstat only."""
+    root = index.root
+    wanted: dict[bytes, None] = {}
+    for i in plan.selected.indices():
+        wanted[index.path(i)] = None
+    for i in plan.marks:
+        for a in index.ancestors(i):
+            if a:
+                wanted[index.path(a)] = None
+    entries: dict[bytes, FsEntry] = {}
+    for rel in wanted:
+        host = os.path.join(root, rel)
+        try:
+            st = os.lstat(host)
+        except OSError as exc:
+            raise UserError(f"{os.fsdecode(host)} vanished or became unreadable while building "
+                            f"extension {ext.name} ({exc.strerror}); rescan and build again") from None
+        entries[rel] = entry_from_lstat(root, rel, st)
+    for anc in (b"usr", b"usr/lib", RELEASE_DIR):
+        if anc not in entries:
+            entries[anc] = _synth_dir(anc)
+    release_path = RELEASE_DIR + b"/extension-release." + ext.name.encode()
+    data = release_text(ext)
+    entries[release_path] = FsEntry(path=release_path, mode=stat.S_IFREG | 0o644, size=len(data), data=data,
+                                    xattrs={STRICT_XATTR: b"0"})
+    return [entries[k] for k in sorted(entries)]
+
+
+def inputs_digest(ext: ExtensionSpec, entries: list[FsEntry], *, with_times: bool) -> bytes:
+    """A digest of everything that decides the image bytes. ``with_times`` adds the tree's own
+    mtimes (for recognising an unchanged extension between builds)."""
+    h = hashlib.sha256()
+    h.update(repr((FORMAT_VERSION, ext.name, ext.version, ext.filesystem, ext.compression,
+                   sorted(ext.release.items()), source_date_epoch())).encode())
+    for e in entries:
+        h.update(repr((e.path, e.mode, e.uid, e.gid, e.size, e.rdev, e.target, sorted(e.xattrs.items()),
+                       e.data, e.link_id is not None)).encode())
+        if with_times:
+            h.update(str(e.mtime).encode())
+    return h.digest()
+
+
+@dataclass
+class ExtensionImage:
+    name: str
+    path: Path
+    size: int
+    root_hash: str
+    signed: bool
+    filesystem: str
+    entries: int
+
+
+def write_filesystem(ext: ExtensionSpec, entries: list[FsEntry], out_path: Path, *, tree_root: bytes,
+                     seed: bytes, mtime: int, reporter: Reporter | None) -> int:
+    """Write the extension's filesystem image to ``out_path``; returns its size."""
+    task = f"{ext.name}: pack"
+    fs_uuid = hashlib.sha256(b"fs-uuid" + seed).digest()[:16]
+    if ext.filesystem == "erofs" and ext.compression == "none":
+        from .erofs import write_image
+
+        with open(out_path, "wb") as fh:
+            return write_image(entries, fh, tree_root=tree_root, uuid=fs_uuid, mtime=mtime, reporter=reporter,
+                               task=task)
+    from .mkfs import write_erofs_tool, write_squashfs
+
+    if ext.filesystem == "erofs":
+        return write_erofs_tool(entries, out_path, tree_root=tree_root, compression=ext.compression,
+                                uuid=fs_uuid, mtime=mtime, reporter=reporter, task=task)
+    if ext.filesystem == "squashfs":
+        return write_squashfs(entries, out_path, tree_root=tree_root, compression=ext.compression, mtime=mtime,
+                              reporter=reporter, task=task)
+    raise UserError(f"extension {ext.name}: unknown filesystem {ext.filesystem!r}")
+
+
+def build_extension(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec, out_dir: Path, *,
+                    signer: Signer | None, reporter: Reporter | None = None,
+                    entries: list[FsEntry] | None = None) -> ExtensionImage:
+    """Build ``out_dir/NAME.sysext.raw``; it appears atomically, or not at all."""
+    if entries is None:
+        entries = collect_entries(index, plan, ext)
+    for e in entries:
+        if e.path == b"usr/lib/os-release":
+            raise UserError(f"extension {ext.name} would hold usr/lib/os-release, which systemd-sysext refuses")
+    mtime = source_date_epoch()
+    seed = inputs_digest(ext, entries, with_times=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / ext.image_name
+    fd, tmp = tempfile.mkstemp(prefix=".sysextant-fs-", dir=out_dir)
+    os.close(fd)
+    try:
+        write_filesystem(ext, entries, Path(tmp), tree_root=index.root, seed=seed, mtime=mtime, reporter=reporter)
+        result = ddi.assemble(Path(tmp), final, arch=ext.architecture, signer=signer, seed=seed,
+                              reporter=reporter, task=ext.name)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return ExtensionImage(ext.name, final, result.size, result.root_hash, result.signed, ext.filesystem,
+                          len(entries))
