@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ddi
+from .atomic import TEMP_PREFIX
 from .errors import UserError
 from .fsentry import FsEntry, entry_from_lstat
 from .index import TreeIndex
@@ -159,7 +160,7 @@ def build_extension(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec, o
     seed = inputs_digest(ext, entries, with_times=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / ext.image_name
-    fd, tmp = tempfile.mkstemp(prefix=".sysextant-fs-", dir=out_dir)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "fs-", dir=out_dir)
     os.close(fd)
     try:
         write_filesystem(ext, entries, Path(tmp), tree_root=index.root, seed=seed, mtime=mtime, reporter=reporter)

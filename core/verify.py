@@ -73,11 +73,13 @@ class VerifyReport:
         self.checks.append(Check(name, not problems, "; ".join(problems) if problems else good))
         return not problems
 
-    def to_json(self) -> str:
-        data = {"path": self.path, "ok": self.ok, "root_hash": self.root_hash,
+    def as_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "root_hash": self.root_hash,
                 "architecture": self.architecture, "signed": self.signed,
                 "filesystem": self.filesystem, "checks": [asdict(c) for c in self.checks]}
-        return json.dumps(data, indent=2)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), indent=2)
 
 
 def image_names(file_name: str) -> dict[str, str]:

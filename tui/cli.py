@@ -155,6 +155,68 @@ def cmd_open(args: argparse.Namespace) -> int:
     return _open_workbench(spec)
 
 
+def _reporter(args: argparse.Namespace) -> Reporter:
+    return Reporter(TerminalProgress(quiet=getattr(args, "json", False) or getattr(args, "quiet", False)))
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from sysextant.core.build import build, render
+
+    spec = _load(args.spec)
+    report = build(spec, only=args.only or None, force=args.force, reporter=_reporter(args))
+    if args.json:
+        _emit_json(report.to_json())
+    else:
+        print(render(report))
+    return 0 if report.ok else 1
+
+
+def cmd_uki(args: argparse.Namespace) -> int:
+    from sysextant.core.build import build, render
+
+    spec = _load(args.spec)
+    report = build(spec, only=["uki"], force=args.force, reporter=_reporter(args))
+    art = report.artefacts[-1]
+    if args.json:
+        _emit_json({"path": art.path, "predicted_bytes": art.predicted_size, "actual_bytes": art.size,
+                    "limit_bytes": report.limit_bytes, "verdict": report.verdict, "signed": art.signed,
+                    "verified": art.verified, "reused": art.reused, "sha256": art.digest, **art.extra})
+    else:
+        print(render(report))
+    return 0 if report.ok else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    image = Path(args.image)
+    cert = Path(args.cert) if args.cert else None
+    if not image.is_file():
+        raise UserError(f"{image} does not exist or is not a file")
+    if cert is not None and not cert.is_file():
+        raise UserError(f"certificate {cert} does not exist")
+    with open(image, "rb") as fh:
+        is_pe = fh.read(2) == b"MZ"
+    if is_pe:
+        from sysextant.core.ukibuild import verify_uki
+
+        checks = verify_uki(image, cert)
+        ok = all(c["ok"] for c in checks)
+        result = {"image": str(image), "kind": "uki", "ok": ok, "checks": checks}
+    else:
+        from sysextant.core.verify import verify_image
+
+        report = verify_image(image, cert)
+        result = {"image": str(image), "kind": "sysext", **report.as_dict()}
+        ok = report.ok
+        checks = result["checks"]
+    if args.json:
+        _emit_json(result)
+    else:
+        for c in checks:
+            print(f"{'ok' if c['ok'] else 'FAIL':>4}  {c['name']:<18} {c['detail']}")
+        print(f"{image}: {'sound' if ok else 'NOT sound'}" + ("" if cert else " (signature not checked: no --cert)"))
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sysextant",
@@ -191,6 +253,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("build", help="build, sign and verify the extension images and the slimmed UKI",
+                       description="Build every extension image (EROFS/squashfs, dm-verity, signature) and the "
+                                   "slimmed signed UKI into the spec's output folder, then verify each artefact. "
+                                   "Unchanged artefacts are reused. Exit code 1 if any check fails.")
+    p.add_argument("spec", help="the YAML spec file")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="build only this extension (repeatable); 'uki' names the UKI")
+    p.add_argument("--force", action="store_true", help="rebuild even what is unchanged")
+    p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("uki", help="build only the slimmed, signed UKI and compare it with the prediction")
+    p.add_argument("spec", help="the YAML spec file")
+    p.add_argument("--force", action="store_true", help="rebuild even if unchanged")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_uki)
+
+    p = sub.add_parser("verify", help="check a sysext image or a UKI independently of how it was built",
+                       description="Check GPT, partition types and UUIDs, the dm-verity tree, the signature "
+                                   "(with --cert) and the extension's content rules of a .sysext.raw image, "
+                                   "or the PE layout and Authenticode signature of a UKI. Exit code 0 only "
+                                   "when every check passes.")
+    p.add_argument("image", help="a NAME.sysext.raw image or a UKI (.efi)")
+    p.add_argument("--cert", help="the db certificate (PEM) the signature must verify against")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("open", help="open the workbench on a spec (same as `sysextant SPEC`)")
     p.add_argument("spec", help="the YAML spec file")

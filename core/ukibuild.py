@@ -1,0 +1,180 @@
+"""The slimmed Kairos UKI from a plan: its sections, the build, reuse and verification.
+
+Sections (ukify's set for Kairos): ``.osrel`` (the tree's os-release), ``.cmdline``, ``.uname``
+(from the kernel header or ``usr/lib/modules``), optional ``.splash``, ``.initrd`` (the tree
+minus the extensions, see :mod:`.initrd`) and ``.linux`` (``os.kernel``). Files inside the OS
+tree are resolved the way that OS would resolve them (:func:`.fsentry.resolve_in_tree`), never
+through this machine's own paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from .atomic import TEMP_PREFIX
+from .errors import UserError
+from .fsentry import host_path_in_tree
+from .index import TreeIndex
+from .keys import Signer
+from .model import Spec
+from .plan import Plan
+from .progress import Reporter
+
+FORMAT_VERSION = "sysextant-uki-1"
+
+
+def _tree_file(spec: Spec, rel: str) -> Path | None:
+    try:
+        p = Path(host_path_in_tree(spec.os.root, spec.os.root / rel))
+    except OSError:
+        return None
+    return p if p.is_file() else None
+
+
+def os_release(spec: Spec) -> bytes:
+    """The .osrel section: ``uki.os_release`` if set, else the tree's own os-release."""
+    if spec.uki.os_release:
+        path: Path | None = spec.uki.os_release
+    else:
+        path = _tree_file(spec, "etc/os-release") or _tree_file(spec, "usr/lib/os-release")
+    if path is None:
+        raise UserError(f"{spec.where('os', 'root')}: the OS tree {spec.os.root} has no etc/os-release or "
+                        "usr/lib/os-release for the UKI's .osrel section; set uki.os_release")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def kernel_path(spec: Spec) -> Path:
+    try:
+        path = Path(host_path_in_tree(spec.os.root, spec.os.kernel))
+    except OSError:
+        path = spec.os.kernel
+    if not path.is_file():
+        raise UserError(f"{spec.where('os', 'kernel')}: kernel {spec.os.kernel} does not exist")
+    return path
+
+
+def uname(spec: Spec, index: TreeIndex, kernel: Path) -> str | None:
+    """The kernel release for .uname: the spec's, the kernel header's, or the only modules folder."""
+    from .uki import read_uname
+
+    if spec.uki.uname:
+        return spec.uki.uname
+    found = read_uname(kernel)
+    if found:
+        return found
+    mods = index.lookup("usr/lib/modules")
+    if mods is not None:
+        versions = [index.names[c] for c in index.children(mods) if index.is_dir(c)]
+        if len(versions) == 1:
+            return os.fsdecode(versions[0])
+    return None
+
+
+def sections(spec: Spec, index: TreeIndex, initrd: Path) -> list[tuple[str, Path | bytes]]:
+    kernel = kernel_path(spec)
+    out: list[tuple[str, Path | bytes]] = [(".osrel", os_release(spec)), (".cmdline", spec.uki.cmdline.encode())]
+    release = uname(spec, index, kernel)
+    if release:
+        out.append((".uname", release.encode()))
+    if spec.uki.splash:
+        out.append((".splash", spec.uki.splash))
+    out += [(".initrd", initrd), (".linux", kernel)]
+    return out
+
+
+def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
+    """What decides the UKI's bytes: the kept entries (path, type, size, mtime), the kernel, stub,
+    os-release and the uki settings. One lstat per kept entry."""
+    h = hashlib.sha256()
+    u = spec.uki
+    h.update(repr((FORMAT_VERSION, u.cmdline, u.init, u.compression, u.level, str(u.stub), str(u.splash),
+                   u.uname, signer.fingerprint if signer else None)).encode())
+    for path in (u.stub, kernel_path(spec), u.splash):
+        if path is not None:
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(os_release(spec))
+    index = plan.index
+    paths = sorted(index.path(i) for i in plan.initrd_after.indices())
+    for rel in paths:
+        try:
+            st = os.lstat(os.path.join(index.root, rel))
+            h.update(b"%s\0%d\0%d\0%d\n" % (rel, st.st_mode, st.st_size, st.st_mtime_ns))
+        except OSError:
+            h.update(rel + b"\0gone\n")
+    return h.hexdigest()
+
+
+def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer | None, state: dict,
+                   force: bool = False, reporter: Reporter | None = None, predicted: int | None = None):
+    """Build (or reuse) ``uki.output``; returns a :class:`.build.Artefact`."""
+    from .build import Artefact, _reusable
+    from .initrd import build_initrd
+    from .uki import build_uki, predict_size
+
+    out = spec.uki.output
+    inputs = inputs_digest(spec, plan, signer)
+    previous = None if force else _reusable(state, "uki", inputs, out)
+    if previous:
+        if reporter:
+            reporter.log("uki", f"unchanged since the last build: reusing {out.name}")
+        art = Artefact("uki", "uki", str(out), previous["size"], True, bool(signer), previous["digest"],
+                       predicted_size=previous.get("predicted"))
+        art.extra = previous.get("extra", {})
+        return art
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "initrd-", dir=out.parent)
+    os.close(fd)
+    try:
+        if reporter:
+            reporter.log("uki", f"compressing the initrd ({spec.uki.compression} level {spec.uki.level})")
+        initrd = build_initrd(spec, plan, Path(tmp), reporter=reporter)
+        secs = sections(spec, index, Path(tmp))
+        sizes = {name: (len(v) if isinstance(v, bytes) else os.path.getsize(v)) for name, v in secs}
+        exact = predict_size(spec.uki.stub, sizes, signed=signer is not None, signer=signer)
+        if reporter:
+            reporter.log("uki", f"assembling {out.name}{' and signing it' if signer else ''}")
+        result = build_uki(spec.uki.stub, secs, out, signer=signer, reporter=reporter, task="uki: assemble")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    extra = {"initrd_uncompressed": initrd.uncompressed_bytes, "initrd_compressed": initrd.compressed_bytes,
+             "exact_formula_bytes": exact, "sections": [list(s) for s in result.sections]}
+    art = Artefact("uki", "uki", str(out), result.size, False, result.signed, result.sha256,
+                   predicted_size=predicted, extra=extra)
+    state["uki"] = {"inputs": inputs, "size": result.size, "digest": result.sha256, "predicted": predicted,
+                    "extra": extra}
+    return art
+
+
+def verify_uki(path: Path, cert: Path | None) -> list[dict]:
+    """Independent checks of a built UKI: PE structure, required sections, Authenticode."""
+    from .authenticode import verify_authenticode
+    from .pe import parse_pe
+
+    checks: list[dict] = []
+    try:
+        pe = parse_pe(path)
+        names = [s.name for s in pe.sections]
+        missing = [n for n in (".linux", ".initrd", ".osrel", ".cmdline") if n not in names]
+        checks.append({"name": "pe", "ok": True, "detail": f"{len(names)} sections"})
+        checks.append({"name": "sections", "ok": not missing,
+                       "detail": "missing " + ", ".join(missing) if missing else ", ".join(names)})
+    except UserError as exc:
+        checks.append({"name": "pe", "ok": False, "detail": str(exc)})
+        return checks
+    if cert is None:
+        signed = bool(pe.security and pe.security[1])
+        checks.append({"name": "signature", "ok": not signed, "detail": "unsigned (no signing in the spec)"})
+    else:
+        problems = verify_authenticode(path, cert)
+        checks.append({"name": "signature", "ok": not problems,
+                       "detail": "; ".join(problems) if problems else f"Authenticode signature by {cert.name} verified"})
+    return checks
