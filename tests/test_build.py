@@ -1,0 +1,144 @@
+"""The headless build end to end on a small demo: images real tools accept, reuse, reproducibility,
+cancellation and errors that leave nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from sysextant.core.build import build
+from sysextant.core.demo import create_demo
+from sysextant.core.errors import Cancelled, UserError
+from sysextant.core.gpt import read_gpt
+from sysextant.core.progress import Progress, Reporter
+from sysextant.core.spec import load_spec
+from sysextant.tui.cli import main as cli
+
+FSCK_EROFS = shutil.which("fsck.erofs")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo project (5% scale), shared read-only by the tests of this module."""
+    target = tmp_path_factory.mktemp("demo") / "project"
+    spec = create_demo(target, scale=0.05)
+    text = spec.read_text().replace("level: 19", "level: 3")  # keep the suite quick
+    spec.write_text(text)
+    return spec
+
+
+def copy_project(demo: Path, dest: Path) -> Path:
+    shutil.copytree(demo.parent, dest, symlinks=True)
+    return dest / demo.name
+
+
+def sha(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.startswith(".sysextant-tmp-")]
+
+
+def test_headless_build_json_matches_verify(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = copy_project(demo, tmp_path / "p")
+    assert cli(["build", str(spec), "--only", "firmware", "--only", "drivers", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["ok"] is True
+    cert = spec.parent / "keys/db.pem"
+    for art in summary["artefacts"]:
+        assert cli(["verify", art["path"], "--cert", str(cert), "--json"]) == 0
+        verified = json.loads(capsys.readouterr().out)
+        assert verified["ok"] and verified["root_hash"] == art["digest"]
+        assert os.path.getsize(art["path"]) == art["size"]
+    assert no_temp_files(spec.parent)
+
+
+@pytest.mark.skipif(FSCK_EROFS is None, reason="fsck.erofs not installed (apt-get install erofs-utils)")
+def test_image_extracts_to_the_selection(demo: Path, tmp_path: Path) -> None:
+    spec_path = copy_project(demo, tmp_path / "p")
+    spec = load_spec(spec_path)
+    report = build(spec, only=["firmware"])
+    image = Path(report.artefacts[0].path)
+    with open(image, "rb") as fh:
+        root_part = read_gpt(fh).partitions[0]
+        fh.seek(root_part.offset)
+        (tmp_path / "fs.img").write_bytes(fh.read(root_part.size))
+    out = tmp_path / "x"
+    subprocess.run([FSCK_EROFS, f"--extract={out}", str(tmp_path / "fs.img")], check=True, capture_output=True)
+    src = spec.os.root / "usr/lib/firmware"
+    got = out / "usr/lib/firmware"
+    src_files = sorted(p.relative_to(src) for p in src.rglob("*"))
+    assert src_files == sorted(p.relative_to(got) for p in got.rglob("*"))
+    for rel in src_files:
+        a, b = src / rel, got / rel
+        assert os.lstat(a).st_mode == os.lstat(b).st_mode, rel
+        if a.is_symlink():
+            assert os.readlink(a) == os.readlink(b)
+        elif a.is_file():
+            assert sha(a) == sha(b), rel
+    release = (out / "usr/lib/extension-release.d/extension-release.firmware").read_text()
+    assert "ID=_any" in release and "ARCHITECTURE=x86-64" in release
+    assert sorted(p.name for p in out.iterdir()) == ["usr"]
+
+
+def test_reproducible_reused_and_changed(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = load_spec(copy_project(demo, tmp_path / "a"))
+    b = load_spec(copy_project(demo, tmp_path / "b"))
+    ra = build(a, only=["drivers"])
+    rb = build(b, only=["drivers"])
+    assert sha(ra.artefacts[0].path) == sha(rb.artefacts[0].path)
+    again = build(a, only=["drivers"])
+    assert again.artefacts[0].reused and sha(again.artefacts[0].path) == sha(ra.artefacts[0].path)
+    # one changed file gives a different image
+    victim = next(p for p in (b.os.root / "usr/lib/modules").rglob("*.ko.zst") if "gpu" in str(p))
+    victim.write_bytes(victim.read_bytes() + b"changed")
+    rc = build(b, only=["drivers"])
+    assert not rc.artefacts[0].reused
+    assert sha(rc.artefacts[0].path) != sha(ra.artefacts[0].path)
+
+
+def test_cancel_mid_build_keeps_previous_outputs(demo: Path, tmp_path: Path) -> None:
+    spec = load_spec(copy_project(demo, tmp_path / "p"))
+    first = build(spec, only=["firmware"])
+    before = sha(first.artefacts[0].path)
+    reporter = Reporter()
+
+    def cancel_when_packing(ev: Progress) -> None:
+        if ev.task.endswith("verity") and ev.done > 0:
+            reporter.cancel()
+
+    reporter._callback = cancel_when_packing
+    with pytest.raises(Cancelled):
+        build(spec, only=["firmware"], force=True, reporter=reporter)
+    assert sha(first.artefacts[0].path) == before
+    assert no_temp_files(spec.output)
+
+
+def test_missing_key_fails_before_any_work(demo: Path, tmp_path: Path) -> None:
+    spec_path = copy_project(demo, tmp_path / "p")
+    (spec_path.parent / "keys/db.key").unlink()
+    spec = load_spec(spec_path)
+    with pytest.raises(UserError, match=r"signing key .*db.key does not exist"):
+        build(spec)
+    assert not spec.output.exists()
+
+
+def test_unsigned_build_has_no_signature_partition(demo: Path, tmp_path: Path) -> None:
+    spec_path = copy_project(demo, tmp_path / "p")
+    text = spec_path.read_text()
+    start = text.index("signing:")
+    end = text.index("extensions:")
+    spec_path.write_text(text[:start] + text[end:])
+    report = build(load_spec(spec_path), only=["drivers"])
+    art = report.artefacts[0]
+    assert art.verified and not art.signed
+    with open(art.path, "rb") as fh:
+        assert len(read_gpt(fh).partitions) == 2
