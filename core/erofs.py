@@ -22,6 +22,7 @@ a second pass that streams file contents (``copy_file_range`` into a real output
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import struct
@@ -385,7 +386,8 @@ class _Sink:
         self.copy_range = hasattr(os, "copy_file_range")
         with contextlib.suppress(AttributeError, OSError, ValueError):
             fd = out.fileno()
-            if out.seekable() and stat.S_ISREG(os.fstat(fd).st_mode):
+            appending = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)  # pwrite would append
+            if out.seekable() and stat.S_ISREG(os.fstat(fd).st_mode) and not appending:
                 out.flush()
                 self.fd = fd
         self.start = out.tell() if self.fd is not None else 0
@@ -739,11 +741,14 @@ class _Image:
         bs = self.blksz
         if raw.layout in (COMPRESSED_FULL, COMPRESSED_COMPACT):
             raise ValueError(f"nid {raw.nid} is compressed; reading compressed EROFS data is not supported")
-        if size > self.sb.limit * 64 + (1 << 20):
-            raise ValueError(f"corrupt EROFS image: nid {raw.nid} claims a size of {raw.size} bytes")
         if raw.layout == CHUNK_BASED:
+            # sparse chunks read as zeros, so cap what a corrupt size could make us produce
+            if raw.size > self.sb.limit * 64 + (1 << 20):
+                raise ValueError(f"corrupt EROFS image: nid {raw.nid} claims a size of {raw.size} bytes")
             yield from self._chunked(raw, size)
             return
+        if raw.size > self.sb.limit:
+            raise ValueError(f"corrupt EROFS image: nid {raw.nid} claims {raw.size} bytes, more than the image holds")
         inline = raw.layout == FLAT_INLINE
         nblocks = -(-raw.size // bs)
         plain_len = (nblocks - 1) * bs if inline and nblocks else raw.size

@@ -143,12 +143,15 @@ def test_image_is_compact(tree: Path, image: Path) -> None:
 
 
 @needs_erofs_utils
-@pytest.mark.parametrize("compress", [False, True])
-def test_reader_reads_mkfs_erofs_images(tree: Path, tmp_path: Path, compress: bool) -> None:
+@pytest.mark.parametrize("mode", ["plain", "chunked", "lz4hc"])
+def test_reader_reads_mkfs_erofs_images(tree: Path, tmp_path: Path, mode: str) -> None:
     img = tmp_path / "mkfs.erofs"
     args = ["mkfs.erofs", "--quiet", f"-T{EPOCH}", "-U", "00010203-0405-0607-0809-0a0b0c0d0e0f"]
+    compress = mode == "lz4hc"
     if compress:
         args.append("-zlz4hc")
+    elif mode == "chunked":
+        args.append("--chunksize=8192")
     src = tmp_path / "src"
     src.mkdir()
     for top in PATHS:  # mkfs.erofs packs a whole directory: give it just the selection
