@@ -875,11 +875,12 @@ def load_spec(path: Path) -> Spec:
 # Writing values and fresh specs
 
 
-def scalar_text(value: str | int | bool | None, *, flow: bool = False) -> str:
+def scalar_text(value: str | int | bool | None, *, flow: bool = False, style: str | None = None) -> str:
     """``value`` as YAML scalar text, quoted only when YAML needs it.
 
     ``flow`` asks for text that is also safe inside ``[...]`` or ``{...}``. Strings with line
     breaks or unprintable characters are double-quoted with escapes, so the result is one line.
+    ``style`` ``'`` or ``"`` keeps the quoting of a string being replaced.
     """
     if value is None:
         return "null"
@@ -893,6 +894,8 @@ def scalar_text(value: str | int | bool | None, *, flow: bool = False) -> str:
     if not one_line:
         dumped = yaml.safe_dump(value, default_style='"', width=math.inf, allow_unicode=False)
         return dumped.rstrip("\n").removesuffix("\n...").rstrip("\n")
+    if style in ("'", '"'):
+        return yaml.safe_dump(value, default_style=style, width=math.inf, allow_unicode=True).rstrip("\n")
     dumped = yaml.safe_dump([value], default_flow_style=flow, width=math.inf, allow_unicode=True)
     if flow:
         return dumped.strip()[1:-1]

@@ -290,7 +290,8 @@ class SpecEditor:
         return at, at, lead + "".join(line + nl for line in lines)
 
     def _scalar_splice(self, node: ScalarNode, value: object, *, flow: bool) -> Splice:
-        return self._scalar_splice_text(node, scalar_text(value, flow=flow))  # type: ignore[arg-type]
+        style = node.style if isinstance(value, str) else None
+        return self._scalar_splice_text(node, scalar_text(value, flow=flow, style=style))  # type: ignore[arg-type]
 
     def _insert_key(self, mapping: MappingNode, key: str, value: object) -> list[Splice]:
         """Add ``key: value`` at the end of an existing mapping, in its style."""
