@@ -41,8 +41,8 @@ uki:
   cmdline: "console=ttyS0 rd.immucore.debug"
   init: /usr/bin/immucore      # Kairos boots /init -> immucore
   compression: zstd
-  level: 19
-  limit: 200MiB                # a small board's firmware, to make the demo bite
+  level: 6                     # Kairos uses 19; 6 keeps the demo build quick
+  limit: 256MiB                # a small board's firmware, to make the demo bite
   output: build/uki.efi
 
 signing:                       # the demo db key pair: self-signed, never for production

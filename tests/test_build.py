@@ -142,3 +142,27 @@ def test_unsigned_build_has_no_signature_partition(demo: Path, tmp_path: Path) -
     assert art.verified and not art.signed
     with open(art.path, "rb") as fh:
         assert len(read_gpt(fh).partitions) == 2
+
+
+SBVERIFY = shutil.which("sbverify")
+
+
+@pytest.mark.skipif(not Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub").exists(),
+                    reason="systemd-boot-efi (the UKI stub) not installed")
+def test_uki_build_signed_verified_and_exactly_predicted(demo: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = copy_project(demo, tmp_path / "p")
+    assert cli(["uki", str(spec_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["verified"] and summary["signed"]
+    assert summary["actual_bytes"] == os.path.getsize(summary["path"]) == summary["exact_formula_bytes"]
+    if SBVERIFY:
+        cert = spec_path.parent / "keys/db.pem"
+        subprocess.run([SBVERIFY, "--cert", str(cert), summary["path"]], check=True, capture_output=True)
+    # a second run reuses it; a changed cmdline rebuilds it
+    assert cli(["uki", str(spec_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reused"] is True
+    spec_path.write_text(spec_path.read_text().replace("rd.immucore.debug", "quiet"))
+    assert cli(["uki", str(spec_path), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused"] is False and again["sha256"] != summary["sha256"]

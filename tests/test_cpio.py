@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.cpio import (
     archive_entries,
     archive_order,

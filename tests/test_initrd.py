@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.cpio import write_newc
 from sysextant.core.demo import generate_tree
 from sysextant.core.errors import UserError
