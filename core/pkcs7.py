@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 
+from . import der
 from .keys import Signer
 
 SIG_ALIGN = 4096
@@ -157,55 +158,6 @@ def check_signature(sig_json_bytes: bytes, root_hash: bytes | str,
     return problems
 
 
-# --- a minimal DER reader, just enough for CMS SignedData -------------------------------------
-
-
-def _tlv(buf: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the DER element at ``pos``."""
-    if pos + 2 > len(buf):
-        raise ValueError("truncated DER")
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise ValueError("multi-byte DER tags are not expected here")
-    n = buf[pos + 1]
-    pos += 2
-    if n & 0x80:
-        k = n & 0x7F
-        if k == 0 or k > 4 or pos + k > len(buf):
-            raise ValueError("bad DER length")
-        n = int.from_bytes(buf[pos:pos + k], "big")
-        pos += k
-    if pos + n > len(buf):
-        raise ValueError("DER element runs past its container")
-    return tag, pos, pos + n
-
-
-def _children(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int]]:
-    """(tag, start of value, end of value, start of element) of each element in a range."""
-    out = []
-    while start < end:
-        tag, vs, ve = _tlv(buf, start)
-        if ve > end:
-            raise ValueError("DER element runs past its container")
-        out.append((tag, vs, ve, start))
-        start = ve
-    return out
-
-
-def _oid(raw: bytes) -> str:
-    if not raw:
-        raise ValueError("empty OID")
-    parts = [min(raw[0] // 40, 2)]
-    parts.append(raw[0] - 40 * parts[0])
-    value = 0
-    for b in raw[1:]:
-        value = (value << 7) | (b & 0x7F)
-        if not b & 0x80:
-            parts.append(value)
-            value = 0
-    return ".".join(map(str, parts))
-
-
 @dataclass(frozen=True)
 class SignedDataInfo:
     """The parts of a CMS SignedData with exactly one SignerInfo that a verifier needs."""
@@ -233,66 +185,65 @@ class SignedDataInfo:
         return False
 
 
-def parse_signed_data(der: bytes) -> SignedDataInfo:
+def _oid_of(node: der.Node | None) -> str:
+    return node.as_oid() if node is not None and node.tag == der.OID else "?"
+
+
+def parse_signed_data(blob: bytes) -> SignedDataInfo:
     """Parse a DER ContentInfo holding SignedData; ValueError on anything unexpected."""
-    tag, s, e = _tlv(der, 0)
-    if tag != 0x30 or e != len(der):  # exactly one element, nothing after it
+    top = der.parse(blob)  # exactly one element, nothing after it
+    if top.tag != der.SEQUENCE:
         raise ValueError("not a single DER SEQUENCE")
-    ci = _children(der, s, e)
-    if len(ci) < 2 or ci[0][0] != 0x06 or _oid(der[ci[0][1]:ci[0][2]]) != OID_SIGNED_DATA:
+    ci = top.children()
+    if len(ci) < 2 or _oid_of(ci[0]) != OID_SIGNED_DATA:
         raise ValueError("not a PKCS#7 SignedData")
-    if ci[1][0] != 0xA0:
+    if ci[1].tag != 0xA0:
         raise ValueError("SignedData content is missing")
-    inner = _children(der, ci[1][1], ci[1][2])
-    if len(inner) != 1 or inner[0][0] != 0x30:
+    inner = ci[1].children()
+    if len(inner) != 1 or inner[0].tag != der.SEQUENCE:
         raise ValueError("SignedData is not a SEQUENCE")
-    sd = _children(der, inner[0][1], inner[0][2])
-    if len(sd) < 4 or sd[0][0] != 0x02 or sd[1][0] != 0x31 or sd[2][0] != 0x30:
+    sd = inner[0].children()
+    if len(sd) < 4 or sd[0].tag != der.INTEGER or sd[1].tag != der.SET or sd[2].tag != der.SEQUENCE:
         raise ValueError("SignedData fields are out of order")
-    encap = _children(der, sd[2][1], sd[2][2])
-    if not encap or encap[0][0] != 0x06 or _oid(der[encap[0][1]:encap[0][2]]) != OID_DATA:
+    encap = sd[2].children()
+    if not encap or _oid_of(encap[0]) != OID_DATA:
         raise ValueError("encapsulated content type is not id-data")
-    has_content = len(encap) > 1
     rest = sd[3:]
     has_certs = False
-    while rest and rest[0][0] in (0xA0, 0xA1):
-        has_certs |= rest[0][0] == 0xA0
+    while rest and rest[0].tag in (0xA0, 0xA1):
+        has_certs |= rest[0].tag == 0xA0
         rest = rest[1:]
-    if len(rest) != 1 or rest[0][0] != 0x31:
+    if len(rest) != 1 or rest[0].tag != der.SET:
         raise ValueError("signerInfos missing")
-    infos = _children(der, rest[0][1], rest[0][2])
-    if len(infos) != 1 or infos[0][0] != 0x30:
+    infos = rest[0].children()
+    if len(infos) != 1 or infos[0].tag != der.SEQUENCE:
         raise ValueError(f"expected exactly one SignerInfo, found {len(infos)}")
-    si = _children(der, infos[0][1], infos[0][2])
-    if len(si) < 5 or si[0][0] != 0x02:
+    si = infos[0].children()
+    if len(si) < 5 or si[0].tag != der.INTEGER:
         raise ValueError("SignerInfo is too short")
     issuer = serial = ski = None
-    sid_tag, sid_s, sid_e, _ = si[1]
-    if sid_tag == 0x30:
-        ias = _children(der, sid_s, sid_e)
-        if len(ias) != 2 or ias[0][0] != 0x30 or ias[1][0] != 0x02:
+    if si[1].tag == der.SEQUENCE:
+        ias = si[1].children()
+        if len(ias) != 2 or ias[0].tag != der.SEQUENCE or ias[1].tag != der.INTEGER:
             raise ValueError("bad IssuerAndSerialNumber")
-        issuer = der[ias[0][3]:ias[0][2]]  # the whole Name, tag and length included
-        serial = int.from_bytes(der[ias[1][1]:ias[1][2]], "big", signed=True)
-    elif sid_tag == 0x80:
-        ski = der[sid_s:sid_e]
+        issuer = ias[0].raw  # the whole Name, tag and length included
+        serial = ias[1].as_int()
+    elif si[1].tag == 0x80:
+        ski = si[1].content
     else:
         raise ValueError("unknown SignerInfo sid")
-    idx = 2
-    digest = _children(der, si[idx][1], si[idx][2])
-    digest_oid = _oid(der[digest[0][1]:digest[0][2]]) if digest and digest[0][0] == 0x06 else "?"
-    idx += 1
-    signed_attrs = si[idx][0] == 0xA0
+    digest = si[2].children()
+    idx = 3
+    signed_attrs = si[idx].tag == 0xA0
     if signed_attrs:
         idx += 1
     if idx + 1 >= len(si):
         raise ValueError("SignerInfo lacks its signature")
-    alg = _children(der, si[idx][1], si[idx][2])
-    sig_oid = _oid(der[alg[0][1]:alg[0][2]]) if alg and alg[0][0] == 0x06 else "?"
-    if si[idx + 1][0] != 0x04:
+    alg = si[idx].children()
+    if si[idx + 1].tag != der.OCTET_STRING:
         raise ValueError("SignerInfo signature is not an OCTET STRING")
-    signature = der[si[idx + 1][1]:si[idx + 1][2]]
-    return SignedDataInfo(has_content, has_certs, digest_oid, sig_oid, signed_attrs, signature,
+    return SignedDataInfo(len(encap) > 1, has_certs, _oid_of(digest[0] if digest else None),
+                          _oid_of(alg[0] if alg else None), signed_attrs, si[idx + 1].content,
                           issuer, serial, ski)
 
 
