@@ -74,6 +74,7 @@ class SpecEditor:
     def __init__(self, text: str, path: Path) -> None:
         self.path = Path(path)
         self._text = text
+        self._composed: tuple[str, MappingNode] | None = None
         self._root()  # refuse text we cannot work on right away
 
     @property
@@ -227,11 +228,15 @@ class SpecEditor:
     # ---------------------------------------------------------------- reading the text
 
     def _root(self) -> MappingNode:
+        """The composed top mapping of the current text (cached until the text changes)."""
+        if self._composed is not None and self._composed[0] is self._text:
+            return self._composed[1]
         node, problems = compose(self._text, self.path)
         if problems:
             raise SpecError(problems)
         if not isinstance(node, MappingNode):
             raise SpecEditError(f"{self.path}: the spec is not a mapping of keys; fix it before editing")
+        self._composed = (self._text, node)
         return node
 
     @property
@@ -439,10 +444,16 @@ class SpecEditor:
         if problems or node is None or _data(new_text) != expected:
             raise self._cannot(f"change {what}", "the result would not read back as intended")
         self._text = new_text
+        if isinstance(node, MappingNode):
+            self._composed = (new_text, node)
+
+
+#: libyaml's safe loader when PyYAML was built with it: only the data is compared, so its speed helps.
+_DATA_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _data(text: str) -> dict:
-    loaded = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+    loaded = yaml.load(text, Loader=_DATA_LOADER)  # noqa: S506 - a safe loader
     return loaded if isinstance(loaded, dict) else {}
 
 
