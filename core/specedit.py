@@ -74,6 +74,7 @@ class SpecEditor:
     def __init__(self, text: str, path: Path) -> None:
         self.path = Path(path)
         self._text = text
+        self._composed: tuple[str, MappingNode] | None = None
         self._root()  # refuse text we cannot work on right away
 
     @property
@@ -182,44 +183,60 @@ class SpecEditor:
         self._apply(splices, change, f"extension {name!r}")
 
     def set_value(self, keys: tuple[Key, ...], value: str | int | bool | None) -> None:
-        """Set the scalar at ``keys`` (e.g. ``("uki", "limit")``), or add it to an existing mapping."""
+        """Set the scalar at ``keys`` (e.g. ``("uki", "limit")``).
+
+        A missing key is added at the end of its mapping; missing (or empty) mappings on the way
+        are created, so ``("uki", "limit")`` works in a spec without a ``uki`` section.
+        """
         if not keys:
             raise SpecEditError("set_value needs a key path")
         root = self._root()
         parent: Node = root
-        for depth, key in enumerate(keys[:-1]):
+        splices: list[Splice] | None = None
+        for depth, key in enumerate(keys):
             child = _child(parent, key)
-            if child is None:
-                raise SpecEditError(f"{self.path}: there is no {dotted(keys[: depth + 1])} to change")
+            rest = keys[depth + 1:]
+            if child is None or (rest and _is_null(child)):
+                if not isinstance(parent, MappingNode) or not all(isinstance(k, str) for k in keys[depth:]):
+                    raise SpecEditError(f"{self.path}: there is no {dotted(keys[: depth + 1])} to change")
+                tree: object = value
+                for k in reversed(rest):
+                    tree = {k: tree}
+                if child is None:
+                    splices = self._insert_key(parent, str(key), tree)
+                else:
+                    splices = self._fill_null(parent, str(key), child, tree)  # type: ignore[arg-type]
+                break
+            if not rest:
+                if not isinstance(child, ScalarNode):
+                    raise SpecEditError(f"{self.path}: {dotted(keys)} is a list or mapping, not a single value")
+                flow = bool(getattr(parent, "flow_style", False))
+                splices = [self._scalar_splice(child, value, flow=flow)]
             parent = child
-        last = keys[-1]
-        target = _child(parent, last)
-        if target is None:
-            if not isinstance(parent, MappingNode) or not isinstance(last, str):
-                raise SpecEditError(f"{self.path}: there is no {dotted(keys)} to change")
-            splices = self._insert_key(parent, last, value)
-        elif isinstance(target, ScalarNode):
-            flow = bool(getattr(parent, "flow_style", False))
-            splices = [self._scalar_splice(target, value, flow=flow)]
-        else:
-            raise SpecEditError(f"{self.path}: {dotted(keys)} is a list or mapping, not a single value")
+        assert splices is not None
 
         def change(data: dict) -> None:
             node = data
             for key in keys[:-1]:
+                if isinstance(node, dict) and node.get(key) is None:
+                    node[key] = {}
                 node = node[key]
-            node[last] = value
+            node[keys[-1]] = value
 
         self._apply(splices, change, dotted(keys))
 
     # ---------------------------------------------------------------- reading the text
 
     def _root(self) -> MappingNode:
+        """The composed top mapping of the current text (cached until the text changes)."""
+        if self._composed is not None and self._composed[0] is self._text:
+            return self._composed[1]
         node, problems = compose(self._text, self.path)
         if problems:
             raise SpecError(problems)
         if not isinstance(node, MappingNode):
             raise SpecEditError(f"{self.path}: the spec is not a mapping of keys; fix it before editing")
+        self._composed = (self._text, node)
         return node
 
     @property
@@ -303,16 +320,32 @@ class SpecEditor:
             return [(at, at, f"{scalar_text(key, flow=True)}: {flow_text(value)}")]
         if not mapping.value:  # pragma: no cover - a block mapping always has an entry
             raise self._cannot(f"add {key!r}", "the mapping is empty")
-        first_key = mapping.value[0][0]
-        indent = " " * self._column(first_key.start_mark.index)
+        indent = self._column(mapping.value[0][0].start_mark.index)
         at = self._line_end(self._content_end(mapping.value[-1][1]))
+        return [self._lines_at(at, self._block_lines(key, value, indent))]
+
+    def _fill_null(self, parent: MappingNode, key: str, null: ScalarNode, tree: dict) -> list[Splice]:
+        """Turn an empty ``key:`` into a mapping holding ``tree``."""
+        if parent.flow_style:
+            return [self._scalar_splice_text(null, flow_text(tree))]
+        key_node = next(k for k, v in parent.value if v is null)
+        colon = self._colon_after(key_node)
+        indent = self._column(key_node.start_mark.index) + self._unit(self._root())
+        lines = [line for k, v in tree.items() for line in self._block_lines(k, v, indent)]
+        return [(colon + 1, self._content_end(null), ""),
+                self._lines_at(self._line_end(null.start_mark.index), lines)]
+
+    def _block_lines(self, key: str, value: object, indent: int) -> list[str]:
+        """``key: value`` as block lines at ``indent``; long lists one item a line, mappings nested."""
+        pad = " " * indent
+        unit = self._unit(self._root())
+        if isinstance(value, dict):
+            nested = [line for k, v in value.items() for line in self._block_lines(k, v, indent + unit)]
+            return [f"{pad}{scalar_text(key)}:", *nested]
         text = flow_text(value) if isinstance(value, list) else scalar_text(value)  # type: ignore[arg-type]
-        if isinstance(value, list) and value and len(indent) + len(key) + 2 + len(text) > FLOW_WIDTH:
-            unit = " " * self._unit(self._root())
-            lines = [f"{indent}{key}:", *(f"{indent}{unit}- {scalar_text(v)}" for v in value)]
-        else:
-            lines = [f"{indent}{scalar_text(key)}: {text}"]
-        return [self._lines_at(at, lines)]
+        if isinstance(value, list) and value and indent + len(key) + 2 + len(text) > FLOW_WIDTH:
+            return [f"{pad}{scalar_text(key)}:", *(f"{pad}{' ' * unit}- {scalar_text(v)}" for v in value)]
+        return [f"{pad}{scalar_text(key)}: {text}"]
 
     def _replace_list(self, key: Node, node: Node, items: list[str], what: str) -> list[Splice]:
         """Splices turning the value ``node`` (a list, or empty) into the list ``items``."""
@@ -411,10 +444,16 @@ class SpecEditor:
         if problems or node is None or _data(new_text) != expected:
             raise self._cannot(f"change {what}", "the result would not read back as intended")
         self._text = new_text
+        if isinstance(node, MappingNode):
+            self._composed = (new_text, node)
+
+
+#: libyaml's safe loader when PyYAML was built with it: only the data is compared, so its speed helps.
+_DATA_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _data(text: str) -> dict:
-    loaded = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+    loaded = yaml.load(text, Loader=_DATA_LOADER)  # noqa: S506 - a safe loader
     return loaded if isinstance(loaded, dict) else {}
 
 

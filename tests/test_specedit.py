@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from sysextant.core.model import ExtensionSpec
 from sysextant.core.spec import SpecError, loads_spec
 from sysextant.core.specedit import SpecEditError, SpecEditor, save_text_atomic
@@ -246,10 +245,25 @@ def test_set_value_keeps_the_line_and_its_comment() -> None:
     assert (spec.uki.limit_text, spec.uki.init, spec.uki.level, spec.uki.cmdline) == ("800MiB", None, 12, "console=ttyS0 quiet")
     assert spec.extensions[1].version == "2.0" and spec.extensions[0].paths[1] == "usr/share/fw"
     assert comment_lines(ed.text) == comment_lines(SPEC)
-    with pytest.raises(SpecEditError, match="no signing"):
-        ed.set_value(("signing", "key"), "k")
     with pytest.raises(SpecEditError, match="not a single value"):
         ed.set_value(("os",), "x")
+    with pytest.raises(SpecEditError, match="no extensions.paths"):
+        ed.set_value(("extensions", "paths"), "x")
+
+
+def test_set_value_creates_missing_sections() -> None:
+    text = "# head\nversion: 1\nos:\n    root: rootfs\nsigning:   # later\n# tail\n"
+    ed = SpecEditor(text, PATH)
+    ed.set_value(("uki", "limit"), "ovmf")
+    ed.set_value(("signing", "key"), "keys/db.key")
+    ed.set_value(("signing", "cert"), "keys/db.pem")
+    assert diff(text, ed.text) == ([], ["    key: keys/db.key", "    cert: keys/db.pem", "uki:", "    limit: ovmf"])
+    spec = loads_spec(ed.text, PATH)
+    assert spec.uki.limit_text == "ovmf" and spec.signing is not None
+    assert spec.signing.cert == Path("/srv/proj/keys/db.pem")
+    flow = SpecEditor("version: 1\nos: {root: r, exclude: null}\n", PATH)
+    flow.set_value(("os", "kernel"), "/boot/vmlinuz")
+    assert flow.text == "version: 1\nos: {root: r, exclude: null, kernel: /boot/vmlinuz}\n"
 
 
 def test_set_value_in_a_flow_mapping() -> None:
@@ -313,11 +327,55 @@ EDITS = st.one_of(
 )
 
 
+# Another layout: 4-space indent, dashes at their key's column, a flow mapping item.
+SPEC_INDENTLESS = """\
+version: 1
+os:
+    root: rootfs
+uki: {cmdline: console=ttyS0, limit: 1GiB}
+extensions:
+# First.
+- name: firmware
+  paths:
+  - usr/lib/firmware   # inline
+  # c-firmware: inside
+  - usr/share/firmware
+- {name: k3s, paths: [usr/bin/k3s, opt/k3s]}   # flow item
+# Tail.
+"""
+
+
+def test_the_other_layout_keeps_its_style() -> None:
+    ed = SpecEditor(SPEC_INDENTLESS, PATH)
+    ed.set_paths("firmware", ["usr/lib/firmware", "usr/share/firmware", "opt/x"])
+    ed.add_extension(ExtensionSpec(name="docs", paths=["usr/share/doc"]))
+    ed.set_paths("k3s", ["usr/bin/k3s"])
+    ed.set_value(("uki", "limit"), "ovmf")
+    removed, added = diff(SPEC_INDENTLESS, ed.text)
+    assert removed == ["uki: {cmdline: console=ttyS0, limit: 1GiB}",
+                       "- {name: k3s, paths: [usr/bin/k3s, opt/k3s]}   # flow item"]
+    assert added[:3] == ["uki: {cmdline: console=ttyS0, limit: ovmf}", "  - opt/x",
+                         "- {name: k3s, paths: [usr/bin/k3s]}   # flow item"]
+    assert added[3] == "- name: docs" and added[4] == "  version: '1.0'"
+    assert paths_of(ed.text)["docs"] == ["usr/share/doc"]
+
+
+def test_adding_paths_to_an_extension_without_them() -> None:
+    text = SPEC.replace("    paths: [usr/bin/k3s, opt/k3s]   # flow list\n", "    version: '2'\n")
+    ed = SpecEditor(text, PATH)
+    ed.set_paths("k3s", ["usr/bin/k3s"])
+    assert diff(text, ed.text) == ([], ["    paths: [usr/bin/k3s]"])
+    flow = SPEC_INDENTLESS.replace(", paths: [usr/bin/k3s, opt/k3s]", "")
+    ed = SpecEditor(flow, PATH)
+    ed.set_paths("k3s", ["usr/bin/k3s", "opt/k 3"])
+    assert "- {name: k3s, paths: [usr/bin/k3s, opt/k 3]}   # flow item" in ed.text.splitlines()
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(EDITS, max_size=8))
-def test_random_edit_sequences_keep_comments_and_read_back(edits: list[tuple]) -> None:
-    ed = SpecEditor(SPEC, PATH)
-    model = paths_of(SPEC)
+@given(st.sampled_from([SPEC, SPEC_INDENTLESS, SPEC.replace("\n", "\r\n")]), st.lists(EDITS, max_size=8))
+def test_random_edit_sequences_keep_comments_and_read_back(spec_text: str, edits: list[tuple]) -> None:
+    ed = SpecEditor(spec_text, PATH)
+    model = paths_of(spec_text)
     original = {"firmware": "firmware", "k3s": "k3s"}  # current name -> name in SPEC
     removed_originals: set[str] = set()
     limit, cmdline = "1GiB", "console=ttyS0"
@@ -362,6 +420,10 @@ def test_random_edit_sequences_keep_comments_and_read_back(edits: list[tuple]) -
         assert {e.name: e.paths for e in spec.extensions} == model
         assert spec.uki.limit_text == limit.strip()
         assert spec.uki.cmdline == " ".join(cmdline.split())
-        expected_comments = [c for c in comment_lines(SPEC)
-                             if not any(f"c-{gone}:" in c for gone in removed_originals)]
-        assert comment_lines(ed.text) == expected_comments
+        # Every comment stays, in order; only those inside a removed extension may go with it.
+        def kept(lines: list[str]) -> list[str]:
+            return [c for c in lines if not any(f"c-{gone}:" in c for gone in removed_originals)]
+
+        now = comment_lines(ed.text)
+        assert kept(now) == kept(comment_lines(spec_text))
+        assert set(now) <= set(comment_lines(spec_text))
