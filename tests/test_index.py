@@ -123,24 +123,13 @@ def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
         make_tree(base)
         locked = base / "usr/lib/firmware"
         os.chmod(locked, 0)
-        import json
+        from unprivileged import run_unprivileged
 
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: as root everything is readable, so scan as nobody to meet a real EACCES
-            try:
-                os.close(read_fd)
-                if os.geteuid() == 0:
-                    os.setgid(65534)
-                    os.setuid(65534)
-                index = scan(base)
-                os.write(write_fd, json.dumps([index.counts()["entries"], [str(p) for p in index.problems]]).encode())
-            finally:
-                os._exit(0)
-        os.close(write_fd)
-        with os.fdopen(read_fd, "rb") as fh:
-            entries, problems = json.loads(fh.read())
-        os.waitpid(pid, 0)
+        def scan_it() -> tuple[int, list[str]]:
+            index = scan(base)
+            return index.counts()["entries"], [str(p) for p in index.problems]
+
+        entries, problems = run_unprivileged(scan_it)
         assert any("firmware" in p and "not readable" in p for p in problems), problems
         assert entries > 5
     finally:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -311,13 +313,19 @@ def test_file_problems_name_the_file(tmp_path: Path) -> None:
     assert load_spec(bom).extensions[0].name == "firmware"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
 def test_unreadable_file(tmp_path: Path) -> None:
-    path = tmp_path / "spec.yaml"
-    path.write_text(MINIMAL)
-    path.chmod(0)
-    with pytest.raises(SpecError, match="not readable"):
-        load_spec(path)
+    from unprivileged import RaisedInChild, run_unprivileged
+
+    folder = Path(tempfile.mkdtemp(prefix="sysextant-spec-"))  # reachable by nobody, unlike tmp_path
+    try:
+        folder.chmod(0o755)
+        path = folder / "spec.yaml"
+        path.write_text(MINIMAL)
+        path.chmod(0)
+        with pytest.raises(RaisedInChild, match="SpecError: .*spec.yaml.*not readable"):
+            run_unprivileged(load_spec, path)
+    finally:
+        shutil.rmtree(folder)
 
 
 @pytest.mark.parametrize(("name", "why"), [
