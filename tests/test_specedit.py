@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from sysextant.core.model import ExtensionSpec
 from sysextant.core.spec import SpecError, loads_spec
 from sysextant.core.specedit import SpecEditError, SpecEditor, save_text_atomic
