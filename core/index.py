@@ -228,80 +228,72 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
     while stack:
         path, d = stack.pop()
         try:
-            it = os.scandir(path)
+            with os.scandir(path) as it:
+                ents = list(it)
         except OSError as exc:
             problems.append(ScanProblem(path, f"folder not readable ({exc.strerror}); its contents are not counted"))
             continue
         start = len(names)
         first_child[d] = start
-        l_name: list[bytes] = []
-        l_mode: list[int] = []
-        l_size: list[int] = []
-        l_alloc: list[int] = []
-        l_cpio: list[int] = []
-        subdirs: list[tuple[bytes, int]] = []
-        with it:
-            while True:
+        # One lstat per entry; comprehensions keep the per-entry Python work small.
+        try:
+            sts = [e.stat(follow_symlinks=False) for e in ents]
+        except OSError:
+            sts = []
+            kept = []
+            for e in ents:
                 try:
-                    e = next(it)
-                except StopIteration:
-                    break
-                except OSError as exc:
-                    problems.append(ScanProblem(path, f"listing stopped early ({exc.strerror})"))
-                    break
-                try:
-                    s = e.stat(follow_symlinks=False)
+                    sts.append(e.stat(follow_symlinks=False))
+                    kept.append(e)
                 except OSError as exc:
                     problems.append(ScanProblem(e.path, f"not readable ({exc.strerror}); left out"))
-                    continue
-                m = s.st_mode
-                kind = m & S_IFMT
-                ep = e.path
-                nlen = len(ep) - skip
-                if kind == REG:
-                    sz = s.st_size
-                    if s.st_nlink > 1:
-                        i = start + len(l_name)
-                        key = (s.st_dev, s.st_ino)
-                        group = hardlinks.get(key)
-                        if group is None:
-                            hardlinks[key] = [i]
-                        else:
-                            group.append(i)
-                            link_size[i] = sz
-                            sz = 0
-                    l_alloc.append(s.st_blocks * 512 if sz else 0)
-                    l_cpio.append(((HEADER + nlen + 1 + 3) & ~3) + ((sz + 3) & ~3))
-                elif kind == DIR:
-                    sz = s.st_size
-                    l_alloc.append(s.st_blocks * 512)
-                    l_cpio.append((HEADER + nlen + 1 + 3) & ~3)
-                    subdirs.append((ep, start + len(l_name)))
-                elif kind == LNK:
-                    sz = s.st_size
-                    l_alloc.append(s.st_blocks * 512)
-                    l_cpio.append(((HEADER + nlen + 1 + 3) & ~3) + ((sz + 3) & ~3))
-                else:
-                    sz = 0
-                    l_alloc.append(0)
-                    l_cpio.append((HEADER + nlen + 1 + 3) & ~3)
-                    special.append(start + len(l_name))
-                l_name.append(e.name)
-                l_mode.append(m)
-                l_size.append(sz)
+            ents = kept
+        paths = [e.path for e in ents]
+        l_name = [e.name for e in ents]
+        l_mode = [st.st_mode for st in sts]
+        l_size = [st.st_size for st in sts]
+        l_alloc = [st.st_blocks * 512 for st in sts]
+        l_cpio = [((HEADER - skip + 4 + len(p)) & ~3) + ((z + 3) & ~3) for p, z in zip(paths, l_size, strict=True)]
+        subdirs: list[tuple[bytes, int]] = []
+        for k in [k for k, st in enumerate(sts) if st.st_nlink > 1 and st.st_mode & S_IFMT == REG]:
+            st = sts[k]
+            i = start + k
+            key = (st.st_dev, st.st_ino)
+            group = hardlinks.get(key)
+            if group is None:
+                hardlinks[key] = [i]
+            else:  # a further name of an inode already counted: no data of its own
+                group.append(i)
+                link_size[i] = l_size[k]
+                l_size[k] = l_alloc[k] = 0
+                l_cpio[k] = (HEADER - skip + 4 + len(paths[k])) & ~3
+        for k in [k for k, m in enumerate(l_mode) if m & S_IFMT != REG]:
+            kind = l_mode[k] & S_IFMT
+            if kind == DIR:
+                l_cpio[k] = (HEADER - skip + 4 + len(paths[k])) & ~3
+                subdirs.append((paths[k], start + k))
+            elif kind != LNK:  # devices, fifos, sockets: a header and nothing else
+                l_size[k] = l_alloc[k] = 0
+                l_cpio[k] = (HEADER - skip + 4 + len(paths[k])) & ~3
+                special.append(start + k)
         n = len(l_name)
         names.extend(l_name)
-        parent.extend([d] * n)
-        mode.extend(l_mode)
-        size.extend(l_size)
-        alloc.extend(l_alloc)
-        cpio.extend(l_cpio)
-        first_child.extend([-1] * n)
-        nchild.extend([0] * n)
-        tot_size.extend(l_size)
-        tot_alloc.extend(l_alloc)
-        tot_cpio.extend(l_cpio)
-        tot_count.extend([0] * n)
+        parent.extend(array("i", (d,)) * n)
+        mode.extend(array("I", l_mode))
+        own_size = array("q", l_size)
+        own_alloc = array("q", l_alloc)
+        own_cpio = array("q", l_cpio)
+        size.extend(own_size)
+        alloc.extend(own_alloc)
+        cpio.extend(own_cpio)
+        tot_size.extend(own_size)
+        tot_alloc.extend(own_alloc)
+        tot_cpio.extend(own_cpio)
+        minus_one = array("i", (-1,)) * n
+        zero = array("i", (0,)) * n
+        first_child.extend(minus_one)
+        nchild.extend(zero)
+        tot_count.extend(zero)
         s_size = sum(l_size)
         s_alloc = sum(l_alloc)
         s_cpio = sum(l_cpio)
