@@ -51,9 +51,11 @@ from .units import MiB
 
 CALIBRATION_FILE = ".sysextant-calibration.json"
 FAST_LEVEL = {"zstd": 3, "gzip": 1, "xz": 0, "none": 0}
-#: relative error floor of the group model (measured: see bench/uki.py), and the attribution
-#: uncertainty of a group a selection cuts through, relative to its kept fast bytes
-FLOOR = 0.004
+#: relative error floor of the group model when groups are >= 4 compressor windows (0.7% measured
+#: by bench/uki.py on the demo tree at zstd 19); smaller groups lose more matches across their edges (1.8% at group = window,
+#: zstd 19 on the demo tree), see :meth:`Estimator.floor`. Then the attribution uncertainty of a
+#: group a selection cuts through, relative to its kept bytes.
+FLOOR = 0.01
 PARTIAL_UNCERTAINTY = 0.03
 
 
@@ -242,12 +244,17 @@ class Estimator:
 
     def _compress_entries(self, entries: Sequence[int], level: int, *, spans: bool) -> tuple[int, int, list, list]:
         """Compress ``entries`` as one stream at ``level`` with the fast codec; returns (raw,
-        compressed, entry ends [(i, offset)], span ends [(offset, compressed)])."""
+        compressed, entry ends [(i, offset)], span ends [(offset, compressed)]).
+
+        xz cannot end a block mid-stream, so its spans take their shape from zstd 1 run
+        alongside (flushed at the same entry ends), scaled to the xz total of the group.
+        """
         codec = _FastCodec(self.compression, level)
-        sink = _SpanSink(codec)
+        shaper = codec if codec.can_flush or not spans else _FastCodec("zstd", 1)
+        sink = _SpanSink(shaper)
         ends: list[tuple[int, int]] = []
         last = [0]
-        span = self.span_bytes if (spans and codec.can_flush) else 1 << 62
+        span = self.span_bytes if spans else 1 << 62
 
         def after(i: int, offset: int) -> None:
             ends.append((i, offset))
@@ -255,10 +262,22 @@ class Estimator:
                 sink.cuts.append(offset)
                 last[0] = offset
 
-        raw = write_entries(self.index, entries, sink, mtime=0, after_entry=after, with_trailer=False)
+        if shaper is codec:
+            raw = write_entries(self.index, entries, sink, mtime=0, after_entry=after, with_trailer=False)
+        else:
+            class _Both:
+                def write(self, data: bytes) -> int:
+                    codec.write(data)
+                    return sink.write(data)
+
+            raw = write_entries(self.index, entries, _Both(), mtime=0, after_entry=after, with_trailer=False)
+            shaper.finish()
         codec.finish()
         span_ends = [(o, c) for o, c in sink.spans if o < raw]
-        span_ends.append((raw, codec.out))
+        span_ends.append((raw, shaper.out))
+        if shaper is not codec and shaper.out:
+            scale = codec.out / shaper.out
+            span_ends = [(o, round(c * scale)) for o, c in span_ends[:-1]] + [(raw, codec.out)]
         return raw, codec.out, ends, span_ends
 
     def _group_key(self, entries: Sequence[int], fast: int) -> str:
@@ -511,7 +530,10 @@ class Estimator:
             exact = self._refined.get((g, tuple(parts)))
             fast = a if exact is None else exact
             if grp.target is not None:
-                value = fast * grp.target / grp.fast if grp.fast else 0.0
+                # the group's own gain per unit of B: random data gains nothing, text the most
+                ga, gb = self._sums(IntervalSet(grp.intervals))
+                b_g = (ga - grp.target) / gb if gb > 0 else 0.0
+                value = fast - b_g * bsh if gb > 0 else (fast * grp.target / grp.fast if grp.fast else 0.0)
             else:
                 value = fast - self.b * bsh
                 model_b += bsh
@@ -519,6 +541,22 @@ class Estimator:
                 unsure += PARTIAL_UNCERTAINTY * value
             total += value
         return total + self._overhead(), model_b, unsure
+
+    def window(self) -> int:
+        """The target compressor's window (how far back a match may reach)."""
+        if self.compression == "zstd":
+            import zstandard
+
+            return 1 << zstandard.ZstdCompressionParameters.from_level(self.level).window_log
+        if self.compression == "xz":
+            return (256 * 1024, 1 * MiB, 2 * MiB, 4 * MiB, 4 * MiB, 8 * MiB, 8 * MiB, 16 * MiB, 32 * MiB,
+                    64 * MiB)[self.level]
+        return 32 * 1024
+
+    def floor(self) -> float:
+        """Relative error of the group approximation for this group size and window."""
+        short = max(0.0, 4 * self.window() / self.group_bytes - 1.0)
+        return FLOOR + 0.01 * short
 
     def estimate(self, kept: IntervalSet) -> Estimate:
         """Estimated compressed initrd for the entries ``kept`` (a subset of the base)."""
@@ -531,12 +569,13 @@ class Estimator:
         model, model_b, unsure = self._model(kept)
         k, cal_model, cal_b = self._k()
         est = k * model
+        floor = self.floor()
         if self.calibration is None:
-            band = FLOOR * est + self.b_spread * model_b + unsure
+            band = floor * est + self.b_spread * model_b + unsure
         else:
             # exact at the calibrated selection; away from it, what changed carries the
             # uncertainty of b (modelled groups) and of k (cross-group gains)
-            band = (FLOOR * est + k * (self.b_spread * abs(model_b - cal_b) + unsure)
+            band = (floor * est + k * (self.b_spread * abs(model_b - cal_b) + unsure)
                     + abs(k - 1.0) * abs(model - cal_model))
         known = sum(1 for grp in self.groups if grp.target is not None)
         method = (f"{len(self.groups)} groups of ~{self.group_bytes // MiB} MiB, {known} compressed at "
