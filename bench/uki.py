@@ -146,22 +146,20 @@ def bench_tree(name: str, root: Path, level: int, work: Path) -> None:
 def debian_rootfs() -> Path | None:
     if (ROOTFS_CACHE / "etc/os-release").exists():
         return ROOTFS_CACHE
-    mirror = None
-    for src in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+    candidates: list[str] = []
+    for src in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         try:
             text = src.read_text()
         except OSError:
             continue
         for line in text.splitlines():
-            parts = line.split()
-            if line.startswith("deb ") and len(parts) >= 2 and "security" not in parts[1]:
-                mirror = parts[1] if not parts[1].startswith("[") else parts[2]
-                break
-            if line.startswith("URIs:") and "security" not in line:
-                mirror = line.split()[1]
-                break
-        if mirror:
-            break
+            parts = [p for p in line.split() if not p.startswith("[")]
+            if line.startswith("deb ") and len(parts) >= 2:
+                candidates.append(parts[1])
+            elif line.startswith("URIs:"):
+                candidates.extend(parts[1:])
+    debian = [u for u in candidates if u.rstrip("/").endswith("/debian") and "security" not in u]
+    mirror = debian[0] if debian else None
     if shutil.which("debootstrap") is None:
         print("debootstrap missing: trying apt-get install debootstrap")
         subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True)
@@ -186,14 +184,16 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--level", type=int, default=19)
     ap.add_argument("--no-debian", action="store_true")
+    ap.add_argument("--no-demo", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sysextant-bench-") as tmp:
         work = Path(tmp)
-        root = work / "demo-rootfs"
-        t = time.monotonic()
-        generate_tree(root, scale=args.scale)
-        print(f"demo tree at scale {args.scale} generated in {time.monotonic() - t:.1f} s")
-        bench_tree("demo", root, args.level, work)
+        if not args.no_demo:
+            root = work / "demo-rootfs"
+            t = time.monotonic()
+            generate_tree(root, scale=args.scale)
+            print(f"demo tree at scale {args.scale} generated in {time.monotonic() - t:.1f} s")
+            bench_tree("demo", root, args.level, work)
         if not args.no_debian:
             deb = debian_rootfs()
             if deb is not None:
