@@ -27,7 +27,7 @@ import os
 import stat
 import weakref
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from .errors import UserError
@@ -245,9 +245,22 @@ def write_newc(index: TreeIndex, selection: IntervalSet, out: Writable, *, extra
     naming it. ``keep_owners`` keeps uid/gid from the tree instead of 0. ``total`` (the expected
     size, for progress) is optional.
     """
+    return write_entries(index, archive_entries(index, selection), out, extra=extra, mtime=mtime,
+                         keep_owners=keep_owners, reporter=reporter, task=task, total=total)
+
+
+def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, extra: Sequence[FsEntry] = (),
+                  mtime: int | None = None, keep_owners: bool = False, reporter: Reporter | None = None,
+                  task: str = "initrd: archive", total: int = 0,
+                  after_entry: Callable[[int, int], None] | None = None, with_trailer: bool = True) -> int:
+    """Write ``entries`` (index entries, already in archive order) as newc, see :func:`write_newc`.
+
+    ``after_entry(i, offset)`` runs after each index entry with the archive offset where it
+    ends (bytes may still sit in the writer's buffer); the size model's estimator uses it to
+    attribute compressed bytes to entries. ``with_trailer=False`` leaves the trailer out.
+    """
     root = index.root
     mtime = default_mtime() if mtime is None else mtime
-    entries = archive_entries(index, selection)
     extras = sorted(extra, key=lambda e: e.path)
     # hardlinks: names of one inode inside the archive, in archive order
     member_of: dict[int, tuple[int, int]] = {}
@@ -275,11 +288,16 @@ def write_newc(index: TreeIndex, selection: IntervalSet, out: Writable, *, extra
                 xi += 1
             ino += 1
             _write_index_entry(w, index, i, path, dirs, ino, member_of, names_in, link_ino, keep_owners)
+            if after_entry is not None:
+                after_entry(i, w.written + len(w.buf))
         while xi < len(extras):
             ino += 1
             _write_extra(w, extras[xi], ino)
             xi += 1
-        return w.finish()
+        if with_trailer:
+            return w.finish()
+        w._flush()
+        return w.written
     finally:
         dirs.close()
 
@@ -362,4 +380,4 @@ def archive_size(index: TreeIndex, selection: IntervalSet, extra: Sequence[FsEnt
 
 
 __all__ = ["HEADER", "MAGIC", "archive_entries", "archive_order", "archive_size", "extra_bytes", "header",
-           "init_entry", "selection_mask", "trailer", "write_newc"]
+           "init_entry", "selection_mask", "trailer", "write_entries", "write_newc"]
