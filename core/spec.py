@@ -1,0 +1,976 @@
+"""The YAML spec, version 1: read it into the model and report every problem at its line.
+
+The file is composed with PyYAML (``yaml.compose`` on a SafeLoader) into a node tree, so every
+key and value keeps its line and column; the checks below walk that tree and collect *all*
+problems before raising one :class:`SpecError`. Nothing a user can type raises anything else.
+
+Shape (relative host paths resolve against the spec file's folder)::
+
+    version: 1
+    os: {root: DIR, kernel: boot/vmlinuz, exclude: [GLOB...]}   # kernel: inside root unless absolute
+    uki: {stub, cmdline, init, compression, level, limit, output, splash, os_release, uname,
+          pcr_key, pcr_cert}                                    # all optional
+    signing: {key, cert, passphrase_env}                        # optional: unsigned without it
+    extensions: [{name, version, paths, exclude, filesystem, compression, release}]
+    output: build                                               # folder for the sysext images
+
+``uki.output``, ``uki.splash``, ``uki.os_release``, ``uki.pcr_key``, ``uki.pcr_cert`` and
+``output`` are host paths relative to the spec's folder, like ``os.root`` and the signing files.
+
+References for the checks:
+
+- Extension names: systemd ``image_name_is_valid()`` (src/basic/os-util.c: ``filename_is_valid``,
+  no control characters, valid UTF-8, no ``.#`` prefix) and ``path_extract_image_name()``, which
+  in systemd >= 255 cuts the name at the first ``_`` or ``+``. We accept the portable subset
+  ``[A-Za-z0-9][A-Za-z0-9.-]*`` of at most 237 bytes (``extension-release.NAME`` must fit NAME_MAX).
+- Extension contents: systemd-sysext(8) merges only ``/usr`` and ``/opt`` and refuses an image
+  holding ``usr/lib/os-release``.
+- Release fields: os-release(5) (upper-case keys, ``ID`` in ``[a-z0-9._-]``) and the
+  extension-release rules in systemd-sysext(8) (``ID=`` mandatory, ``_any`` matches every host,
+  ``ARCHITECTURE=`` systemd names, ``SYSEXT_SCOPE=`` words).
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import posixpath
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import UserError
+from .model import (
+    ARCHITECTURES,
+    FILESYSTEMS,
+    FS_COMPRESSIONS,
+    UKI_COMPRESSIONS,
+    ExtensionSpec,
+    OsSpec,
+    SigningSpec,
+    Spec,
+    UkiSpec,
+)
+from .units import LIMIT_PRESETS, THRESHOLDS, SizeError, parse_size
+
+SPEC_VERSION = 1
+#: A spec is a small hand-written file; anything bigger is almost surely the wrong file.
+MAX_SPEC_BYTES = 4 * 1024 * 1024
+
+#: Compression level range per UKI initrd compressor, and the level used when none is given.
+UKI_LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9)}
+UKI_DEFAULT_LEVELS: dict[str, int] = {"zstd": 19, "gzip": 9, "xz": 6, "none": 0}
+
+TOP_KEYS = ("version", "os", "uki", "signing", "extensions", "output")
+OS_KEYS = ("root", "kernel", "exclude")
+UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "limit", "output", "splash",
+            "os_release", "uname", "pcr_key", "pcr_cert")
+SIGNING_KEYS = ("key", "cert", "passphrase_env")
+EXTENSION_KEYS = ("name", "version", "paths", "exclude", "filesystem", "compression", "release")
+
+#: Longest name such that ``extension-release.NAME`` fits in NAME_MAX (255 bytes).
+MAX_NAME_BYTES = 255 - len("extension-release.")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
+_RELEASE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+_OS_ID_RE = re.compile(r"[a-z0-9._-]+")
+_ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SYSEXT_SCOPES = ("system", "initrd", "portable")
+_GLOB_CHARS = "*?["
+_INT_TAG = "tag:yaml.org,2002:int"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+KeyPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a spec, at a 1-based line and column (0 when it is about the file)."""
+
+    file: Path
+    line: int
+    column: int
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else str(self.file)
+        return f"{where}: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+
+class SpecError(UserError):
+    """The spec cannot be used; ``problems`` lists every problem found, in file order."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = sorted(problems, key=lambda p: (p.line, p.column))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def dotted(keys: KeyPath) -> str:
+    """``extensions[0].paths[2]`` for a key path, ``the spec`` for the root."""
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
+    return text or "the spec"
+
+
+def extension_name_problem(name: str) -> str | None:
+    """Why systemd (or a Kairos ESP) would not take ``name`` as an extension name, or None."""
+    if not name:
+        return "the extension name is empty"
+    if name in (".", ".."):
+        return f"{name!r} is not a file name"
+    if "/" in name:
+        return f"extension name {name!r} contains '/'; it becomes a file name"
+    if name.startswith("."):
+        return f"extension name {name!r} starts with '.', so systemd treats the image as hidden"
+    bad_cut = next((c for c in name if c in "_+"), None)
+    if bad_cut:
+        return (f"extension name {name!r} contains {bad_cut!r}: systemd 255 and later cut an image "
+                f"name at the first '_' or '+' (a version suffix), so the release file would not "
+                f"match; use '-' instead")
+    if not _NAME_RE.fullmatch(name):
+        return (f"extension name {name!r} may only hold letters, digits, '.' and '-', "
+                f"and must start with a letter or digit")
+    if len(name.encode()) > MAX_NAME_BYTES:
+        return f"extension name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} fit a file name"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# YAML to nodes
+
+
+class _NodeLoader(yaml.SafeLoader):
+    """A SafeLoader that notes anchors, aliases and explicit tags instead of honouring them.
+
+    A spec is edited in place by the workbench; shared (aliased) values and custom tags cannot
+    be kept in sync by such edits, so they are reported as problems.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.oddities: list[tuple[yaml.Mark, str, str]] = []
+
+    def compose_node(self, parent: Node | None, index: object) -> Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            self.oddities.append((event.start_mark, f"YAML alias '*{event.anchor}' is not supported",
+                                  "write the value out; sysextant edits this file and cannot keep shared values in sync"))
+        else:
+            if getattr(event, "anchor", None) is not None:
+                self.oddities.append((event.start_mark, f"YAML anchor '&{event.anchor}' is not supported",
+                                      "remove it and write values out in full"))
+            if getattr(event, "tag", None) is not None:
+                self.oddities.append((event.start_mark, f"YAML tag {event.tag!r} is not supported",
+                                      "remove the tag; a spec holds only plain text, numbers, lists and mappings"))
+        return super().compose_node(parent, index)
+
+
+_SYNTAX_HINTS = (
+    ("'\\t'", "indent with spaces, not tabs"),
+    ("mapping values are not allowed", "quote a value that contains ': '"),
+    ("could not find expected ':'", "each line inside a mapping needs 'key: value'"),
+    ("expected <block end>", "check the indentation of this line against the lines above"),
+    ("found character '@'", "quote values that start with '@' or '`'"),
+    ("found character '`'", "quote values that start with '@' or '`'"),
+    ("found undefined alias", "anchors and aliases are not supported; write the value out"),
+    ("expected a single document", "a spec is one YAML document: remove the '---' or '...' line"),
+)
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of a character index, counting '\\n' line breaks."""
+    index = max(0, min(index, len(text)))
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
+def compose(text: str, file: Path) -> tuple[Node | None, list[Problem]]:
+    """The node tree of ``text`` plus the problems met while reading it (syntax, aliases, tags).
+
+    The node is None when the text is not YAML at all or holds no document.
+    """
+    problems: list[Problem] = []
+    node: Node | None = None
+    loader: _NodeLoader | None = None
+    try:
+        loader = _NodeLoader(text)
+        node = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(x for x in (exc.context, exc.problem) if x) or "unreadable YAML"
+        hint = next((h for needle, h in _SYNTAX_HINTS if needle in what), "")
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problems.append(Problem(file, line, col, f"YAML syntax error: {what}", hint))
+    except yaml.reader.ReaderError as exc:
+        line, col = _position(text, exc.position)
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        problems.append(Problem(file, line, col, f"character {char!r} is not allowed in YAML",
+                                "remove it or write it as an escape inside double quotes"))
+    except yaml.YAMLError as exc:
+        problems.append(Problem(file, 1, 1, f"unreadable YAML: {exc}"))
+    except RecursionError:
+        problems.append(Problem(file, 1, 1, "the YAML is nested far too deeply to be a spec"))
+    finally:
+        if loader is not None:
+            loader.dispose()
+    for mark, message, hint in loader.oddities if loader is not None else ():
+        problems.append(Problem(file, mark.line + 1, mark.column + 1, message, hint))
+    return node, problems
+
+
+# --------------------------------------------------------------------------------------------
+# Nodes to the model
+
+
+class _Reader:
+    """Walks the node tree along the spec's schema, collecting problems and locations."""
+
+    def __init__(self, file: Path, base: Path) -> None:
+        self.file = file
+        self.base = base
+        self.problems: list[Problem] = []
+        self.locations: dict[KeyPath, tuple[int, int]] = {}
+
+    # -- reporting
+
+    def problem(self, node: Node | yaml.Mark, message: str, hint: str = "") -> None:
+        mark = node.start_mark if isinstance(node, Node) else node
+        self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, message, hint))
+
+    def locate(self, keys: KeyPath, node: Node) -> None:
+        self.locations[keys] = (node.start_mark.line + 1, node.start_mark.column + 1)
+
+    # -- structure
+
+    def mapping(self, node: Node, keys: KeyPath, allowed: Sequence[str]) -> dict[str, Node] | None:
+        """The entries of a mapping with allowed keys; unknown, duplicate, odd keys reported."""
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"{dotted(keys)} must be a mapping of 'key: value' lines, not {_kind(node)}",
+                         f"valid keys: {', '.join(allowed)}")
+            return None
+        entries: dict[str, Node] = {}
+        first: dict[str, Node] = {}
+        for key_node, value in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self.problem(key_node, f"a key in {dotted(keys)} is {_kind(key_node)}; keys must be words")
+                continue
+            key = key_node.value
+            if key in first:
+                self.problem(key_node, f"duplicate key {key!r} in {dotted(keys)}",
+                             f"first at line {first[key].start_mark.line + 1}; YAML would silently keep only the last")
+                continue
+            first[key] = key_node
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self.problem(key_node, f"YAML merge key '<<' in {dotted(keys)} is not supported",
+                             "write the keys out")
+                continue
+            if key not in allowed:
+                self.problem(key_node, f"unknown key {key!r} in {dotted(keys)}", _suggest(key, allowed))
+                continue
+            entries[key] = value
+            self.locate((*keys, key), value)
+        return entries
+
+    def mapping_of_text(self, node: Node, keys: KeyPath) -> dict[str, tuple[Node, Node]] | None:
+        """A mapping with free-form keys (release fields): key -> (key node, value node)."""
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"{dotted(keys)} must be a mapping such as {{ID: _any, ARCHITECTURE: x86-64}}, not {_kind(node)}")
+            return None
+        entries: dict[str, tuple[Node, Node]] = {}
+        for key_node, value in node.value:
+            if not isinstance(key_node, ScalarNode):
+                self.problem(key_node, f"a key in {dotted(keys)} is {_kind(key_node)}; keys must be words")
+                continue
+            key = key_node.value
+            if key in entries:
+                self.problem(key_node, f"duplicate key {key!r} in {dotted(keys)}",
+                             f"first at line {entries[key][0].start_mark.line + 1}; YAML would silently keep only the last")
+                continue
+            entries[key] = (key_node, value)
+            self.locate((*keys, key), value)
+        return entries
+
+    # -- scalars
+
+    def text(self, node: Node, keys: KeyPath, *, null_ok: bool = False) -> str | None:
+        """A scalar's text exactly as written (``1.0`` stays ``"1.0"``, never a float)."""
+        if isinstance(node, ScalarNode):
+            if node.tag == _NULL_TAG and node.style is None:
+                if not null_ok:
+                    self.problem(node, f"{dotted(keys)} has no value", "write a value after the ':'")
+                return None
+            return node.value
+        self.problem(node, f"{dotted(keys)} must be text, not {_kind(node)}")
+        return None
+
+    def integer(self, node: Node, keys: KeyPath) -> int | None:
+        if isinstance(node, ScalarNode) and node.tag == _INT_TAG:
+            try:
+                return int(_CONSTRUCTOR.construct_yaml_int(node))
+            except (ValueError, TypeError):
+                pass
+        if isinstance(node, ScalarNode) and node.style in ("'", '"') and node.value.strip().isdigit():
+            self.problem(node, f"{dotted(keys)} must be a whole number, not the text {node.value!r}",
+                         "remove the quotes")
+        else:
+            shown = repr(node.value) if isinstance(node, ScalarNode) else _kind(node)
+            self.problem(node, f"{dotted(keys)} must be a whole number, not {shown}")
+        return None
+
+    def text_list(self, node: Node, keys: KeyPath, example: str) -> list[tuple[str, Node]] | None:
+        """A list of text items (with their nodes); a lone text or wrong items reported."""
+        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None:
+            return []
+        if not isinstance(node, SequenceNode):
+            hint = f"write {keys[-1]}: [{node.value}]" if isinstance(node, ScalarNode) else f"for example {example}"
+            self.problem(node, f"{dotted(keys)} must be a list, not {_kind(node)}", hint)
+            return None
+        items: list[tuple[str, Node]] = []
+        ok = True
+        for i, item in enumerate(node.value):
+            self.locate((*keys, i), item)
+            value = self.text(item, (*keys, i))
+            if value is None:
+                ok = False
+            else:
+                items.append((value, item))
+        return items if ok else None
+
+    def choice(self, node: Node, keys: KeyPath, choices: Sequence[str]) -> str | None:
+        value = self.text(node, keys)
+        if value is None:
+            return None
+        if value not in choices:
+            near = _suggest(value, choices, prefix="")
+            self.problem(node, f"{dotted(keys)}: unknown value {value!r}",
+                         f"{near + ' ' if near else ''}choose one of {', '.join(choices)}")
+            return None
+        return value
+
+    def host_path(self, node: Node, keys: KeyPath, *, null_ok: bool = False) -> Path | None:
+        """A path on this machine; relative ones resolve against the spec's folder."""
+        value = self.text(node, keys, null_ok=null_ok)
+        if value is None:
+            return None
+        if not value.strip():
+            self.problem(node, f"{dotted(keys)} is an empty path")
+            return None
+        if "\0" in value:
+            self.problem(node, f"{dotted(keys)} contains a NUL character")
+            return None
+        return self.base / Path(value).expanduser()
+
+    def tree_glob(self, node: Node, keys: KeyPath, value: str, what: str) -> str | None:
+        """A path or glob inside the OS tree: relative, no '..', normalised (no './', '//', trailing '/')."""
+        if not value.strip():
+            self.problem(node, f"{dotted(keys)} is an empty {what}")
+            return None
+        if "\0" in value:
+            self.problem(node, f"{dotted(keys)} contains a NUL character")
+            return None
+        if value.startswith("/"):
+            self.problem(node, f"{dotted(keys)}: {what} {value!r} is absolute",
+                         f"write it relative to the OS tree: {value.lstrip('/') or '.'!r}")
+            return None
+        if ".." in value.split("/"):
+            self.problem(node, f"{dotted(keys)}: {what} {value!r} contains '..'",
+                         "name paths inside the OS tree without '..'")
+            return None
+        norm = posixpath.normpath(value)
+        if norm == ".":
+            self.problem(node, f"{dotted(keys)}: {what} {value!r} names the whole tree")
+            return None
+        return norm
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if node.tag == _NULL_TAG and node.style is None:
+        return "empty"
+    return f"the value {node.value!r}"
+
+
+def _suggest(word: str, choices: Sequence[str], prefix: str = "valid: ") -> str:
+    """``did you mean 'x'?`` when a choice is close, else the list of choices (with ``prefix``)."""
+    lowered = {c.lower(): c for c in choices}
+    near = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    if near:
+        return f"did you mean {lowered[near[0]]!r}?"
+    return f"{prefix}{', '.join(choices)}" if prefix else ""
+
+
+def _glob_selects(pattern: str, target: str) -> bool:
+    """Whether ``pattern`` names ``target`` or one of its parent folders, component by component."""
+    p_parts, t_parts = pattern.split("/"), target.split("/")
+    if len(p_parts) > len(t_parts):
+        return False
+    return all(fnmatch.fnmatchcase(t, p) for p, t in zip(p_parts, t_parts, strict=False))
+
+
+def _read_os(r: _Reader, node: Node | None) -> OsSpec | None:
+    if node is None:
+        return None
+    entries = r.mapping(node, ("os",), OS_KEYS)
+    if entries is None:
+        return None
+    root = None
+    if "root" not in entries:
+        r.problem(node, "os has no 'root'", "name the OS tree folder, e.g. 'root: rootfs'")
+    else:
+        root = r.host_path(entries["root"], ("os", "root"))
+    kernel_text = "boot/vmlinuz"
+    if "kernel" in entries:
+        kernel_text = r.text(entries["kernel"], ("os", "kernel")) or ""
+        if isinstance(entries["kernel"], ScalarNode) and not kernel_text.strip():
+            r.problem(entries["kernel"], "os.kernel is empty", "for example boot/vmlinuz")
+            kernel_text = ""
+        elif kernel_text and not kernel_text.startswith("/") and ".." in kernel_text.split("/"):
+            r.problem(entries["kernel"], f"os.kernel {kernel_text!r} contains '..'",
+                      "name the kernel inside the OS tree, or give an absolute path on this machine")
+            kernel_text = ""
+    exclude = _read_globs(r, entries.get("exclude"), ("os", "exclude"))
+    if root is None or not kernel_text or exclude is None:
+        return None
+    kpath = Path(kernel_text).expanduser()
+    return OsSpec(root=root, kernel=kpath if kpath.is_absolute() else root / kpath, exclude=exclude)
+
+
+def _read_globs(r: _Reader, node: Node | None, keys: KeyPath) -> list[str] | None:
+    if node is None:
+        return []
+    items = r.text_list(node, keys, "[var/cache, usr/share/doc]")
+    if items is None:
+        return None
+    out: list[str] = []
+    for i, (value, item) in enumerate(items):
+        norm = r.tree_glob(item, (*keys, i), value, "glob")
+        if norm is None:
+            return None
+        out.append(norm)
+    return out
+
+
+def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
+    uki = UkiSpec(output=r.base / "build" / "uki.efi")
+    if node is None or (isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None):
+        return uki
+    entries = r.mapping(node, ("uki",), UKI_KEYS)
+    if entries is None:
+        return None
+    ok = True
+
+    def path(key: str, *, null_ok: bool = False) -> Path | None:
+        nonlocal ok
+        if key not in entries:
+            return None
+        value = r.host_path(entries[key], ("uki", key), null_ok=null_ok)
+        if value is None and not _is_null(entries[key]):
+            ok = False
+        return value
+
+    for key in ("stub", "output"):
+        if key in entries:
+            value = path(key)
+            if value is not None:
+                setattr(uki, key, value)
+    for key in ("splash", "os_release", "pcr_key", "pcr_cert"):
+        setattr(uki, key, path(key, null_ok=True))
+    if uki.pcr_cert is not None and uki.pcr_key is None:
+        r.problem(entries["pcr_cert"], "uki.pcr_cert is set without uki.pcr_key",
+                  "the PCR signature needs the private key: add pcr_key")
+        ok = False
+    if "cmdline" in entries:
+        cmdline = r.text(entries["cmdline"], ("uki", "cmdline"), null_ok=True)
+        if cmdline is None and not _is_null(entries["cmdline"]):
+            ok = False
+        uki.cmdline = " ".join((cmdline or "").split())
+    if "init" in entries:
+        init = r.text(entries["init"], ("uki", "init"), null_ok=True)
+        if init is not None and not init.startswith("/"):
+            r.problem(entries["init"], f"uki.init {init!r} must be an absolute path inside the OS",
+                      "for example /usr/bin/immucore")
+            ok = False
+        elif init is None and not _is_null(entries["init"]):
+            ok = False
+        uki.init = init
+    if "uname" in entries:
+        uname = r.text(entries["uname"], ("uki", "uname"), null_ok=True)
+        if uname is not None and (not uname.strip() or any(c.isspace() for c in uname)):
+            r.problem(entries["uname"], f"uki.uname {uname!r} must be one word, like 6.1.0-18-amd64")
+            ok = False
+        uki.uname = uname
+    if "compression" in entries:
+        compression = r.choice(entries["compression"], ("uki", "compression"), UKI_COMPRESSIONS)
+        if compression is None:
+            ok = False
+        else:
+            uki.compression = compression
+    uki.level = UKI_DEFAULT_LEVELS.get(uki.compression, uki.level)
+    if "level" in entries:
+        level = r.integer(entries["level"], ("uki", "level"))
+        span = UKI_LEVELS.get(uki.compression)
+        if level is None:
+            ok = False
+        elif span and not span[0] <= level <= span[1]:
+            r.problem(entries["level"], f"uki.level {level} is out of range for {uki.compression}",
+                      f"{uki.compression} levels go from {span[0]} to {span[1]}")
+            ok = False
+        else:
+            uki.level = level
+    if "limit" in entries:
+        limit = _read_limit(r, entries["limit"])
+        if limit is None:
+            ok = False
+        else:
+            uki.limit, uki.limit_text = limit
+    return uki if ok else None
+
+
+def _read_limit(r: _Reader, node: Node) -> tuple[int, str] | None:
+    text = r.text(node, ("uki", "limit"))
+    if text is None:
+        return None
+    try:
+        value = parse_size(text, allow_presets=True)
+    except SizeError as exc:
+        r.problem(node, f"uki.limit: {exc}", f"presets: {', '.join(LIMIT_PRESETS)}")
+        return None
+    except (ValueError, OverflowError):
+        r.problem(node, f"uki.limit {text!r} is not a size", "write a number with a unit such as 1GiB")
+        return None
+    if value <= 0:
+        r.problem(node, "uki.limit must be more than 0", "for example 1GiB")
+        return None
+    if value > THRESHOLDS.impossible:
+        r.problem(node, f"uki.limit {text!r} is above 4 GiB, which no PE file can reach",
+                  "use at most 4GiB (preset 'pe-max')")
+        return None
+    return value, text.strip()
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None
+
+
+def _read_signing(r: _Reader, node: Node | None) -> tuple[bool, SigningSpec | None]:
+    """(ok, signing); no section or ``signing: null`` means unsigned."""
+    if node is None or _is_null(node):
+        return True, None
+    entries = r.mapping(node, ("signing",), SIGNING_KEYS)
+    if entries is None:
+        return False, None
+    ok = True
+    found: dict[str, Path] = {}
+    for key in ("key", "cert"):
+        if key not in entries:
+            r.problem(node, f"signing has no {key!r}",
+                      "give both key and cert of the db key pair, or remove signing for unsigned images")
+            ok = False
+            continue
+        value = r.host_path(entries[key], ("signing", key))
+        if value is None:
+            ok = False
+        else:
+            found[key] = value
+    env = None
+    if "passphrase_env" in entries:
+        env = r.text(entries["passphrase_env"], ("signing", "passphrase_env"), null_ok=True)
+        if env is not None and not _ENV_RE.fullmatch(env):
+            r.problem(entries["passphrase_env"], f"signing.passphrase_env {env!r} is not an environment variable name",
+                      "name the variable that holds the passphrase, e.g. DB_KEY_PASSPHRASE; never the passphrase itself")
+            ok = False
+    if not ok:
+        return False, None
+    return True, SigningSpec(key=found["key"], cert=found["cert"], passphrase_env=env)
+
+
+def _read_release(r: _Reader, node: Node, keys: KeyPath) -> dict[str, str] | None:
+    entries = r.mapping_of_text(node, keys)
+    if entries is None:
+        return None
+    release: dict[str, str] = {}
+    ok = True
+    for key, (key_node, value_node) in entries.items():
+        if not _RELEASE_KEY_RE.fullmatch(key):
+            hint = f"write {key.upper()!r}" if _RELEASE_KEY_RE.fullmatch(key.upper()) else "os-release keys look like ID, VERSION_ID, ARCHITECTURE"
+            r.problem(key_node, f"release key {key!r} in {dotted(keys)} is not an os-release key", hint)
+            ok = False
+            continue
+        value = r.text(value_node, (*keys, key))
+        if value is None:
+            ok = False
+            continue
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            r.problem(value_node, f"{dotted((*keys, key))} contains a control character or line break")
+            ok = False
+            continue
+        release[key] = value
+    if "ID" not in entries:
+        r.problem(node, f"{dotted(keys)} has no ID", "ID: _any matches every host; otherwise the host's os-release ID")
+        ok = False
+    elif "ID" in release and release["ID"] != "_any" and not _OS_ID_RE.fullmatch(release["ID"]):
+        r.problem(entries["ID"][1], f"{dotted((*keys, 'ID'))} {release['ID']!r} is not an os-release ID",
+                  "lower-case letters, digits, '.', '_', '-' (like debian), or _any")
+        ok = False
+    if "ARCHITECTURE" in release and release["ARCHITECTURE"] not in ARCHITECTURES:
+        arch = release["ARCHITECTURE"]
+        near = _suggest(arch, ARCHITECTURES, prefix="")
+        r.problem(entries["ARCHITECTURE"][1], f"{dotted((*keys, 'ARCHITECTURE'))}: unknown architecture {arch!r}",
+                  f"{near + ' ' if near else ''}systemd names: {', '.join(ARCHITECTURES)}")
+        ok = False
+    if "SYSEXT_SCOPE" in release:
+        words = release["SYSEXT_SCOPE"].split()
+        wrong = [w for w in words if w not in _SYSEXT_SCOPES]
+        if wrong or not words:
+            r.problem(entries["SYSEXT_SCOPE"][1], f"{dotted((*keys, 'SYSEXT_SCOPE'))}: unknown scope {' '.join(wrong)!r}",
+                      f"a space-separated list of {', '.join(_SYSEXT_SCOPES)}")
+            ok = False
+    return release if ok else None
+
+
+def _read_extension(r: _Reader, node: Node, i: int) -> ExtensionSpec | None:
+    keys: KeyPath = ("extensions", i)
+    entries = r.mapping(node, keys, EXTENSION_KEYS)
+    if entries is None:
+        return None
+    ok = True
+    name = None
+    if "name" not in entries:
+        r.problem(node, f"{dotted(keys)} has no name", "every extension needs 'name:', e.g. name: firmware")
+        ok = False
+    else:
+        name = r.text(entries["name"], (*keys, "name"))
+        why = extension_name_problem(name) if name is not None else None
+        if why:
+            r.problem(entries["name"], why)
+        if name is None or why:
+            ok = False
+    ext = ExtensionSpec(name=name or "")
+    if "version" in entries:
+        version = r.text(entries["version"], (*keys, "version"))
+        if version is not None and not _VERSION_RE.fullmatch(version):
+            r.problem(entries["version"], f"{dotted((*keys, 'version'))} {version!r} is not a version",
+                      "letters, digits and . _ + ~ -, starting with a letter or digit, e.g. \"1.0\"")
+            version = None
+        if version is None:
+            ok = False
+        else:
+            ext.version = version
+    if "paths" not in entries:
+        r.problem(node, f"{dotted(keys)} has no paths", "list what it carries, e.g. paths: [usr/lib/firmware]")
+        ok = False
+    exclude = _read_globs(r, entries.get("exclude"), (*keys, "exclude"))
+    if exclude is None:
+        ok = False
+    else:
+        ext.exclude = exclude
+    if "paths" in entries:
+        paths = _read_ext_paths(r, entries["paths"], (*keys, "paths"), exclude or [])
+        if paths is None:
+            ok = False
+        else:
+            ext.paths = paths
+    fs_ok = True
+    if "filesystem" in entries:
+        fs = r.choice(entries["filesystem"], (*keys, "filesystem"), FILESYSTEMS)
+        if fs is None:
+            ok = fs_ok = False
+        else:
+            ext.filesystem = fs
+    if "compression" in entries and fs_ok:
+        choices = FS_COMPRESSIONS.get(ext.filesystem, ())
+        comp = r.choice(entries["compression"], (*keys, "compression"), choices)
+        if comp is None:
+            ok = False
+        else:
+            ext.compression = comp
+    if "release" in entries:
+        release = _read_release(r, entries["release"], (*keys, "release"))
+        if release is None:
+            ok = False
+        else:
+            ext.release = release
+    return ext if ok else None
+
+
+def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -> list[str] | None:
+    items = r.text_list(node, keys, "[usr/lib/firmware, opt/tool]")
+    if items is None:
+        return None
+    out: list[str] = []
+    ok = True
+    seen: dict[str, int] = {}
+    for i, (value, item) in enumerate(items):
+        norm = r.tree_glob(item, (*keys, i), value, "path")
+        if norm is None:
+            ok = False
+            continue
+        top = norm.split("/", 1)[0]
+        if any(c in top for c in _GLOB_CHARS):
+            r.problem(item, f"{dotted((*keys, i))}: {value!r} has a glob in its first folder",
+                      "start with usr/ or opt/ so it cannot match anything else")
+            ok = False
+            continue
+        if top not in ("usr", "opt"):
+            r.problem(item, f"{dotted((*keys, i))}: {value!r} is outside usr/ and opt/",
+                      "systemd-sysext merges only /usr and /opt; leave the rest in the UKI")
+            ok = False
+            continue
+        if _glob_selects(norm, "usr/lib/os-release") and not any(
+                _glob_selects(e, "usr/lib/os-release") for e in exclude):
+            r.problem(item, f"{dotted((*keys, i))}: {value!r} would put usr/lib/os-release into the extension, "
+                            "which systemd-sysext refuses",
+                      "add usr/lib/os-release to this extension's exclude" if norm != "usr/lib/os-release"
+                      else "remove it; the OS release file stays in the UKI")
+            ok = False
+            continue
+        if _glob_selects("usr/lib/extension-release.d", norm):
+            r.problem(item, f"{dotted((*keys, i))}: {value!r} is inside usr/lib/extension-release.d",
+                      "sysextant writes the extension's release file itself; remove this path")
+            ok = False
+            continue
+        if norm in seen:
+            r.problem(item, f"{dotted((*keys, i))}: {value!r} is listed twice",
+                      f"already {dotted((*keys, seen[norm]))}")
+            ok = False
+            continue
+        seen[norm] = i
+        out.append(norm)
+    return out if ok else None
+
+
+def _read_extensions(r: _Reader, node: Node | None) -> list[ExtensionSpec] | None:
+    if node is None or _is_null(node):
+        return []
+    if not isinstance(node, SequenceNode):
+        r.problem(node, f"extensions must be a list of '- name: ...' items, not {_kind(node)}")
+        return None
+    out: list[ExtensionSpec] = []
+    ok = True
+    names: dict[str, Node] = {}
+    for i, item in enumerate(node.value):
+        r.locate(("extensions", i), item)
+        ext = _read_extension(r, item, i)
+        if ext is None:
+            ok = False
+            continue
+        folded = ext.name.lower()
+        if folded in names:
+            other = names[folded]
+            same = other.value == ext.name
+            r.problem(_name_node(item) or item,
+                      f"extension name {ext.name!r} is used twice" if same
+                      else f"extension names {other.value!r} and {ext.name!r} differ only in case",
+                      f"first at line {other.start_mark.line + 1}" + (
+                          "" if same else "; the Kairos ESP (FAT) does not tell them apart"))
+            ok = False
+            continue
+        names[folded] = _name_node(item) or item
+        out.append(ext)
+    return out if ok else None
+
+
+def _name_node(item: Node) -> Node | None:
+    if isinstance(item, MappingNode):
+        for key, value in item.value:
+            if isinstance(key, ScalarNode) and key.value == "name":
+                return value
+    return None
+
+
+def _read_version(r: _Reader, top: MappingNode, node: Node | None) -> None:
+    if node is None:
+        r.problem(top, f"the spec has no 'version: {SPEC_VERSION}'", f"add 'version: {SPEC_VERSION}' as the first line")
+        return
+    if isinstance(node, ScalarNode) and node.tag == _INT_TAG and node.value == str(SPEC_VERSION):
+        return
+    if isinstance(node, ScalarNode) and node.value.strip() == str(SPEC_VERSION):
+        r.problem(node, f"version must be the number {SPEC_VERSION}, not the text {node.value!r}", "remove the quotes")
+        return
+    shown = repr(node.value) if isinstance(node, ScalarNode) else _kind(node)
+    r.problem(node, f"unsupported spec version {shown}", f"this sysextant reads version {SPEC_VERSION}")
+
+
+def loads_spec(text: str, path: Path) -> Spec:
+    """Read spec ``text`` (from the file ``path``, used for messages and relative paths)."""
+    path = Path(path)
+    node, problems = compose(text, path)
+    if node is None:
+        if not problems:
+            problems.append(Problem(path, 1, 1, "the spec is empty", "start from `sysextant init`"))
+        raise SpecError(problems)
+    r = _Reader(path, path.absolute().parent)
+    r.problems.extend(problems)
+    if not isinstance(node, MappingNode):
+        r.problem(node, f"the spec must be a mapping of keys ({', '.join(TOP_KEYS)}), not {_kind(node)}")
+        raise SpecError(r.problems)
+    entries = r.mapping(node, (), TOP_KEYS) or {}
+    _read_version(r, node, entries.get("version"))
+    if "os" not in entries:
+        r.problem(node, "the spec has no 'os' section", "add 'os:' with 'root: DIR', the OS tree to slim")
+    os_spec = _read_os(r, entries.get("os"))
+    uki = _read_uki(r, entries.get("uki"))
+    _, signing = _read_signing(r, entries.get("signing"))
+    extensions = _read_extensions(r, entries.get("extensions"))
+    output = r.base / "build"
+    if "output" in entries:
+        output = r.host_path(entries["output"], ("output",))
+    if r.problems or os_spec is None or uki is None or extensions is None or output is None:
+        if not r.problems:  # pragma: no cover - every None above reports a problem
+            r.problem(node, "the spec could not be read")
+        raise SpecError(r.problems)
+    r.locations.setdefault((), (1, 1))
+    return Spec(path=path, os=os_spec, uki=uki, signing=signing, extensions=extensions,
+                output=output, locations=r.locations)
+
+
+def load_spec(path: Path) -> Spec:
+    """Read and check the spec file at ``path``; :class:`SpecError` lists every problem."""
+    path = Path(path)
+
+    def fail(message: str, hint: str = "") -> SpecError:
+        return SpecError([Problem(path, 0, 0, message, hint)])
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SPEC_BYTES + 1)
+    except FileNotFoundError:
+        raise fail("the spec file does not exist", "create one with `sysextant init`") from None
+    except IsADirectoryError:
+        raise fail("is a folder, not a spec file", "name the YAML file, e.g. sysextant.yaml") from None
+    except PermissionError:
+        raise fail("the spec file is not readable by this user") from None
+    except OSError as exc:
+        raise fail(f"cannot read the spec file: {exc.strerror or exc}") from None
+    if len(data) > MAX_SPEC_BYTES:
+        raise fail(f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; a spec is a small YAML file",
+                   "is this the right file?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError([Problem(path, line, col, f"byte 0x{data[exc.start]:02x} is not UTF-8 text",
+                                 "save the spec as UTF-8")]) from None
+    return loads_spec(text, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Writing values and fresh specs
+
+
+def scalar_text(value: str | int | bool | None, *, flow: bool = False) -> str:
+    """``value`` as YAML scalar text, quoted only when YAML needs it.
+
+    ``flow`` asks for text that is also safe inside ``[...]`` or ``{...}``. Strings with line
+    breaks or unprintable characters are double-quoted with escapes, so the result is one line.
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"cannot write {type(value).__name__} as a spec value")
+    one_line = value.isprintable() and not any(c in value for c in "\x85\u2028\u2029")
+    if not one_line:
+        dumped = yaml.safe_dump(value, default_style='"', width=math.inf, allow_unicode=False)
+        return dumped.rstrip("\n").removesuffix("\n...").rstrip("\n")
+    dumped = yaml.safe_dump([value], default_flow_style=flow, width=math.inf, allow_unicode=True)
+    if flow:
+        return dumped.strip()[1:-1]
+    return dumped.rstrip("\n")[2:]
+
+
+def flow_list_text(items: Sequence[str]) -> str:
+    """``[a, b]`` with each item quoted only as needed."""
+    return "[" + ", ".join(scalar_text(i, flow=True) for i in items) + "]"
+
+
+def flow_mapping_text(mapping: dict[str, str]) -> str:
+    return "{" + ", ".join(f"{scalar_text(k, flow=True)}: {scalar_text(v, flow=True)}"
+                           for k, v in mapping.items()) + "}"
+
+
+def extension_lines(ext: ExtensionSpec, indent: int = 2, unit: int = 2) -> list[str]:
+    """The block lines (no line ends) of one ``extensions`` item, its dash at column ``indent``.
+
+    Short path lists are written flow style; long ones one path a line.
+    """
+    pad = " " * (indent + 2)
+    lines = [" " * indent + f"- name: {scalar_text(ext.name)}",
+             f"{pad}version: {scalar_text(ext.version)}"]
+    paths = flow_list_text(ext.paths)
+    if len(pad) + len("paths: ") + len(paths) <= 96:
+        lines.append(f"{pad}paths: {paths}")
+    else:
+        lines.append(f"{pad}paths:")
+        lines.extend(f"{pad}{' ' * unit}- {scalar_text(p)}" for p in ext.paths)
+    if ext.exclude:
+        lines.append(f"{pad}exclude: {flow_list_text(ext.exclude)}")
+    lines.append(f"{pad}filesystem: {scalar_text(ext.filesystem)}")
+    lines.append(f"{pad}compression: {scalar_text(ext.compression)}")
+    lines.append(f"{pad}release: {flow_mapping_text(ext.release)}")
+    return lines
+
+
+def new_spec_text(root: str, *, kernel: str = "boot/vmlinuz", cmdline: str = "console=ttyS0",
+                  init: str | None = None, limit: str = "1GiB", uki_output: str = "build/uki.efi",
+                  key: str | None = None, cert: str | None = None,
+                  extensions: Sequence[ExtensionSpec] = (), output: str = "build") -> str:
+    """A fresh, commented version-1 spec for ``sysextant init`` and the demo.
+
+    Without ``key`` and ``cert`` the signing section is written commented out (unsigned builds).
+    """
+    s = scalar_text
+    lines = [
+        "# Sysextant spec: which parts of the OS tree leave the UKI as signed system extensions.",
+        "# Relative paths are relative to this file's folder.",
+        f"version: {SPEC_VERSION}",
+        "",
+        "os:",
+        f"  root: {s(root)}                 # the OS tree (a folder)",
+        f"  kernel: {s(kernel)}       # inside root unless absolute",
+        "  exclude: []                  # extra globs left out of the UKI initrd",
+        "",
+        "uki:",
+        "  stub: /usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        f"  cmdline: {s(cmdline)}",
+        f"  init: {s(init)}" + ("                   # e.g. /usr/bin/immucore: the /init symlink Kairos uses"
+                                 if init is None else ""),
+        "  compression: zstd            # zstd | gzip | xz | none",
+        "  level: 19",
+        f"  limit: {s(limit)}                 # a size with unit, or a preset: {', '.join(LIMIT_PRESETS)}",
+        f"  output: {s(uki_output)}",
+        "",
+    ]
+    if key and cert:
+        lines += ["signing:                       # the Secure Boot db key pair",
+                  f"  key: {s(key)}", f"  cert: {s(cert)}", ""]
+    else:
+        lines += ["# signing:                     # without it, images are built unsigned",
+                  "#   key: keys/db.key", "#   cert: keys/db.pem", ""]
+    if extensions:
+        lines.append("extensions:")
+        for ext in extensions:
+            lines.extend(extension_lines(ext))
+    else:
+        lines += ["extensions: []                 # e.g. - name: firmware",
+                  "                               #        paths: [usr/lib/firmware]"]
+    lines += ["", "# Where the extension images go.", f"output: {s(output)}", ""]
+    return "\n".join(lines)
