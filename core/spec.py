@@ -167,8 +167,10 @@ class _NodeLoader(yaml.SafeLoader):
             if getattr(event, "anchor", None) is not None:
                 self.oddities.append((event.start_mark, f"YAML anchor '&{event.anchor}' is not supported",
                                       "remove it and write values out in full"))
-            if getattr(event, "tag", None) is not None:
-                self.oddities.append((event.start_mark, f"YAML tag {event.tag!r} is not supported",
+            tag = getattr(event, "tag", None)
+            if tag is not None:
+                shown = tag.replace("tag:yaml.org,2002:", "!!")
+                self.oddities.append((event.start_mark, f"YAML tag {shown!r} is not supported",
                                       "remove the tag; a spec holds only plain text, numbers, lists and mappings"))
         return super().compose_node(parent, index)
 
@@ -547,7 +549,7 @@ def _read_limit(r: _Reader, node: Node) -> tuple[int, str] | None:
     try:
         value = parse_size(text, allow_presets=True)
     except SizeError as exc:
-        r.problem(node, f"uki.limit: {exc}", f"presets: {', '.join(LIMIT_PRESETS)}")
+        r.problem(node, f"uki.limit: {exc}", "" if "preset" in str(exc) else f"or a preset: {', '.join(LIMIT_PRESETS)}")
         return None
     except (ValueError, OverflowError):
         r.problem(node, f"uki.limit {text!r} is not a size", "write a number with a unit such as 1GiB")

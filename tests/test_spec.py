@@ -1,0 +1,460 @@
+"""The spec loader: values, defaults, paths, and a precise problem for every kind of mistake."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sysextant.core import spec as S
+from sysextant.core.errors import UserError
+from sysextant.core.model import ExtensionSpec
+from sysextant.core.spec import (
+    Problem,
+    SpecError,
+    extension_name_problem,
+    load_spec,
+    loads_spec,
+    new_spec_text,
+    scalar_text,
+)
+from sysextant.core.units import GiB, MiB
+
+FULL = """\
+version: 1
+os:
+  root: rootfs
+  kernel: boot/vmlinuz-6.1
+  exclude: [var/cache, usr/share/doc/*]
+uki:
+  stub: stub/linuxx64.efi.stub
+  cmdline: "console=ttyS0 rd.immucore.debug"
+  init: /usr/bin/immucore
+  compression: gzip
+  level: 6
+  limit: ovmf
+  output: out/uki.efi
+  splash: splash.bmp
+  os_release: os-release
+  uname: 6.1.0-18-amd64
+  pcr_key: keys/pcr.key
+  pcr_cert: keys/pcr.pem
+signing:
+  key: keys/db.key
+  cert: /etc/keys/db.pem
+  passphrase_env: DB_PASS
+extensions:
+  - name: firmware
+    version: 1.10
+    paths: [usr/lib/firmware, usr/share/firmware/]
+    exclude: [usr/lib/firmware/amdgpu/*]
+    filesystem: squashfs
+    compression: zstd
+    release: {ID: kairos, VERSION_ID: 1.0, ARCHITECTURE: arm64, SYSEXT_SCOPE: system initrd}
+  - name: k3s.tools
+    paths:
+      - opt/k3s
+      - usr/bin/k3s
+output: images
+"""
+
+MINIMAL = """\
+version: 1
+os:
+  root: rootfs
+extensions:
+  - name: firmware
+    paths: [usr/lib/firmware]
+"""
+
+
+def load(text: str, name: str = "/srv/proj/spec.yaml") -> S.Spec:
+    return loads_spec(text, Path(name))
+
+
+def problems(text: str) -> list[Problem]:
+    with pytest.raises(SpecError) as info:
+        load(text)
+    assert info.value.problems, "a SpecError always lists its problems"
+    return info.value.problems
+
+
+def test_full_spec_values_and_paths() -> None:
+    spec = load(FULL)
+    base = Path("/srv/proj")
+    assert spec.os.root == base / "rootfs"
+    assert spec.os.kernel == base / "rootfs/boot/vmlinuz-6.1"
+    assert spec.os.exclude == ["var/cache", "usr/share/doc/*"]
+    u = spec.uki
+    assert u.stub == base / "stub/linuxx64.efi.stub"
+    assert u.cmdline == "console=ttyS0 rd.immucore.debug"
+    assert u.init == "/usr/bin/immucore"
+    assert (u.compression, u.level) == ("gzip", 6)
+    assert (u.limit, u.limit_text) == (2 * GiB, "ovmf")
+    assert u.output == base / "out/uki.efi"
+    assert u.splash == base / "splash.bmp" and u.os_release == base / "os-release"
+    assert u.uname == "6.1.0-18-amd64"
+    assert (u.pcr_key, u.pcr_cert) == (base / "keys/pcr.key", base / "keys/pcr.pem")
+    assert spec.signing is not None
+    assert spec.signing.key == base / "keys/db.key"
+    assert spec.signing.cert == Path("/etc/keys/db.pem")
+    assert spec.signing.passphrase_env == "DB_PASS"
+    fw, k3s = spec.extensions
+    # The scalar text as written: 1.10 and 1.0 are not floats here.
+    assert fw.version == "1.10"
+    assert fw.release == {"ID": "kairos", "VERSION_ID": "1.0", "ARCHITECTURE": "arm64",
+                          "SYSEXT_SCOPE": "system initrd"}
+    assert fw.paths == ["usr/lib/firmware", "usr/share/firmware"]  # trailing '/' normalised
+    assert fw.exclude == ["usr/lib/firmware/amdgpu/*"]
+    assert (fw.filesystem, fw.compression) == ("squashfs", "zstd")
+    assert fw.architecture == "arm64"
+    assert k3s.name == "k3s.tools" and k3s.paths == ["opt/k3s", "usr/bin/k3s"]
+    assert spec.output == base / "images"
+
+
+def test_locations_cover_every_key_and_list_item() -> None:
+    spec = load(FULL)
+    assert spec.locations[("version",)] == (1, 10)
+    assert spec.locations[("extensions", 0, "paths", 1)] == (26, 31)
+    assert spec.locations[("extensions", 1, "paths", 1)] == (34, 9)
+    assert spec.locations[("extensions", 0, "release", "ARCHITECTURE")] == (30, 58)
+    assert spec.where("extensions", 1, "paths", 0) == "/srv/proj/spec.yaml:33:9"
+    assert spec.where("extensions", 1, "no-such-key") == "/srv/proj/spec.yaml:31:5"
+
+
+def test_defaults() -> None:
+    spec = load(MINIMAL)
+    base = Path("/srv/proj")
+    assert spec.os.kernel == base / "rootfs/boot/vmlinuz"
+    assert spec.os.exclude == []
+    assert spec.uki.stub == Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+    assert (spec.uki.compression, spec.uki.level, spec.uki.limit) == ("zstd", 19, 1 * GiB)
+    assert spec.uki.output == base / "build/uki.efi"
+    assert spec.uki.init is None and spec.uki.cmdline == "console=ttyS0"
+    assert spec.signing is None
+    ext = spec.extensions[0]
+    assert (ext.version, ext.filesystem, ext.compression) == ("1.0", "erofs", "none")
+    assert ext.release == {"ID": "_any", "ARCHITECTURE": "x86-64"}
+    assert spec.output == base / "build"
+
+
+def test_compression_picks_its_default_level_and_absolute_kernel() -> None:
+    text = MINIMAL.replace("  root: rootfs\n", "  root: rootfs\n  kernel: /boot/vmlinuz\n")
+    spec = load(text + "uki: {compression: xz}\nsigning: null\n")
+    assert (spec.uki.compression, spec.uki.level) == ("xz", 6)
+    assert spec.os.kernel == Path("/boot/vmlinuz")
+    assert spec.signing is None
+
+
+def test_relative_spec_path_resolves_against_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/spec.yaml").write_text(MINIMAL)
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(Path("sub/spec.yaml"))
+    assert spec.os.root == tmp_path / "sub/rootfs"
+    assert spec.path == Path("sub/spec.yaml")
+
+
+def test_problem_text() -> None:
+    p = Problem(Path("spec.yaml"), 12, 7, "unknown key 'filesytem' in extensions[0]", "did you mean 'filesystem'?")
+    assert str(p) == "spec.yaml:12:7: unknown key 'filesytem' in extensions[0] (did you mean 'filesystem'?)"
+    assert str(Problem(Path("s.yaml"), 0, 0, "is a folder")) == "s.yaml: is a folder"
+    err = SpecError([Problem(Path("a"), 3, 1, "x"), Problem(Path("a"), 1, 2, "y")])
+    assert str(err) == "a:1:2: y\na:3:1: x"
+    assert isinstance(err, UserError)
+
+
+# Each case: a change to FULL, the expected (line, column) and words of the message / hint.
+CASES = [
+    ("version: 1\n", "version: 2\n", (1, 10), "unsupported spec version", "version 1"),
+    ("version: 1\n", 'version: "1"\n', (1, 10), "not the text '1'", "remove the quotes"),
+    ("version: 1\n", "", (1, 1), "no 'version: 1'", ""),
+    ("  kernel: boot/vmlinuz-6.1\n", "  kernle: boot/vmlinuz-6.1\n", (4, 3), "unknown key 'kernle' in os", "did you mean 'kernel'?"),
+    ("    filesystem: squashfs\n", "    filesytem: squashfs\n", (28, 5), "unknown key 'filesytem' in extensions[0]", "did you mean 'filesystem'?"),
+    ("  root: rootfs\n", "  root: rootfs\n  root: other\n", (4, 3), "duplicate key 'root' in os", "first at line 3"),
+    ("  root: rootfs\n", "", (3, 3), "os has no 'root'", ""),
+    ("  level: 6\n", "  level: 10\n", (11, 10), "uki.level 10 is out of range for gzip", "from 1 to 9"),
+    ("  level: 6\n", "  level: high\n", (11, 10), "uki.level must be a whole number", ""),
+    ("  level: 6\n", '  level: "6"\n', (11, 10), "must be a whole number, not the text '6'", "remove the quotes"),
+    ("  level: 6\n", "  level: 1.5\n", (11, 10), "must be a whole number", ""),
+    ("  compression: gzip\n  level: 6\n", "  compression: zstd\n  level: 23\n", (11, 10), "out of range for zstd", "from 1 to 22"),
+    ("  compression: gzip\n  level: 6\n", "  compression: xz\n  level: -1\n", (11, 10), "out of range for xz", "from 0 to 9"),
+    ("  compression: gzip\n", "  compression: lzma\n", (10, 16), "uki.compression: unknown value 'lzma'", "zstd, gzip, xz, none"),
+    ("  limit: ovmf\n", "  limit: 800\n", (12, 10), "has no unit: write 800B, or 800MiB", "or a preset: small-firmware"),
+    ("  limit: ovmf\n", "  limit: 800 parsecs\n", (12, 10), "unknown unit 'parsecs'", ""),
+    ("  limit: ovmf\n", "  limit: firmware\n", (12, 10), "cannot read size 'firmware': write a number with a unit such as 1GiB or a preset (small-firmware", ""),
+    ("  limit: ovmf\n", "  limit: 5GiB\n", (12, 10), "above 4 GiB", "pe-max"),
+    ("  limit: ovmf\n", "  limit: 0B\n", (12, 10), "more than 0", ""),
+    ("  init: /usr/bin/immucore\n", "  init: immucore\n", (9, 9), "must be an absolute path", "/usr/bin/immucore"),
+    ("  uname: 6.1.0-18-amd64\n", "  uname: 6.1 amd64\n", (16, 10), "must be one word", ""),
+    ("  pcr_key: keys/pcr.key\n", "", (17, 13), "pcr_cert is set without uki.pcr_key", ""),
+    ("  cert: /etc/keys/db.pem\n", "", (20, 3), "signing has no 'cert'", "remove signing"),
+    ("  passphrase_env: DB_PASS\n", "  passphrase_env: hunter 2\n", (22, 19), "not an environment variable name", ""),
+    ("  - name: firmware\n", "  - name: firm_ware\n", (24, 11), "contains '_'", ""),
+    ("  - name: firmware\n", "  - name: .firmware\n", (24, 11), "starts with '.'", ""),
+    ("  - name: firmware\n", "  - name: fw/x\n", (24, 11), "contains '/'", ""),
+    ("  - name: firmware\n", "  - name: fw x\n", (24, 11), "may only hold letters", ""),
+    ("  - name: firmware\n", "  - name: ''\n", (24, 11), "name is empty", ""),
+    ("  - name: firmware\n", "  - name:\n", (24, 10), "extensions[0].name has no value", ""),
+    ("  - name: firmware\n", "  - version: '1'\n", (24, 5), "extensions[0] has no name", ""),
+    ("  - name: k3s.tools\n", "  - name: firmware\n", (31, 11), "name 'firmware' is used twice", "first at line 24"),
+    ("  - name: k3s.tools\n", "  - name: Firmware\n", (31, 11), "differ only in case", "FAT"),
+    ("    version: 1.10\n", "    version: 1 0\n", (25, 14), "is not a version", ""),
+    ("[usr/lib/firmware, usr/share/firmware/]", "usr/lib/firmware", (26, 12), "paths must be a list", "write paths: [usr/lib/firmware]"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/lib/firmware, [a]]", (26, 31), "paths[1] must be text", ""),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[/usr/lib/firmware]", (26, 13), "is absolute", "'usr/lib/firmware'"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/lib/../../etc]", (26, 13), "contains '..'", ""),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[etc/ssl]", (26, 13), "outside usr/ and opt/", "merges only /usr and /opt"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "['*/lib']", (26, 13), "glob in its first folder", ""),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/lib/os-release]", (26, 13), "usr/lib/os-release", "remove it"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/lib/os-*]", (26, 13), "usr/lib/os-release", "exclude"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/lib]", (26, 13), "usr/lib/os-release", "exclude"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/lib/extension-release.d/x]", (26, 13), "extension-release.d", ""),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/x, usr/x/]", (26, 20), "listed twice", "paths[0]"),
+    ("[usr/lib/firmware, usr/share/firmware/]", "['']", (26, 13), "empty path", ""),
+    ("[usr/lib/firmware, usr/share/firmware/]", "[usr/x/., ./usr/x/]", (26, 22), "listed twice", ""),
+    ("    exclude: [usr/lib/firmware/amdgpu/*]\n", "    exclude: [/usr/x]\n", (27, 15), "exclude[0]: glob '/usr/x' is absolute", ""),
+    ("    filesystem: squashfs\n", "    filesystem: ext4\n", (28, 17), "unknown value 'ext4'", "erofs, squashfs"),
+    ("    compression: zstd\n", "    compression: zstd2\n", (29, 18), "unknown value 'zstd2'", "did you mean 'zstd'?"),
+    ("    filesystem: squashfs\n    compression: zstd\n", "    compression: zstd\n", (28, 18), "unknown value 'zstd'", "none, lz4, lz4hc"),
+    ("{ID: kairos, ", "{", (30, 14), "release has no ID", "_any"),
+    ("ID: kairos", "ID: Kairos OS", (30, 19), "is not an os-release ID", ""),
+    ("ARCHITECTURE: arm64", "ARCHITECTURE: amd64", (30, 58), "unknown architecture 'amd64'", "x86-64"),
+    ("VERSION_ID: 1.0", "version_id: 1.0", (30, 27), "release key 'version_id'", "write 'VERSION_ID'"),
+    ("VERSION_ID: 1.0", "VERSION_ID: [1]", (30, 39), "must be text", ""),
+    ("SYSEXT_SCOPE: system initrd", "SYSEXT_SCOPE: system host", (30, 79), "unknown scope 'host'", ""),
+    ("release: {ID: kairos, ", "release: {ID: a, ID: b, ", (30, 22), "duplicate key 'ID'", ""),
+    ("output: images\n", "output: [images]\n", (35, 9), "output must be text", ""),
+    ("os:\n", "os: 3\nx:\n", (2, 5), "os must be a mapping", "valid keys"),
+    ("extensions:\n", "extensions: {}\nx:\n", (23, 13), "extensions must be a list", ""),
+    ("  - name: firmware\n", "  - 3\n  - name: firmware\n", (24, 5), "extensions[0] must be a mapping", ""),
+    ("os:\n", "? [a]\n: b\nos:\n", (2, 3), "keys must be words", ""),
+    ("version: 1\n", "version: 1\nversion: 1\n", (2, 1), "duplicate key 'version'", ""),
+    ("output: images\n", "output: !!str images\n", (35, 9), "YAML tag '!!str'", ""),
+    ("output: images\n", "output: &o images\nx: *o\n", (35, 9), "YAML anchor '&o'", ""),
+    ("output: images\n", "output: images\n  bad: indent\n", (36, 6), "YAML syntax error", ""),
+    ("output: images\n", "output: images\n\tx: 1\n", (36, 1), "YAML syntax error", "not tabs"),
+    ("output: images\n", "output: images\n---\nx: 1\n", (36, 1), "expected a single document", ""),
+    ("output: images\n", "output: a: b\n", (35, 10), "mapping values are not allowed", "quote"),
+    ("output: images\n", "output: images\x07\n", (35, 15), "character '\\x07' is not allowed", ""),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "where", "message", "hint"), CASES,
+                         ids=[f"{i}-{c[3][:30]}" for i, c in enumerate(CASES)])
+def test_each_problem_is_reported_where_it_is(old: str, new: str, where: tuple[int, int],
+                                              message: str, hint: str) -> None:
+    assert old in FULL
+    found = problems(FULL.replace(old, new, 1))
+    match = [p for p in found if message in p.message]
+    assert match, f"no problem with {message!r} in:\n" + "\n".join(map(str, found))
+    p = match[0]
+    assert (p.line, p.column) == where, str(p)
+    assert hint in p.hint, str(p)
+    assert str(p).startswith(f"/srv/proj/spec.yaml:{where[0]}:{where[1]}: ")
+
+
+def test_every_problem_is_reported_not_only_the_first() -> None:
+    text = (FULL.replace("  kernel: boot", "  kernle: boot")
+            .replace("  level: 6", "  level: 60")
+            .replace("    filesystem: squashfs", "    filesytem: squashfs")
+            .replace("ARCHITECTURE: arm64", "ARCHITECTURE: amd64")
+            .replace("      - opt/k3s", "      - etc/k3s"))
+    found = problems(text)
+    assert [p.line for p in found] == [4, 11, 28, 29, 30, 33]
+
+
+def test_missing_sections_and_empty_or_odd_documents() -> None:
+    assert "no 'os' section" in problems("version: 1\n")[0].message
+    assert "empty" in problems("")[0].message
+    assert "empty" in problems("# only a comment\n")[0].message
+    assert "must be a mapping" in problems("- a\n- b\n")[0].message
+    assert "must be a mapping" in problems("just words")[0].message
+    assert problems("[" * 20000)  # a SpecError, never a RecursionError
+    assert "nested far too deeply" in problems("a: " + "[" * 20000)[0].message
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("uki:\n  level: 0b_\n", "must be a whole number"),
+    ("uki:\n  level: 0x_\n", "must be a whole number"),
+    ("uki:\n  level: 1:30\n", "90 is out of range"),
+    ("uki: {limit: " + "9" * 400 + "GiB}\n", "is not a size"),
+    ("uki: {limit: 1e3GiB}\n", "cannot read size"),
+    ("extensions:\n- name: a\n  paths: [usr/x]\n  release: {ID: _any, 3: x}\n", "release key '3'"),
+    ("extensions:\n- {name: a, paths: [usr/x], <<: {version: '2'}}\n", "merge key"),
+])
+def test_odd_values_that_plain_yaml_would_choke_on(text: str, message: str) -> None:
+    found = problems("version: 1\nos: {root: r}\n" + text)
+    assert any(message in p.message for p in found), found
+
+
+def test_file_problems_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(SpecError, match=r"nope\.yaml: the spec file does not exist"):
+        load_spec(missing)
+    with pytest.raises(SpecError, match="is a folder"):
+        load_spec(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"version: 1\nos:\n  root: r\xe9sum\xe9\n")
+    with pytest.raises(SpecError, match=r"latin\.yaml:3:10: byte 0xe9 is not UTF-8"):
+        load_spec(latin)
+    big = tmp_path / "big.yaml"
+    big.write_bytes(b"#" * (S.MAX_SPEC_BYTES + 1))
+    with pytest.raises(SpecError, match="larger than"):
+        load_spec(big)
+    bom = tmp_path / "bom.yaml"
+    bom.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
+    assert load_spec(bom).extensions[0].name == "firmware"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_text(MINIMAL)
+    path.chmod(0)
+    with pytest.raises(SpecError, match="not readable"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("firmware", None), ("k3s", None), ("nvidia-550.1", None), ("A1", None),
+    ("", "empty"), (".", "not a file name"), ("..", "not a file name"), (".hidden", "hidden"),
+    ("a/b", "'/'"), ("a_b", "'_'"), ("a+b", "'+'"), ("-a", "start with a letter"),
+    ("a b", "letters"), ("ä", "letters"), ("a" * 237, None), ("a" * 238, "bytes"),
+])
+def test_extension_names(name: str, why: str | None) -> None:
+    got = extension_name_problem(name)
+    assert (got is None) if why is None else (got is not None and why in got), got
+
+
+def test_new_spec_text_loads_and_carries_the_arguments() -> None:
+    plain = load(new_spec_text("rootfs"))
+    assert plain.os.root == Path("/srv/proj/rootfs") and plain.signing is None and plain.extensions == []
+    ext = ExtensionSpec(name="firmware", paths=["usr/lib/firmware", "usr/share/yes"],
+                        exclude=["usr/lib/firmware/*.bin"])
+    many = ExtensionSpec(name="docs", version="2", paths=[f"usr/share/doc/package-{i}" for i in range(8)])
+    text = new_spec_text("my root", kernel="boot/vmlinuz-6.1", init="/usr/bin/immucore", limit="ovmf",
+                         key="keys/db.key", cert="keys/db.pem", extensions=[ext, many])
+    spec = load(text)
+    assert spec.os.root == Path("/srv/proj/my root")
+    assert spec.uki.init == "/usr/bin/immucore" and spec.uki.limit == 2 * GiB
+    assert spec.signing is not None and spec.signing.cert == Path("/srv/proj/keys/db.pem")
+    assert spec.extensions == [ext, many]
+    assert "# signing" not in text and text.count("#") >= 5
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.integers(), st.booleans(), st.none()))
+def test_scalar_text_round_trips_in_block_and_flow(value: str | int | bool | None) -> None:
+    block = scalar_text(value)
+    flow = scalar_text(value, flow=True)
+    assert "\n" not in block and "\n" not in flow
+    assert yaml.safe_load(f"k: {block}\n") == {"k": value}
+    assert yaml.safe_load(f"k: [{flow}, x]\n") == {"k": [value, "x"]}
+
+
+def test_scalar_text_quotes_only_when_needed() -> None:
+    assert scalar_text("usr/lib/firmware") == "usr/lib/firmware"
+    assert scalar_text("1.0") == "'1.0'"
+    assert scalar_text("yes") == "'yes'"
+    assert scalar_text("a,b") == "a,b" and scalar_text("a,b", flow=True) == "'a,b'"
+    assert scalar_text("a\nb") == '"a\\nb"'
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing: whatever a user writes, the loader returns a Spec or raises SpecError.
+
+
+def assert_loads_or_spec_error(text: str) -> None:
+    try:
+        spec = loads_spec(text, Path("fuzz.yaml"))
+    except SpecError as err:
+        assert err.problems and all(isinstance(p, Problem) for p in err.problems)
+        assert str(err)
+    else:
+        assert isinstance(spec, S.Spec)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text())
+def test_fuzz_random_text(text: str) -> None:
+    assert_loads_or_spec_error(text)
+
+
+YAML_ALPHABET = st.sampled_from(list("abc:-[]{},'\"#&*!|>?% \n\t.0123456789/_~@`\\") + ["\r\n", "  ", "- ", ": "])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(YAML_ALPHABET, max_size=80).map("".join))
+def test_fuzz_yaml_punctuation(text: str) -> None:
+    assert_loads_or_spec_error(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_random_bytes(tmp_path_factory: pytest.TempPathFactory, data: bytes) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "spec.yaml"
+    path.write_bytes(data)
+    try:
+        load_spec(path)
+    except SpecError as err:
+        assert str(err).startswith(str(path))
+
+
+ALL_KEYS = sorted(set(S.TOP_KEYS + S.OS_KEYS + S.UKI_KEYS + S.SIGNING_KEYS + S.EXTENSION_KEYS
+                      + ("ID", "ARCHITECTURE", "VERSION_ID", "SYSEXT_SCOPE")))
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                    st.text(max_size=12),
+                    st.sampled_from(["1", "1GiB", "ovmf", "usr/lib/firmware", "/usr/x", "../x", "usr",
+                                     "erofs", "squashfs", "zstd", "gzip", "x86-64", "_any", "0b_", "1e400GiB",
+                                     "9" * 400 + "GiB", "opt/*", "usr/lib/os-release", "a_b", ""]))
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4),
+    st.dictionaries(st.one_of(st.sampled_from(ALL_KEYS), st.text(max_size=5)), inner, max_size=5)),
+    max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(ALL_KEYS), VALUES, max_size=7), st.booleans())
+def test_fuzz_structures_with_the_right_keys(doc: dict, flow: bool) -> None:
+    assert_loads_or_spec_error(yaml.safe_dump(doc, default_flow_style=flow, allow_unicode=True))
+
+
+def _paths_of(node: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _paths_of(v, (*prefix, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _paths_of(v, (*prefix, i))
+    return out
+
+
+FULL_DOC = yaml.safe_load(FULL)
+FULL_PATHS = [p for p in _paths_of(FULL_DOC) if p]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(FULL_PATHS), VALUES), min_size=1, max_size=3))
+def test_fuzz_wrong_values_in_a_valid_spec(changes: list[tuple[tuple, object]]) -> None:
+    import copy
+
+    doc = copy.deepcopy(FULL_DOC)
+    for path, value in changes:
+        node = doc
+        try:
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    assert_loads_or_spec_error(yaml.safe_dump(doc, allow_unicode=True))
+
+
+def test_size_units_reach_the_model() -> None:
+    spec = load(MINIMAL + "uki:\n  limit: 800 MiB\n")
+    assert spec.uki.limit == 800 * MiB and spec.uki.limit_text == "800 MiB"
