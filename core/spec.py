@@ -899,35 +899,43 @@ def scalar_text(value: str | int | bool | None, *, flow: bool = False) -> str:
     return dumped.rstrip("\n")[2:]
 
 
-def flow_list_text(items: Sequence[str]) -> str:
-    """``[a, b]`` with each item quoted only as needed."""
-    return "[" + ", ".join(scalar_text(i, flow=True) for i in items) + "]"
+def flow_text(value: object) -> str:
+    """A scalar, list or mapping as one line of YAML flow text, quoting only as needed."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{flow_text(k)}: {flow_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(flow_text(v) for v in value) + "]"
+    return scalar_text(value, flow=True)  # type: ignore[arg-type]
 
 
-def flow_mapping_text(mapping: dict[str, str]) -> str:
-    return "{" + ", ".join(f"{scalar_text(k, flow=True)}: {scalar_text(v, flow=True)}"
-                           for k, v in mapping.items()) + "}"
+def extension_fields(ext: ExtensionSpec) -> dict[str, object]:
+    """The keys sysextant writes for a new extension, in file order (``exclude`` only if set)."""
+    fields: dict[str, object] = {"name": ext.name, "version": ext.version, "paths": list(ext.paths)}
+    if ext.exclude:
+        fields["exclude"] = list(ext.exclude)
+    fields.update(filesystem=ext.filesystem, compression=ext.compression, release=dict(ext.release))
+    return fields
+
+
+#: Lists longer than this (with their key and indent) are written one item a line.
+FLOW_WIDTH = 96
 
 
 def extension_lines(ext: ExtensionSpec, indent: int = 2, unit: int = 2) -> list[str]:
     """The block lines (no line ends) of one ``extensions`` item, its dash at column ``indent``.
 
-    Short path lists are written flow style; long ones one path a line.
+    Short lists and the release mapping are written flow style; long lists one item a line.
     """
     pad = " " * (indent + 2)
-    lines = [" " * indent + f"- name: {scalar_text(ext.name)}",
-             f"{pad}version: {scalar_text(ext.version)}"]
-    paths = flow_list_text(ext.paths)
-    if len(pad) + len("paths: ") + len(paths) <= 96:
-        lines.append(f"{pad}paths: {paths}")
-    else:
-        lines.append(f"{pad}paths:")
-        lines.extend(f"{pad}{' ' * unit}- {scalar_text(p)}" for p in ext.paths)
-    if ext.exclude:
-        lines.append(f"{pad}exclude: {flow_list_text(ext.exclude)}")
-    lines.append(f"{pad}filesystem: {scalar_text(ext.filesystem)}")
-    lines.append(f"{pad}compression: {scalar_text(ext.compression)}")
-    lines.append(f"{pad}release: {flow_mapping_text(ext.release)}")
+    lines: list[str] = []
+    for key, value in extension_fields(ext).items():
+        lead = " " * indent + "- " if not lines else pad
+        text = flow_text(value)
+        if isinstance(value, list) and value and len(pad) + len(key) + 2 + len(text) > FLOW_WIDTH:
+            lines.append(f"{lead}{key}:")
+            lines.extend(f"{pad}{' ' * unit}- {scalar_text(v)}" for v in value)
+        else:
+            lines.append(f"{lead}{key}: {text if not isinstance(value, str) else scalar_text(value)}")
     return lines
 
 

@@ -1,0 +1,438 @@
+"""Write workbench changes back into the user's spec file, touching only what changed.
+
+Each edit re-composes the current text with PyYAML (:func:`sysextant.core.spec.compose`) to find
+the exact character span of the node to change, and splices new text in; every other byte stays
+as it was: comments, blank lines, key order, quoting, indentation. The edited node keeps its
+style: a flow list ``[a, b]`` stays flow, a block list keeps its dash column. New scalars are
+quoted only when YAML needs it (:func:`sysextant.core.spec.scalar_text`).
+
+Every edit is checked before it is kept: the new text must compose, and its data must equal the
+old data with exactly the intended change. An edit that cannot be made that way raises
+:class:`SpecEditError` and leaves the text untouched.
+
+Limits: comments *inside* a flow list or mapping (``[a,  # note``) cannot be kept when that list
+is rewritten, so such an edit is refused with a hint instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .atomic import atomic_output
+from .errors import UserError
+from .model import ExtensionSpec
+from .spec import (
+    FLOW_WIDTH,
+    SpecError,
+    compose,
+    dotted,
+    extension_fields,
+    extension_lines,
+    extension_name_problem,
+    flow_text,
+    scalar_text,
+)
+
+Key = str | int
+Splice = tuple[int, int, str]  # replace text[start:end] with the string
+
+
+class SpecEditError(UserError):
+    """An edit that cannot be made (unknown extension, bad name, a layout we cannot splice)."""
+
+
+def save_text_atomic(path: Path, text: str) -> None:
+    """Replace the file at ``path`` (or the file a symlink there points to) atomically.
+
+    The file keeps its permission bits and, when we may, its owner.
+    """
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        st = None
+    mode = (st.st_mode & 0o7777) if st else 0o644
+    with atomic_output(target, mode) as fh:
+        if st is not None:
+            # Not ours to give away when we are not root; the content matters more than the owner.
+            with contextlib.suppress(PermissionError):
+                os.fchown(fh.fileno(), st.st_uid, st.st_gid)
+        fh.write(text.encode("utf-8"))
+
+
+class SpecEditor:
+    """Comment-preserving edits of one spec text; read the result from :attr:`text`."""
+
+    def __init__(self, text: str, path: Path) -> None:
+        self.path = Path(path)
+        self._text = text
+        self._root()  # refuse text we cannot work on right away
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    # ---------------------------------------------------------------- public edits
+
+    def set_paths(self, ext_name: str, paths: list[str]) -> None:
+        """Make extension ``ext_name`` carry exactly ``paths`` (in this order)."""
+        paths = [str(p) for p in paths]
+        root = self._root()
+        index, ext = self._extension(root, ext_name)
+        entry = _entry(ext, "paths")
+        if entry is None:
+            splices = self._insert_key(ext, "paths", paths)
+        else:
+            splices = self._replace_list(entry[0], entry[1], paths, f"paths of {ext_name!r}")
+
+        def change(data: dict) -> None:
+            data["extensions"][index]["paths"] = paths
+
+        self._apply(splices, change, f"the paths of {ext_name!r}")
+
+    def add_extension(self, ext: ExtensionSpec) -> None:
+        """Append ``ext`` at the end of ``extensions`` (creating the list if needed)."""
+        root = self._root()
+        self._check_new_name(root, ext.name)
+        fields = extension_fields(ext)
+        unit = self._unit(root)
+        entry = _entry(root, "extensions")
+        splices: list[Splice]
+        if entry is None:
+            if root.flow_style:
+                raise self._cannot("add an extension", "the spec is one {...} mapping")
+            lines = ["extensions:", *extension_lines(ext, unit, unit)]
+            splices = [self._lines_at(len(self._text), lines)]
+        else:
+            key, seq = entry
+            if _is_null(seq):
+                colon = self._colon_after(key)
+                splices = [(colon + 1, self._content_end(seq), ""),
+                           self._lines_at(self._line_end(seq.start_mark.index), extension_lines(ext, unit, unit))]
+            elif isinstance(seq, SequenceNode) and seq.flow_style and seq.value:
+                splices = [(self._content_end(seq.value[-1]), self._content_end(seq.value[-1]),
+                            ", " + flow_text(fields))]
+            elif isinstance(seq, SequenceNode) and seq.flow_style:
+                colon = self._colon_after(key)
+                end = seq.end_mark.index
+                splices = [(colon + 1, end, ""),
+                           self._lines_at(self._line_end(end), extension_lines(ext, unit, unit))]
+            elif isinstance(seq, SequenceNode):
+                dash = self._dash_column(seq.value[0])
+                at = self._item_extent(seq.value[-1])[1]
+                splices = [self._lines_at(at, extension_lines(ext, dash, unit))]
+            else:
+                raise self._cannot("add an extension", "extensions is not a list")
+
+        def change(data: dict) -> None:
+            if data.get("extensions") is None:
+                data["extensions"] = []
+            data["extensions"].append(copy.deepcopy(fields))
+
+        self._apply(splices, change, f"extension {ext.name!r}")
+
+    def rename_extension(self, old: str, new: str) -> None:
+        """Rename extension ``old`` to ``new`` (its ``name:`` scalar only)."""
+        root = self._root()
+        index, ext = self._extension(root, old)
+        if new == old:
+            return
+        self._check_new_name(root, new, ignore=old)
+        entry = _entry(ext, "name")
+        assert entry is not None  # _extension found it by name
+        splices = [self._scalar_splice(entry[1], new, flow=bool(ext.flow_style))]
+
+        def change(data: dict) -> None:
+            data["extensions"][index]["name"] = new
+
+        self._apply(splices, change, f"the name of {old!r}")
+
+    def remove_extension(self, name: str) -> None:
+        """Delete extension ``name``: its lines, keeping comments around it."""
+        root = self._root()
+        index, _ = self._extension(root, name)
+        key, seq = _entry(root, "extensions")  # type: ignore[misc]  # _extension found it
+        items = seq.value
+        if seq.flow_style:
+            item = items[index]
+            if index + 1 < len(items):
+                splices = [(item.start_mark.index, items[index + 1].start_mark.index, "")]
+            elif index > 0:
+                splices = [(self._content_end(items[index - 1]), self._content_end(item), "")]
+            else:
+                splices = [(item.start_mark.index, self._content_end(item), "")]
+        else:
+            start, end = self._item_extent(items[index])
+            splices = [(start, end, "")]
+            if len(items) == 1:
+                colon = self._colon_after(key)
+                splices.insert(0, (colon + 1, colon + 1, " []"))
+
+        def change(data: dict) -> None:
+            del data["extensions"][index]
+
+        self._apply(splices, change, f"extension {name!r}")
+
+    def set_value(self, keys: tuple[Key, ...], value: str | int | bool | None) -> None:
+        """Set the scalar at ``keys`` (e.g. ``("uki", "limit")``), or add it to an existing mapping."""
+        if not keys:
+            raise SpecEditError("set_value needs a key path")
+        root = self._root()
+        parent: Node = root
+        for depth, key in enumerate(keys[:-1]):
+            child = _child(parent, key)
+            if child is None:
+                raise SpecEditError(f"{self.path}: there is no {dotted(keys[: depth + 1])} to change")
+            parent = child
+        last = keys[-1]
+        target = _child(parent, last)
+        if target is None:
+            if not isinstance(parent, MappingNode) or not isinstance(last, str):
+                raise SpecEditError(f"{self.path}: there is no {dotted(keys)} to change")
+            splices = self._insert_key(parent, last, value)
+        elif isinstance(target, ScalarNode):
+            flow = bool(getattr(parent, "flow_style", False))
+            splices = [self._scalar_splice(target, value, flow=flow)]
+        else:
+            raise SpecEditError(f"{self.path}: {dotted(keys)} is a list or mapping, not a single value")
+
+        def change(data: dict) -> None:
+            node = data
+            for key in keys[:-1]:
+                node = node[key]
+            node[last] = value
+
+        self._apply(splices, change, dotted(keys))
+
+    # ---------------------------------------------------------------- reading the text
+
+    def _root(self) -> MappingNode:
+        node, problems = compose(self._text, self.path)
+        if problems:
+            raise SpecError(problems)
+        if not isinstance(node, MappingNode):
+            raise SpecEditError(f"{self.path}: the spec is not a mapping of keys; fix it before editing")
+        return node
+
+    @property
+    def _newline(self) -> str:
+        return "\r\n" if "\r\n" in self._text else "\n"
+
+    def _unit(self, root: MappingNode) -> int:
+        """The file's indentation step: the column of the first key nested in a top-level block mapping."""
+        for _, value in root.value:
+            if isinstance(value, MappingNode) and not value.flow_style and value.value:
+                col = self._column(value.value[0][0].start_mark.index)
+                if col > 0:
+                    return col
+        return 2
+
+    def _column(self, index: int) -> int:
+        return index - (self._text.rfind("\n", 0, index) + 1)
+
+    def _line_start(self, index: int) -> int:
+        return self._text.rfind("\n", 0, index) + 1
+
+    def _line_end(self, index: int) -> int:
+        """Index just past the line break of the line holding ``index`` (or the text's end)."""
+        nl = self._text.find("\n", index)
+        return len(self._text) if nl < 0 else nl + 1
+
+    def _content_end(self, node: Node) -> int:
+        """Index just past the node's last character of content (a block node's last leaf)."""
+        while isinstance(node, MappingNode | SequenceNode) and not node.flow_style and node.value:
+            last = node.value[-1]
+            node = last[1] if isinstance(node, MappingNode) else last
+        start, end = node.start_mark.index, node.end_mark.index
+        while end > start and self._text[end - 1] in " \t\r\n":
+            end -= 1
+        return end
+
+    def _colon_after(self, key: Node) -> int:
+        """Index of the ':' that follows a mapping key."""
+        i = key.end_mark.index
+        while i < len(self._text) and self._text[i] in " \t":
+            i += 1
+        if i >= len(self._text) or self._text[i] != ":":
+            raise self._cannot(f"edit {key.value!r}", "its key is not followed by ':' on the same line")
+        return i
+
+    def _dash(self, item: Node) -> int:
+        """Index of the '-' that introduces a block sequence item."""
+        i = item.start_mark.index - 1
+        while i >= 0 and self._text[i] in " \t\r\n":
+            i -= 1
+        if i < 0 or self._text[i] != "-" or self._text[self._line_start(i):i].strip():
+            raise self._cannot("edit a list", "an item does not start a line with '- '")
+        return i
+
+    def _dash_column(self, item: Node) -> int:
+        return self._column(self._dash(item))
+
+    def _item_extent(self, item: Node) -> tuple[int, int]:
+        """Whole lines of a block sequence item: from its dash line to its last content line."""
+        return self._line_start(self._dash(item)), self._line_end(self._content_end(item))
+
+    # ---------------------------------------------------------------- building splices
+
+    def _lines_at(self, at: int, lines: list[str]) -> Splice:
+        """Insert whole lines at ``at`` (a line start, or the end of a text without final newline)."""
+        nl = self._newline
+        lead = nl if at > 0 and self._text[at - 1] != "\n" else ""
+        return at, at, lead + "".join(line + nl for line in lines)
+
+    def _scalar_splice(self, node: ScalarNode, value: object, *, flow: bool) -> Splice:
+        return self._scalar_splice_text(node, scalar_text(value, flow=flow))  # type: ignore[arg-type]
+
+    def _insert_key(self, mapping: MappingNode, key: str, value: object) -> list[Splice]:
+        """Add ``key: value`` at the end of an existing mapping, in its style."""
+        if mapping.flow_style:
+            if mapping.value:
+                at = self._content_end(mapping.value[-1][1])
+                return [(at, at, f", {scalar_text(key, flow=True)}: {flow_text(value)}")]
+            at = mapping.end_mark.index - 1  # just before '}'
+            return [(at, at, f"{scalar_text(key, flow=True)}: {flow_text(value)}")]
+        if not mapping.value:  # pragma: no cover - a block mapping always has an entry
+            raise self._cannot(f"add {key!r}", "the mapping is empty")
+        first_key = mapping.value[0][0]
+        indent = " " * self._column(first_key.start_mark.index)
+        at = self._line_end(self._content_end(mapping.value[-1][1]))
+        text = flow_text(value) if isinstance(value, list) else scalar_text(value)  # type: ignore[arg-type]
+        if isinstance(value, list) and value and len(indent) + len(key) + 2 + len(text) > FLOW_WIDTH:
+            unit = " " * self._unit(self._root())
+            lines = [f"{indent}{key}:", *(f"{indent}{unit}- {scalar_text(v)}" for v in value)]
+        else:
+            lines = [f"{indent}{scalar_text(key)}: {text}"]
+        return [self._lines_at(at, lines)]
+
+    def _replace_list(self, key: Node, node: Node, items: list[str], what: str) -> list[Splice]:
+        """Splices turning the value ``node`` (a list, or empty) into the list ``items``."""
+        if isinstance(node, ScalarNode):
+            return [self._scalar_splice_text(node, flow_text(items))]
+        if not isinstance(node, SequenceNode) or any(not isinstance(i, ScalarNode) for i in node.value):
+            raise self._cannot(f"change the {what}", "it is not a list of single values")
+        if node.flow_style:
+            return [self._flow_list_splice(node, items, what)]
+        return self._block_list_splices(key, node, items)
+
+    def _scalar_splice_text(self, node: ScalarNode, text: str) -> Splice:
+        """Replace a scalar's text; an empty value right after 'key:' gets a space first."""
+        start, end = node.start_mark.index, self._content_end(node)
+        if node.style in ("|", ">"):
+            end = node.end_mark.index
+            text += self._newline
+        if start == end and start > 0 and self._text[start - 1] == ":":
+            text = " " + text
+        return start, end, text
+
+    def _flow_list_splice(self, node: SequenceNode, items: list[str], what: str) -> Splice:
+        start, end = node.start_mark.index, node.end_mark.index
+        bounds = [start + 1] + [b for i in node.value for b in (i.start_mark.index, i.end_mark.index)] + [end - 1]
+        gaps = [self._text[bounds[k]:bounds[k + 1]] for k in range(0, len(bounds), 2)]
+        if any("#" in gap for gap in gaps):
+            raise self._cannot(f"change the {what}", "comments inside its [...] would be lost",
+                               "move them above the list, or write it as a block list")
+        if "\n" in self._text[start:end] and node.value and len(items) > 1:
+            sep = ",\n" + " " * self._column(node.value[0].start_mark.index)
+            return start, end, "[" + sep.join(scalar_text(i, flow=True) for i in items) + "]"
+        return start, end, flow_text(items)
+
+    def _block_list_splices(self, key: Node, node: SequenceNode, items: list[str]) -> list[Splice]:
+        """Delete and insert whole item lines, leaving unchanged items and comments alone."""
+        old = [i.value for i in node.value]
+        extents = [self._item_extent(i) for i in node.value]
+        dash = " " * self._dash_column(node.value[0])
+        splices: list[Splice] = []
+        deleted = 0
+        matcher = difflib.SequenceMatcher(None, old, items, autojunk=False)
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag in ("delete", "replace"):
+                splices.extend((extents[i][0], extents[i][1], "") for i in range(i1, i2))
+                deleted += i2 - i1
+            if tag in ("insert", "replace"):
+                at = extents[i1 - 1][1] if i1 > 0 else extents[0][0]
+                splices.append(self._lines_at(at, [f"{dash}- {scalar_text(v)}" for v in items[j1:j2]]))
+        if deleted == len(old) and not items:
+            colon = self._colon_after(key)
+            splices.append((colon + 1, colon + 1, " []"))
+        return splices
+
+    # ---------------------------------------------------------------- checks and applying
+
+    def _extension(self, root: MappingNode, name: str) -> tuple[int, MappingNode]:
+        entry = _entry(root, "extensions")
+        if entry is not None and isinstance(entry[1], SequenceNode):
+            for i, item in enumerate(entry[1].value):
+                found = _entry(item, "name") if isinstance(item, MappingNode) else None
+                if found is not None and isinstance(found[1], ScalarNode) and found[1].value == name:
+                    return i, item
+        raise SpecEditError(f"{self.path}: there is no extension named {name!r}")
+
+    def _check_new_name(self, root: MappingNode, name: str, ignore: str | None = None) -> None:
+        why = extension_name_problem(name)
+        if why:
+            raise SpecEditError(why)
+        entry = _entry(root, "extensions")
+        if entry is not None and isinstance(entry[1], SequenceNode):
+            for item in entry[1].value:
+                found = _entry(item, "name") if isinstance(item, MappingNode) else None
+                if found is not None and isinstance(found[1], ScalarNode):
+                    other = found[1].value
+                    if other != ignore and other.lower() == name.lower():
+                        raise SpecEditError(f"{self.path}: an extension named {other!r} already exists")
+
+    def _cannot(self, action: str, reason: str, hint: str = "edit the file by hand") -> SpecEditError:
+        return SpecEditError(f"{self.path}: cannot {action} without disturbing the file: {reason}; {hint}")
+
+    def _apply(self, splices: list[Splice], change: Callable[[dict], None], what: str) -> None:
+        """Splice, then keep the result only if its data is the old data with ``change`` made."""
+        out: list[str] = []
+        pos = 0
+        for start, end, text in sorted(splices, key=lambda s: (s[0], s[1])):
+            if start < pos:  # pragma: no cover - splices are built disjoint
+                raise self._cannot(f"change {what}", "two changes overlap")
+            out.append(self._text[pos:start])
+            out.append(text)
+            pos = end
+        out.append(self._text[pos:])
+        new_text = "".join(out)
+        expected = _data(self._text)
+        change(expected)
+        node, problems = compose(new_text, self.path)
+        if problems or node is None or _data(new_text) != expected:
+            raise self._cannot(f"change {what}", "the result would not read back as intended")
+        self._text = new_text
+
+
+def _data(text: str) -> dict:
+    loaded = yaml.load(text, Loader=yaml.SafeLoader)  # noqa: S506 - SafeLoader
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def _entry(mapping: Node, key: str) -> tuple[Node, Node] | None:
+    if isinstance(mapping, MappingNode):
+        for k, v in mapping.value:
+            if isinstance(k, ScalarNode) and k.value == key:
+                return k, v
+    return None
+
+
+def _child(node: Node, key: Key) -> Node | None:
+    if isinstance(key, int) and isinstance(node, SequenceNode):
+        return node.value[key] if -len(node.value) <= key < len(node.value) else None
+    if isinstance(key, str):
+        entry = _entry(node, key)
+        return entry[1] if entry else None
+    return None
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.style is None
