@@ -101,8 +101,9 @@ class WorkbenchApp(App[int]):
     ]
 
     def __init__(self, spec_path: str | os.PathLike[str], *, session: Session | None = None,
-                 watch: bool = True, estimate: bool = True) -> None:
+                 watch: bool = True, estimate: bool = True, show_timings: bool = True) -> None:
         super().__init__()
+        self.show_timings = show_timings
         self.session = session or Session.open(spec_path)
         self.current_ext: str | None = self.session.spec.extensions[0].name if self.session.spec.extensions else None
         self.watch_enabled = watch
@@ -141,8 +142,13 @@ class WorkbenchApp(App[int]):
         self.query_one("#filter", Input).display = False
         self.query_one("#problems", Static).display = False
         self.tree.focus()
+        if self.session.index is not None:  # a session handed in already scanned (tests, bench)
+            self.tree.set_index(self.session.index)
+            self.start_estimator()
+        else:
+            self.start_scan()
         self.refresh_all()
-        self.start_scan()
+        self.set_status("space marks the entry under the cursor into the current extension · ? help", "info")
         if self.watch_enabled:
             self.watch_spec()
 
@@ -333,12 +339,14 @@ class WorkbenchApp(App[int]):
         if s.plan is None:
             state = f"[b]scanning[/b] {self.entries_seen:,} entries…" if index is not None or self.entries_seen else "starting…"
         else:
-            state = f"{len(s.index):,} entries" + (f" scanned in {self.scan_seconds:.1f} s" if self.scan_seconds else "")
+            state = f"{len(s.index):,} entries" + (
+                f" scanned in {self.scan_seconds:.1f} s" if self.scan_seconds and self.show_timings else "")
         if self.estimator_note:
             state += f" · {self.estimator_note}"
         unsaved = " · [b]NOT SAVED[/b]" if s.unsaved else ""
         self.query_one("#topbar", Static).update(
-            f"[b]sysextant[/b]  spec {_escape(str(s.path))} · tree {_escape(str(s.root))} · {state}{unsaved}")
+            f"[b]sysextant[/b]  spec {_escape(_short(s.path, Path.cwd()))} · tree "
+            f"{_escape(_short(s.root, s.path.absolute().parent))} · {state}{unsaved}")
 
     def update_crumb(self) -> None:
         tree = self.tree
@@ -529,6 +537,14 @@ class WorkbenchApp(App[int]):
 
         self.push_screen(ConfirmScreen(f"The spec could not be saved ({self.session.save_error}). "
                                        "Quit and lose the last changes?", yes="Quit"), done)
+
+
+def _short(path: Path, base: Path) -> str:
+    """``path`` relative to ``base`` when it lies inside it, else as given."""
+    try:
+        return str(Path(path).absolute().relative_to(base.absolute()))
+    except ValueError:
+        return str(path)
 
 
 def _escape(text: str) -> str:

@@ -69,7 +69,7 @@ class ExtensionsPanel(Vertical):
         self._updating = False
 
     def compose(self) -> ComposeResult:
-        yield Static("Extensions  [dim](a add · r rename · x remove · 1-9)[/]", classes="panel-title")
+        yield Static("Extensions  [dim]a add · r rename · x del[/]", classes="panel-title")
         yield ExtensionList(id="ext-list")
         yield Static("Paths", id="paths-title", classes="panel-title")
         yield PathList(id="ext-paths")
@@ -90,15 +90,15 @@ class ExtensionsPanel(Vertical):
                 ext_list.highlighted = self.names.index(self.current) if self.current else 0
             else:
                 ext_list.add_option(Option(Text("no extensions yet: press a to add one",
-                                                style=self.get_component_rich_style("extensions--dim")),
+                                                style=self.get_component_rich_style("extensions--dim", partial=True)),
                                            disabled=True))
             self._show_paths(next((f for f in figures if f.name == self.current), None))
         finally:
             self._updating = False
 
     def _item(self, k: int, f: ExtensionFigures) -> Text:
-        colour = self.get_component_rich_style(f"extensions--ext-{k % EXT_COLOURS}")
-        dim = self.get_component_rich_style("extensions--dim")
+        colour = self.get_component_rich_style(f"extensions--ext-{k % EXT_COLOURS}", partial=True)
+        dim = self.get_component_rich_style("extensions--dim", partial=True)
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append(f"{k + 1 if k < 9 else ' '} ", dim)
         t.append("■ ", colour)
@@ -111,7 +111,7 @@ class ExtensionsPanel(Vertical):
         t.append(format_size(f.initrd_saved))
         t.append(f" · {len(f.paths)} path{'s' if len(f.paths) != 1 else ''}", dim)
         if f.special:
-            t.append(f" · {f.special} special!", self.get_component_rich_style("extensions--dim"))
+            t.append(f" · {f.special} special!", self.get_component_rich_style("extensions--dim", partial=True))
         return t
 
     def _show_paths(self, f: ExtensionFigures | None) -> None:
@@ -126,7 +126,7 @@ class ExtensionsPanel(Vertical):
             paths.add_options([Option(p, id=p) for p in f.paths])
         else:
             paths.add_option(Option(Text("none yet: space marks the entry under the cursor",
-                                         style=self.get_component_rich_style("extensions--dim")), disabled=True))
+                                         style=self.get_component_rich_style("extensions--dim", partial=True)), disabled=True))
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         if self._updating or event.option_list.id != "ext-list" or event.option.id is None:

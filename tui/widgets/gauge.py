@@ -55,34 +55,33 @@ class UkiGauge(Widget):
         filled = min(bar_w, round(fig.uki_bytes / scale * bar_w))
         band_hi = min(bar_w, round(fig.uki_high / scale * bar_w))
         limit_at = min(bar_w - 1, round(fig.limit / scale * bar_w))
-        t = Text(no_wrap=True, overflow="ellipsis")
-        t.append("UKI ", level_style)
+        bar = Text(no_wrap=True)
+        bar.append("UKI ", level_style)
         for k in range(bar_w):
             if k == limit_at:
-                t.append("┃", self.get_component_rich_style("gauge--limit"))
+                bar.append("┃", self.get_component_rich_style("gauge--limit"))
             elif k < filled:
-                t.append("█", level_style)
+                bar.append("█", level_style)
             elif k < band_hi:
-                t.append("▒", level_style)
+                bar.append("▒", level_style)
             else:
-                t.append("─", self.get_component_rich_style("gauge--empty"))
-        t.append(label, level_style)
-        t.append("\n")
-        t.append(f"UKI {format_size(fig.uki_bytes)}", level_style)
+                bar.append("─", self.get_component_rich_style("gauge--empty"))
+        bar.append(label, level_style)
+        line = Text(no_wrap=True)
+        line.append(f"UKI {format_size(fig.uki_bytes)}", level_style)
         if fig.estimated and fig.error_pct:
-            t.append(f" estimate ±{fig.error_pct:.1f}%", dim)
+            line.append(f" estimate ±{fig.error_pct:.1f}%", dim)
         elif not fig.estimated and fig.initrd_bytes == fig.initrd_cpio and "uncompressed" in fig.method:
-            t.append(" (initrd uncompressed)", dim)
-        t.append(f" · {LEVEL_WORDS.get(fig.level, fig.level)}", level_style)
+            line.append(" (initrd uncompressed)", dim)
+        line.append(f" · {LEVEL_WORDS.get(fig.level, fig.level)}", level_style)
         room = fig.limit - fig.uki_bytes
-        t.append(f" · limit {fig.limit_text} ({format_size(abs(room))} {'left' if room >= 0 else 'over'})")
+        line.append(f" · limit {fig.limit_text}, {format_size(abs(room))} {'left' if room >= 0 else 'over'}")
         if self.delta is not None:
-            good = self.get_component_rich_style("gauge--good" if self.delta <= 0 else "gauge--bad")
-            t.append(" · last: ")
-            t.append(format_size(self.delta, signed=True), good)
-            if self.delta_label:
-                t.append(f" {self.delta_label}", dim)
-        t.append("\n")
-        t.append(f"initrd {format_size(fig.initrd_cpio)} newc (exact, of {format_size(fig.initrd_cpio_before)}"
-                 f" before extensions) → in UKI {format_size(fig.initrd_bytes)}: {fig.method}", dim)
-        return t
+            line.append(" · last change ")
+            line.append(format_size(self.delta, signed=True),
+                        self.get_component_rich_style("gauge--good" if self.delta <= 0 else "gauge--bad"))
+        detail = Text(f"initrd {format_size(fig.initrd_cpio)} newc, exact (was {format_size(fig.initrd_cpio_before)} "
+                      f"before extensions) → {format_size(fig.initrd_bytes)} in the UKI: {fig.method}", style=dim)
+        for part in (bar, line, detail):
+            part.truncate(width, overflow="ellipsis")
+        return Text("\n").join([bar, line, detail])

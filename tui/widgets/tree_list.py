@@ -198,7 +198,7 @@ class TreeList(ScrollView, can_focus=True):
             return Strip.blank(width, self.rich_style)
         text = self._row_text(self.rows[row], width)
         if row == self.cursor:
-            text.stylize(self.get_component_rich_style("tree-list--cursor", partial=True))
+            text.stylize(self.get_component_rich_style("tree-list--cursor"))
         segments = list(text.render(self.app.console))
         return Strip(segments).crop_extend(0, width, self.rich_style).apply_style(self.rich_style)
 
