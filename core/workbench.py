@@ -185,8 +185,9 @@ class Session:
         self.undo_stack: list[tuple[Operation, str]] = []  # (inverse, what it undoes)
         self.pending_text: str | None = None  # a save that failed; retried on the next change
         self.save_error: str | None = None
-        #: cached (sizes of every UKI section but the initrd, signature length or None)
-        self._uki_fixed: tuple[dict[str, int], int | None] | None = None
+        #: problems of the file on disk when it failed to load: edits are refused until it is fixed
+        self.disk_problems: list[Any] = []
+        self._uki_fixed: tuple[int, int, int] | None = None  # see _uki_fixed_bytes
         self._fig_cache: tuple[Plan, Any, Figures] | None = None  # (plan, estimator, figures)
 
     # -- loading ------------------------------------------------------------------------------
@@ -225,8 +226,12 @@ class Session:
         self.plan = make_plan(self.spec, index, self.sums)
 
     # -- figures ------------------------------------------------------------------------------
-    def _uki_fixed_bytes(self) -> tuple[dict[str, int], int | None]:
-        """(stub + every section but the initrd, signature length or None): cached per spec."""
+    def _uki_fixed_bytes(self) -> tuple[int, int, int]:
+        """(UKI bytes without the initrd, section alignment, signature bytes): cached per spec.
+
+        The UKI size is linear in the section sizes (docs/domain.md section 6), so the stub is
+        parsed once and each new initrd figure costs an addition, not a PE parse.
+        """
         if self._uki_fixed is not None:
             return self._uki_fixed
         spec, index = self.spec, self.index
@@ -255,23 +260,27 @@ class Session:
                 sig = len(cert) * 3 // 4 + 700
             except OSError:
                 sig = 1800
-        self._uki_fixed = (sizes, sig)
-        return self._uki_fixed
-
-    def _uki_size(self, initrd: int) -> int:
-        sizes, sig = self._uki_fixed_bytes()
-        sections = dict(sizes)
-        sections[".initrd"] = initrd
         try:
             from .uki import predict_size
 
-            return predict_size(self.spec.uki.stub, sections, signed=sig is not None, signature_len=sig)
+            stub = spec.uki.stub
+            base = predict_size(stub, sizes, signed=False)
+            align = predict_size(stub, {**sizes, ".initrd": 1}, signed=False) - base
+            signing = (predict_size(stub, sizes, signed=True, signature_len=sig) - base) if sig else 0
         except (ImportError, UserError, OSError, ValueError):
             try:
-                stub = os.stat(self.spec.uki.stub).st_size
+                stub_bytes = os.stat(spec.uki.stub).st_size
             except OSError:
-                stub = 0
-            return stub + sum(-(-n // 512) * 512 for n in sections.values()) + (sig or 0)
+                stub_bytes = 0
+            align = 512
+            base = stub_bytes + sum(-(-n // align) * align for n in sizes.values())
+            signing = sig or 0
+        self._uki_fixed = (base, align, signing)
+        return self._uki_fixed
+
+    def _uki_size(self, initrd: int) -> int:
+        base, align, signing = self._uki_fixed_bytes()
+        return base + -(-initrd // align) * align + signing
 
     def figures(self) -> Figures | None:
         """The gauge figures for the current plan (None until the tree is scanned)."""
@@ -545,6 +554,11 @@ class Session:
         """Apply ``op`` to the spec (checked by the loader), re-plan, save; push its inverse."""
         from .spec import SpecError, loads_spec
 
+        if self.disk_problems:
+            p = self.disk_problems[0]
+            where = f"line {p.line}: " if getattr(p, "line", 0) else ""
+            return _refuse(f"the spec file has errors ({where}{p.message}); fix them first, so that saving "
+                           "this change does not overwrite your edit")
         before = self.figures()
         try:
             text, inverse = self._edit(op)
@@ -623,11 +637,13 @@ class Session:
             except (OSError, UnicodeDecodeError) as exc:
                 return Reload(True, False, problems=[Problem(self.path, 0, 0, f"cannot read the spec: {exc}")])
         if text == self.text:
+            self.disk_problems = []
             return Reload(False, True)
         try:
             spec = loads_spec(text, self.path)
         except SpecError as exc:
-            return Reload(True, False, problems=list(exc.problems))
+            self.disk_problems = list(exc.problems)
+            return Reload(True, False, problems=self.disk_problems)
         rescan = spec.os.root != self.spec.os.root
         if rescan:
             self.text, self.spec = text, spec
@@ -638,6 +654,7 @@ class Session:
             self._set_spec(text, spec)
         self.pending_text = None
         self.save_error = None
+        self.disk_problems = []
         return Reload(True, True, rescan=rescan)
 
 

@@ -214,6 +214,9 @@ def test_reload_ignores_own_saves_and_takes_outside_edits(session: Session) -> N
     bad = s.reload()
     assert bad.changed and not bad.ok and bad.problems and bad.problems[0].line >= 1
     assert s.text == good and s.spec.uki.limit == 2 * 1024 * 1024  # last good spec kept
+    refused = s.mark(idx(s, "opt/agent"), "tools")  # saving would overwrite the user's edit
+    assert not refused.ok and "fix them first" in refused.message
+    assert "version: [1" in s.path.read_text()
     other = s.path.parent / "other"
     other.mkdir()
     (other / "usr").mkdir()
@@ -243,6 +246,17 @@ def test_uki_prediction_uses_the_real_stub(session: Session) -> None:
     assert fig.uki_bytes - fig.initrd_bytes - kernel < 1024 * 1024  # stub + small sections
     assert fig.verdict in ("ok", "over")
     assert fig.level in ("ok", "warn", "over")
+
+
+def test_uki_size_is_predict_size_for_any_initrd(session: Session) -> None:
+    from sysextant.core.uki import predict_size
+
+    stub = session.spec.uki.stub
+    if not stub.exists():
+        pytest.skip(f"the systemd stub {stub} is not installed (Debian package systemd-boot-efi)")
+    sizes = {".linux": 50_000, ".cmdline": len(session.spec.uki.cmdline), ".osrel": 60, ".uname": 15}
+    for initrd in (1, 511, 512, 513, 1_234_567):
+        assert session._uki_size(initrd) == predict_size(stub, {**sizes, ".initrd": initrd}, signed=False)
 
 
 def test_core_does_not_import_textual() -> None:

@@ -33,6 +33,7 @@ from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_setti
 from .widgets.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
+from .widgets.line import Line
 from .widgets.tree_list import TreeList, header_text
 
 HAVE_ESTIMATOR = importlib.util.find_spec("sysextant.core.estimate") is not None
@@ -114,23 +115,24 @@ class WorkbenchApp(App[int]):
         self.entries_seen = 0
         self.estimator_note = ""
         self.spec_problems: list = []
+        self._last_progress = 0.0
 
     # -- setup --------------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return dict(VARIABLE_DEFAULTS)
 
     def compose(self) -> ComposeResult:
-        yield Static(id="topbar")
+        yield Line(id="topbar")
         with Horizontal(id="main"):
             with Vertical(id="browser"):
-                yield Static(id="crumb")
-                yield Static(id="colhead")
+                yield Line(id="crumb")
+                yield Line(id="colhead")
                 yield TreeList(self.session, id="tree")
                 yield Input(placeholder="filter this folder by name (enter keeps, esc clears)", id="filter")
             yield ExtensionsPanel(id="extensions")
         yield Static(id="problems")
         yield UkiGauge(id="gauge")
-        yield Static(id="status")
+        yield Line(id="status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -190,7 +192,7 @@ class WorkbenchApp(App[int]):
                 self.post_message(ScanProgress(index))
 
         try:
-            index = scan(root, progress=progress, every=4000, check=check)
+            index = scan(root, progress=progress, every=5000, check=check)
             sums = Sums(index)
         except Cancelled:
             return
@@ -200,6 +202,10 @@ class WorkbenchApp(App[int]):
         self.post_message(ScanDone(index, sums, time.perf_counter() - t0))
 
     def on_scan_progress(self, message: ScanProgress) -> None:
+        now = time.perf_counter()
+        if now - self._last_progress < 0.2 and self.tree.index is message.index:
+            return  # sizes grow live, but a few redraws a second are enough
+        self._last_progress = now
         tree = self.tree
         self.entries_seen = len(message.index)
         if tree.index is not message.index:
@@ -329,9 +335,9 @@ class WorkbenchApp(App[int]):
 
     # -- showing ------------------------------------------------------------------------------
     def set_status(self, text: str, kind: str = "info") -> None:
-        status = self.query_one("#status", Static)
+        status = self.query_one("#status", Line)
         status.set_classes(f"status-{kind}")
-        status.update(_escape(text))
+        self._update_if_changed("#status", _escape(text))
 
     def update_topbar(self) -> None:
         s = self.session
@@ -344,7 +350,7 @@ class WorkbenchApp(App[int]):
         if self.estimator_note:
             state += f" · {self.estimator_note}"
         unsaved = " · [b]NOT SAVED[/b]" if s.unsaved else ""
-        self.query_one("#topbar", Static).update(
+        self._update_if_changed("#topbar",
             f"[b]sysextant[/b]  spec {_escape(_short(s.path, Path.cwd()))} · tree "
             f"{_escape(_short(s.root, s.path.absolute().parent))} · {state}{unsaved}")
 
@@ -357,8 +363,11 @@ class WorkbenchApp(App[int]):
         count = f"  [dim]{len(tree.rows):,} entries[/]" if index is not None else ""
         ext = (f"  · marking into [b]{_escape(self.current_ext)}[/b]" if self.current_ext
                else "  · [dim]no extension: press a to add one[/]")
-        self.query_one("#crumb", Static).update(f"[b]{_escape(where)}[/b]{count}{extra}{ext}")
-        self.query_one("#colhead", Static).update(header_text(tree.size_mode, tree.sort))
+        self._update_if_changed("#crumb", f"[b]{_escape(where)}[/b]{count}{extra}{ext}")
+        self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort))
+
+    def _update_if_changed(self, selector: str, content: str) -> None:
+        self.query_one(selector, Line).set(content)
 
     def refresh_all(self, outcome: Outcome | None = None) -> None:
         """Re-read everything shown from the session."""
@@ -465,7 +474,7 @@ class WorkbenchApp(App[int]):
     def on_extensions_panel_picked(self, message: ExtensionsPanel.Picked) -> None:
         self.current_ext = message.name
         self.tree.current_ext = message.name
-        self.tree.refresh()
+        self.tree.invalidate()
         self.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
         self.update_crumb()
 

@@ -86,6 +86,7 @@ class TreeList(ScrollView, can_focus=True):
         self.current_ext: str | None = None
         self._remember: dict[int, int] = {}  # folder -> entry the cursor was on
         self._ext_colour: dict[str, int] = {}
+        self._lines: dict[tuple[int, int, bool], Strip] = {}  # (entry, width, cursor) -> rendered row
 
     # -- data ---------------------------------------------------------------------------------
     def set_index(self, index: TreeIndex | None) -> None:
@@ -123,7 +124,13 @@ class TreeList(ScrollView, can_focus=True):
         pos = self.rows.index(keep) if keep is not None and keep in self.rows else min(self.cursor, len(self.rows) - 1)
         self.cursor = max(0, pos)
         self.virtual_size = Size(self.size.width, len(self.rows))
+        self._lines.clear()
         self._scroll_cursor_visible()
+        self.refresh()
+
+    def invalidate(self) -> None:
+        """Figures changed (a mark, a reload, a theme): render every row afresh."""
+        self._lines.clear()
         self.refresh()
 
     def go_to(self, folder: int, entry: int | None = None) -> None:
@@ -137,17 +144,23 @@ class TreeList(ScrollView, can_focus=True):
         self.post_message(self.Moved(self.entry, self.folder))
 
     # -- actions ------------------------------------------------------------------------------
-    def _moved(self) -> None:
+    def _moved(self, old: int | None = None) -> None:
+        top = self.scroll_offset.y
         self._scroll_cursor_visible()
-        self.refresh()
+        if old is not None and self.scroll_offset.y == top:  # only two rows changed
+            width = self.size.width
+            self.refresh(Region(0, old - top, width, 1), Region(0, self.cursor - top, width, 1))
+        else:
+            self.refresh()
         if self.entry is not None:
             self._remember[self.folder] = self.entry
         self.post_message(self.Moved(self.entry, self.folder))
 
     def action_cursor(self, step: int) -> None:
         if self.rows:
+            old = self.cursor
             self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
-            self._moved()
+            self._moved(old)
 
     def action_page(self, step: int) -> None:
         self.action_cursor(step * max(1, self.size.height - 1))
@@ -182,6 +195,10 @@ class TreeList(ScrollView, can_focus=True):
         if self.size.height:
             self.scroll_to_region(Region(0, self.cursor, 1, 1), animate=False, force=True, immediate=True)
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._lines.clear()
+
     def on_resize(self) -> None:
         self.virtual_size = Size(self.size.width, len(self.rows))
         self._scroll_cursor_visible()
@@ -196,11 +213,19 @@ class TreeList(ScrollView, can_focus=True):
                     f"no entries match “{self.name_filter}”" if self.name_filter else "(empty folder)")
                 return Strip([Segment(f"  {msg}".ljust(width), self.get_component_rich_style("tree-list--dim"))])
             return Strip.blank(width, self.rich_style)
-        text = self._row_text(self.rows[row], width)
-        if row == self.cursor:
-            text.stylize(self.get_component_rich_style("tree-list--cursor"))
-        segments = list(text.render(self.app.console))
-        return Strip(segments).crop_extend(0, width, self.rich_style).apply_style(self.rich_style)
+        entry = self.rows[row]
+        key = (entry, width, row == self.cursor)
+        strip = self._lines.get(key)
+        if strip is None:
+            text = self._row_text(entry, width)
+            if row == self.cursor:
+                text.stylize(self.get_component_rich_style("tree-list--cursor"))
+            segments = list(text.render(self.app.console))
+            strip = Strip(segments).crop_extend(0, width, self.rich_style).apply_style(self.rich_style)
+            if len(self._lines) > 4096:
+                self._lines.clear()
+            self._lines[key] = strip
+        return strip
 
     def _row_text(self, i: int, width: int) -> Text:
         index = self.index
