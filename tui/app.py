@@ -304,6 +304,7 @@ class WorkbenchApp(App[int]):
                 self.set_status("the spec on disk is what the workbench shows", "info")
             if result.ok and problems.display:
                 problems.display = False
+                self.set_status("the spec loads again; edits are saved again", "ok")
             return
         if not result.ok:
             self.spec_problems = result.problems

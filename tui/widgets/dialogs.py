@@ -27,11 +27,9 @@ HELP = """\
 [b]Other[/b]
   ctrl+p            command palette (themes, actions)     ?  this help     q  quit
 
-Every mark is written to the spec at once (comments kept); edits made to the spec in an
-editor are picked up within a second. The gauge shows the predicted UKI size against the
-spec's uki.limit: green under, yellow close or past 800 MiB, orange high risk, red over.
-Marks are refused outside usr/ and opt/, for entries already in another extension, for what
-the UKI needs to boot (the kernel and the uki.init program), and for special files.
+Every mark is written to the spec at once (comments kept); edits made to the spec in an editor are picked up within a second. The gauge shows the predicted UKI size against the spec's uki.limit: green under, yellow close to it or past 800 MiB, orange high risk (past 1 GiB), red over.
+
+Marks are refused outside usr/ and opt/, for entries already in another extension, for what the UKI needs to boot (the kernel and the uki.init program), for usr/lib/os-release, and for special files.
 """
 
 

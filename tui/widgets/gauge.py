@@ -13,8 +13,9 @@ from sysextant.core.units import format_size
 from sysextant.core.workbench import Figures
 from textual.widget import Widget
 
-LEVEL_WORDS = {"ok": "under the limit", "warn": "close to the limit", "high-risk": "high risk",
-               "over": "OVER the limit"}
+LEVEL_WORDS = {"ok": "under the limit", "warn": "close to the limit", "high-risk": "high risk (past 1 GiB)",
+               "over": "OVER the limit", "fails": "OVER: fails on every firmware seen (2 GiB)",
+               "impossible": "OVER: impossible, past the PE format's 4 GiB"}
 
 
 class UkiGauge(Widget):
@@ -73,7 +74,8 @@ class UkiGauge(Widget):
             line.append(f" estimate ±{fig.error_pct:.1f}%", dim)
         elif not fig.estimated and fig.initrd_bytes == fig.initrd_cpio and "uncompressed" in fig.method:
             line.append(" (initrd uncompressed)", dim)
-        line.append(f" · {LEVEL_WORDS.get(fig.level, fig.level)}", level_style)
+        words = LEVEL_WORDS.get(fig.verdict if fig.verdict in ("fails", "impossible") else fig.level, fig.level)
+        line.append(f" · {words}", level_style)
         room = fig.limit - fig.uki_bytes
         line.append(f" · limit {fig.limit_text}, {format_size(abs(room))} {'left' if room >= 0 else 'over'}")
         if self.delta is not None:
