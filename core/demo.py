@@ -70,12 +70,7 @@ extensions:
 output: build
 """
 
-_WORDS = (
-    "the of and to in is for on that with as by this be are from at or an it not which can use "
-    "kernel module firmware device driver system service boot image config network storage user "
-    "option value file path error warning default support version release license copyright "
-    "systemd kairos extension signed verity partition"
-).split()
+_WORDS = ["the", "of", "and", "to", "in", "is", "for", "on", "that", "with", "as", "by", "this", "be", "are", "from", "at", "or", "an", "it", "not", "which", "can", "use", "kernel", "module", "firmware", "device", "driver", "system", "service", "boot", "image", "config", "network", "storage", "user", "option", "value", "file", "path", "error", "warning", "default", "support", "version", "release", "license", "copyright", "systemd", "kairos", "extension", "signed", "verity", "partition"]
 
 
 class _Gen:
@@ -164,9 +159,9 @@ def generate_tree(root: Path, *, seed: int = 1, scale: float = 1.0, reporter: Re
     for link, target in (("bin", "usr/bin"), ("sbin", "usr/sbin"), ("lib", "usr/lib"), ("lib64", "usr/lib64")):
         os.symlink(target, root / link)
     _write(root / "etc/os-release", (
-        'NAME="Kairos (sysextant demo stand-in)"\nID=kairos\nID_LIKE=ubuntu\nVERSION_ID="3.2.1"\n'
-        'VERSION="v3.2.1"\nPRETTY_NAME="Kairos demo stand-in v3.2.1"\nKAIROS_FLAVOR=ubuntu\n'
-        'KAIROS_MODEL=generic\nKAIROS_VARIANT=core\n').encode())
+        b'NAME="Kairos (sysextant demo stand-in)"\nID=kairos\nID_LIKE=ubuntu\nVERSION_ID="3.2.1"\n'
+        b'VERSION="v3.2.1"\nPRETTY_NAME="Kairos demo stand-in v3.2.1"\nKAIROS_FLAVOR=ubuntu\n'
+        b'KAIROS_MODEL=generic\nKAIROS_VARIANT=core\n'))
     (root / "usr/lib").mkdir(parents=True, exist_ok=True)
     os.symlink("../../etc/os-release", root / "usr/lib/os-release")
     _write(root / "etc/hostname", b"kairos-demo\n")

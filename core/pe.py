@@ -203,6 +203,7 @@ def stub_data_end(pe: PeFile, fh: BinaryIO) -> int:
     Refuses anything else after the sections (a signature, an unknown overlay), because it would
     land between the stub and the new sections and change what gets hashed and loaded.
     """
+    _refuse_signed(pe)
     end = pe.data_end
     if pe.file_size <= end:
         return end
@@ -215,6 +216,12 @@ def stub_data_end(pe: PeFile, fh: BinaryIO) -> int:
             return end
     raise UserError(f"stub {pe.name} has {pe.file_size - end} bytes of unknown data after its last "
                     "section; use an unmodified systemd-stub (linuxx64.efi.stub)")
+
+
+def _refuse_signed(stub: PeFile) -> None:
+    if stub.security != (0, 0):
+        raise UserError(f"stub {stub.name} is already signed; use the unsigned stub "
+                        "(/usr/lib/systemd/boot/efi/linuxx64.efi.stub), the UKI is signed as a whole")
 
 
 def _read_range(fh: BinaryIO, start: int, end: int) -> bytes:
@@ -244,9 +251,7 @@ class AppendPlan:
 def plan_append(stub: PeFile, stub_end: int, sections: Iterable[tuple[str, int]]) -> AppendPlan:
     """Lay out ``sections`` (name, length) after ``stub`` the way ukify does."""
     sections = list(sections)
-    if stub.security != (0, 0):
-        raise UserError(f"stub {stub.name} is already signed; use the unsigned stub "
-                        "(/usr/lib/systemd/boot/efi/linuxx64.efi.stub), the UKI is signed as a whole")
+    _refuse_signed(stub)
     fa, sa = stub.file_alignment, stub.section_alignment
     for s in stub.sections:
         if s.raw_size and (s.raw_offset % fa or s.raw_size % fa):

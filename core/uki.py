@@ -117,7 +117,7 @@ def read_uname(kernel: Path) -> str | None:
 
 
 def _stub_sbat(stub: Path) -> str:
-    pe = parse_pe(stub, f"stub {stub}")
+    pe = parse_pe(stub, str(stub))
     sec = pe.section(".sbat")
     if sec is None:
         return ""
@@ -172,7 +172,7 @@ def predict_size(stub: Path, section_sizes: dict[str, int], *, signed: bool,
     defaults to the exact length our signer produces for ``signer``. Sections the stub already
     has (``.sbat``) are replaced in place and add nothing; empty sections are left out.
     """
-    pe = parse_pe(stub, f"stub {stub}")
+    pe = parse_pe(stub, str(stub))
     with open(stub, "rb") as fh:
         end = stub_data_end(pe, fh)
     existing = {s.name for s in pe.sections}
@@ -216,7 +216,7 @@ def build_uki(stub: Path, sections: Sequence[tuple[str, Content]], out: Path, *,
     stub = Path(stub)
     out = Path(out)
     items = _prepare(stub, sections)
-    pe = parse_pe(stub, f"stub {stub}")
+    pe = parse_pe(stub, str(stub))
     with open(stub, "rb") as sfh:
         end = stub_data_end(pe, sfh)
         plan = plan_append(pe, end, [(n, size) for n, _, size in items])
@@ -254,6 +254,7 @@ def build_uki(stub: Path, sections: Sequence[tuple[str, Content]], out: Path, *,
                 _copy(content, fh, size, sec.name, progress)
                 fh.write(bytes(sec.raw_size - size))
             fh.write(bytes(plan.file_size - fh.tell()))  # stub end padding if nothing was added
+            progress(plan.file_size - written)  # the padding
             fh.flush()
             if signer is not None:
                 result = sign_pe(fh, signer, reporter=reporter, task=f"{task}: sign")

@@ -1,0 +1,204 @@
+"""Benchmark of the initrd size model and build, against real builds and the zstd CLI.
+
+Prints, per tree (the demo stand-in at --scale, and a Debian minbase rootfs if one can be made):
+- the estimate error against the real build, before and after calibration (target: 2%);
+- the warm time to re-estimate after moving a third of the tree (target: < 100 ms);
+- the build's peak RSS as a fraction of the compressed initrd (measured in a subprocess);
+- our compression time against ``zstd -LEVEL -T0`` on the same cpio (ratio, same run).
+
+Usage: python bench/uki.py [--scale 1.0] [--level 19] [--no-debian]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sysextant.core.cpio import write_newc
+from sysextant.core.demo import generate_tree
+from sysextant.core.estimate import Estimator
+from sysextant.core.index import scan
+from sysextant.core.initrd import write_initrd
+from sysextant.core.model import INITRD_SKIP_TOP
+from sysextant.core.selection import IntervalSet, Sums, subtree_set
+
+ROOTFS_CACHE = Path.home() / ".cache/sysextant/bench-rootfs"
+
+BUILD_CHILD = """
+import json, resource, sys
+from pathlib import Path
+from sysextant.core.index import scan
+from sysextant.core.selection import IntervalSet
+from sysextant.core.initrd import write_initrd
+args = json.loads(sys.argv[1])
+index = scan(args["root"])
+sel = IntervalSet(tuple(iv) for iv in args["sel"])
+r = write_initrd(index, sel, Path(args["out"]), compression="zstd", level=args["level"])
+print(json.dumps({"compressed": r.compressed_bytes, "raw": r.uncompressed_bytes, "seconds": r.seconds,
+                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def build_in_child(root: Path, sel: IntervalSet, out: Path, level: int) -> dict:
+    arg = json.dumps({"root": str(root), "sel": [list(iv) for iv in sel], "out": str(out), "level": level})
+    proc = subprocess.run([sys.executable, "-c", BUILD_CHILD, arg], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout)
+
+
+def third_of_tree(index, base: IntervalSet) -> IntervalSet:
+    """Folders to move, biggest first, until about a third of the base's cpio bytes."""
+    sums = Sums(index)
+    goal = sums.cpio_bytes(base) / 3
+    candidates = []
+    for i in range(1, len(index)):
+        if index.is_dir(i) and 2 <= index.depth(i) <= 4 and i in base:
+            candidates.append((index.tot_cpio[i], i))
+    candidates.sort(reverse=True)
+    moved: list[int] = []
+    total = 0
+    for size, i in candidates:
+        if total >= goal:
+            break
+        if size > goal - total + goal * 0.1 or any(a in moved for a in index.ancestors(i)):
+            continue
+        if any(m in index.ancestors(i) or i in index.ancestors(m) for m in moved):
+            continue
+        moved.append(i)
+        total += size
+    return subtree_set(index, moved)
+
+
+def bench_tree(name: str, root: Path, level: int, work: Path) -> None:
+    print(f"\n== {name}: {root}")
+    index = scan(root)
+    skip = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
+    base = IntervalSet([(1, len(index))]).difference(subtree_set(index, skip))
+    moved = third_of_tree(index, base)
+    slim = base.difference(moved)
+    sums = Sums(index)
+    print(f"entries {len(index):,}; base cpio {sums.cpio_bytes(base) / 2**20:.1f} MiB; moving "
+          f"{sums.cpio_bytes(base.intersection(moved)) / sums.cpio_bytes(base) * 100:.0f}% of it")
+
+    cache = work / f"cache-{name}"
+    t = time.monotonic()
+    est = Estimator(index, base, compression="zstd", level=level, cache_dir=cache)
+    est.prepare()
+    print(f"prepare (fast pass + {sum(g.target is not None for g in est.groups)}/{len(est.groups)} sample groups "
+          f"at level {level}): {time.monotonic() - t:.1f} s")
+    before_base, before_slim = est.estimate(base), est.estimate(slim)
+
+    r_base = build_in_child(root, base, work / f"{name}-base.zst", level)
+    r_slim = build_in_child(root, slim, work / f"{name}-slim.zst", level)
+
+    def err(e, actual: int) -> str:
+        inside = "inside" if e.low <= actual <= e.high else "OUTSIDE"
+        return f"{(e.bytes - actual) / actual * 100:+.2f}% (band ±{e.error * 100:.2f}%, {inside})"
+
+    print(f"real builds: base {r_base['compressed']:,} B in {r_base['seconds']:.1f} s, "
+          f"slim {r_slim['compressed']:,} B in {r_slim['seconds']:.1f} s")
+    print(f"before any build: base {err(before_base, r_base['compressed'])}, slim {err(before_slim, r_slim['compressed'])}")
+    est.calibrate(base, r_base["compressed"])
+    after = est.estimate(slim)
+    print(f"calibrated on base, slim: {err(after, r_slim['compressed'])}")
+
+    # warm re-estimate after moving a third of the tree (alternating selections)
+    times = []
+    for k in range(20):
+        sel = slim if k % 2 == 0 else base
+        t = time.perf_counter()
+        est.estimate(sel)
+        times.append(time.perf_counter() - t)
+    times.sort()
+    print(f"warm re-estimate after moving a third: median {times[len(times) // 2] * 1000:.2f} ms, "
+          f"max {times[-1] * 1000:.2f} ms (target < 100 ms)")
+
+    t = time.monotonic()
+    est.deepen()
+    print(f"deepen (every group at level {level}): {time.monotonic() - t:.1f} s")
+    print(f"after deepen, calibrated on base, slim: {err(est.estimate(slim), r_slim['compressed'])}")
+
+    rss = max(r_base["maxrss"], r_slim["maxrss"])
+    print(f"build peak RSS {rss / 2**20:.0f} MiB = {rss / r_base['compressed']:.2f} x the compressed initrd "
+          f"({r_base['compressed'] / 2**20:.0f} MiB)")
+
+    zstd = shutil.which("zstd")
+    if zstd:
+        raw = work / f"{name}.cpio"
+        with open(raw, "wb") as fh:
+            write_newc(index, base, fh, mtime=0)
+        t = time.monotonic()
+        cli = subprocess.run([zstd, f"-{level}", "-T0", "-q", "-c", str(raw)], capture_output=True, check=True).stdout
+        cli_s = time.monotonic() - t
+        ours = write_initrd(index, base, work / f"{name}-again.zst", compression="zstd", level=level)
+        print(f"zstd CLI -{level} -T0 on the cpio: {cli_s:.1f} s, {len(cli):,} B; ours (tree -> initrd) "
+              f"{ours.seconds:.1f} s, {ours.compressed_bytes:,} B: time ratio {ours.seconds / cli_s:.2f}, "
+              f"size ratio {ours.compressed_bytes / len(cli):.4f}")
+        raw.unlink()
+
+
+def debian_rootfs() -> Path | None:
+    if (ROOTFS_CACHE / "etc/os-release").exists():
+        return ROOTFS_CACHE
+    candidates: list[str] = []
+    for src in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        try:
+            text = src.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            parts = [p for p in line.split() if not p.startswith("[")]
+            if line.startswith("deb ") and len(parts) >= 2:
+                candidates.append(parts[1])
+            elif line.startswith("URIs:"):
+                candidates.extend(parts[1:])
+    debian = [u for u in candidates if u.rstrip("/").endswith("/debian") and "security" not in u]
+    mirror = debian[0] if debian else None
+    if shutil.which("debootstrap") is None:
+        print("debootstrap missing: trying apt-get install debootstrap")
+        subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], capture_output=True)
+    if shutil.which("debootstrap") is None or mirror is None:
+        print("skipping the Debian rootfs: debootstrap or an apt mirror is not available")
+        return None
+    tmp = ROOTFS_CACHE.with_name("bench-rootfs.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), mirror],
+                          capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        print(f"skipping the Debian rootfs: debootstrap failed: {proc.stderr.strip()[-300:]}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None
+    os.replace(tmp, ROOTFS_CACHE)
+    return ROOTFS_CACHE
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--level", type=int, default=19)
+    ap.add_argument("--no-debian", action="store_true")
+    ap.add_argument("--no-demo", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sysextant-bench-") as tmp:
+        work = Path(tmp)
+        if not args.no_demo:
+            root = work / "demo-rootfs"
+            t = time.monotonic()
+            generate_tree(root, scale=args.scale)
+            print(f"demo tree at scale {args.scale} generated in {time.monotonic() - t:.1f} s")
+            bench_tree("demo", root, args.level, work)
+        if not args.no_debian:
+            deb = debian_rootfs()
+            if deb is not None:
+                bench_tree("debian-minbase", deb, args.level, work)
+
+
+if __name__ == "__main__":
+    main()

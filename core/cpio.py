@@ -1,0 +1,383 @@
+"""The newc cpio writer for the UKI initrd, streamed straight from the OS tree.
+
+Format: cpio(5) "new ASCII" (magic ``070701``), as the kernel's unpacker reads it
+(linux ``init/initramfs.c``) and as ``usr/gen_init_cpio.c`` writes it: a 110-byte header of 13
+eight-digit hex fields, the NUL-terminated name padded to 4 bytes, the data padded to 4 bytes;
+the archive ends with a ``TRAILER!!!`` entry and nothing after it.
+
+Kairos packs the root filesystem the same way: names relative to the root without ``./``,
+metadata normalised. Here the archive order is bytewise by full path (parents come before their
+children; ``usr/lib-x`` sorts before ``usr/lib/a``), mtime is ``SOURCE_DATE_EPOCH`` (0 when
+unset), uid, gid and device numbers are 0, inode numbers count up from 1 in archive order.
+
+Hardlinks: the names of one inode that are in the archive share an inode number, carry
+``nlink`` = the number of those names, and the first of them (in archive order) carries the
+data; the others have size 0. The kernel remembers (ino, major, minor, mode) of the first name
+with nlink >= 2 and links the later names to it, opening them without O_TRUNC, so the data stays
+(``maybe_link``/``do_name`` in init/initramfs.c); GNU cpio defers size-0 names and links them at
+the end. A name whose inode has no other name in the archive is written as a plain file.
+
+The byte count equals the size model's exactly: ``Sums.cpio_bytes(selection) + TRAILER_BYTES``
+plus the bytes of any extra entries (the ``init`` symlink).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import weakref
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
+
+from .errors import UserError
+from .fsentry import FsEntry, open_nofollow
+from .index import HEADER, TreeIndex, cpio_entry_bytes
+from .progress import Reporter
+from .selection import IntervalSet
+
+MAGIC = b"070701"
+TRAILER_NAME = b"TRAILER!!!"
+CHUNK = 1 << 20
+_O_FILE = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOATIME", 0)
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+def default_mtime() -> int:
+    """The timestamp every entry gets: ``SOURCE_DATE_EPOCH`` when set (reproducible builds), else 0."""
+    value = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not value:
+        return 0
+    try:
+        return max(0, int(value))
+    except ValueError:
+        raise UserError(f"SOURCE_DATE_EPOCH={value!r} is not a whole number of seconds; "
+                        "set it to a Unix time or unset it") from None
+
+
+def header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, filesize: int,
+           rdevmajor: int, rdevminor: int, namesize: int) -> bytes:
+    """One 110-byte newc header (dev major/minor 0, check 0)."""
+    fields = (ino, mode, uid, gid, nlink, mtime, filesize, 0, 0, rdevmajor, rdevminor, namesize, 0)
+    return MAGIC + b"".join(b"%08X" % (f & 0xFFFFFFFF) for f in fields)
+
+
+def _name_block(name: bytes, hdr: bytes) -> bytes:
+    raw = hdr + name + b"\0"
+    return raw + b"\0" * (-len(raw) & 3)
+
+
+def trailer() -> bytes:
+    """The closing entry: ``TRAILER!!!``, nlink 1, everything else 0; 124 bytes, no padding after."""
+    return _name_block(TRAILER_NAME, header(ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, filesize=0,
+                                            rdevmajor=0, rdevminor=0, namesize=len(TRAILER_NAME) + 1))
+
+
+def init_entry(target: str) -> FsEntry:
+    """The ``init -> target`` symlink Kairos adds (``/init -> /usr/bin/immucore``)."""
+    t = os.fsencode(target)
+    return FsEntry(path=b"init", mode=stat.S_IFLNK | 0o777, size=len(t), target=t)
+
+
+def extra_bytes(extra: Iterable[FsEntry]) -> int:
+    """newc bytes the extra entries add."""
+    total = 0
+    for e in extra:
+        if e.is_symlink:
+            total += cpio_entry_bytes(len(e.path), len(e.target or b""))
+        elif e.is_reg:
+            total += cpio_entry_bytes(len(e.path), len(e.data or b""))
+        else:
+            total += cpio_entry_bytes(len(e.path), 0)
+    return total
+
+
+# -- archive order ------------------------------------------------------------------------------
+_ORDER_CACHE: dict[int, tuple[weakref.ref, array]] = {}
+
+
+def archive_order(index: TreeIndex) -> array:
+    """Every entry but the root, in bytewise full-path order (cached per index).
+
+    Computed without building full paths: in a folder, each child sorts by its name and each
+    child folder's descendants by ``name + b"/"``. Names hold neither ``/`` nor NUL, so this
+    per-folder order is exactly the order of the full paths.
+    """
+    key = id(index)
+    hit = _ORDER_CACHE.get(key)
+    if hit is not None and hit[0]() is index and len(hit[1]) == len(index) - 1:
+        return hit[1]
+    names, mode = index.names, index.mode
+    first_child, nchild = index.first_child, index.nchild
+    out = array("i")
+    SUB = 1 << 31  # marks "the subtree of" an entry in the work stack
+
+    def items(d: int) -> list[int]:
+        start = first_child[d]
+        if start < 0:
+            return []
+        keyed: list[tuple[bytes, int]] = []
+        for c in range(start, start + nchild[d]):
+            keyed.append((names[c], c))
+            if stat.S_ISDIR(mode[c]) and nchild[c] > 0:
+                keyed.append((names[c] + b"/", c | SUB))
+        keyed.sort()
+        return [v for _, v in reversed(keyed)]
+
+    stack = items(0)
+    while stack:
+        v = stack.pop()
+        if v & SUB:
+            stack.extend(items(v & ~SUB))
+        else:
+            out.append(v)
+    _ORDER_CACHE[key] = (weakref.ref(index, lambda _r, k=key: _ORDER_CACHE.pop(k, None)), out)
+    return out
+
+
+def selection_mask(index: TreeIndex, selection: IntervalSet) -> bytearray:
+    """A byte per index entry: 1 when it is in ``selection``."""
+    mask = bytearray(len(index))
+    for s, e in selection:
+        mask[s:e] = b"\x01" * (e - s)
+    return mask
+
+
+def archive_entries(index: TreeIndex, selection: IntervalSet, *, extra: Sequence[FsEntry] = ()) -> list[int]:
+    """Entries of ``selection`` in archive order (the root is never one). ``extra`` entries are
+    not index entries; the writer merges them in by path."""
+    mask = selection_mask(index, selection)
+    mask[0] = 0
+    return [i for i in archive_order(index) if mask[i]]
+
+
+# -- writing ------------------------------------------------------------------------------------
+class _DirCache:
+    """Keeps the last opened parent folder (entries in path order share parents)."""
+
+    def __init__(self, root: bytes) -> None:
+        self.root = root
+        self.parent = -1
+        self.fd = -1
+
+    def get(self, index: TreeIndex, i: int) -> int:
+        p = index.parent[i]
+        if p != self.parent:
+            self.close()
+            rel = index.path(p)
+            self.fd = open_nofollow(self.root, rel) if rel else os.open(self.root, _O_DIR)
+            self.parent = p
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.fd = -1
+        self.parent = -1
+
+
+class NewcWriter:
+    """Writes entries to ``out``, batching small pieces into 1 MiB writes."""
+
+    def __init__(self, out: Writable, *, mtime: int, reporter: Reporter | None, task: str, total: int) -> None:
+        self.out = out
+        self.mtime = mtime
+        self.reporter = reporter
+        self.task = task
+        self.total = total
+        self.buf = bytearray()
+        self.written = 0
+        self.next_report = 0
+
+    def _flush(self) -> None:
+        if self.buf:
+            self.out.write(bytes(self.buf))
+            self.written += len(self.buf)
+            self.buf.clear()
+        if self.reporter is not None and self.written >= self.next_report:
+            self.next_report = self.written + 8 * CHUNK
+            self.reporter(self.task, self.written, self.total)
+
+    def put(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) >= CHUNK:
+            self._flush()
+
+    def entry(self, name: bytes, *, ino: int, mode: int, nlink: int, size: int = 0,
+              rdev: int = 0, uid: int = 0, gid: int = 0) -> None:
+        hdr = header(ino=ino, mode=mode, uid=uid, gid=gid, nlink=nlink, mtime=self.mtime, filesize=size,
+                     rdevmajor=os.major(rdev) if rdev else 0, rdevminor=os.minor(rdev) if rdev else 0,
+                     namesize=len(name) + 1)
+        self.put(_name_block(name, hdr))
+
+    def data_fd(self, fd: int, size: int, what: str) -> None:
+        left = size
+        while left > 0:
+            chunk = os.read(fd, min(CHUNK, left))
+            if not chunk:
+                raise UserError(f"{what} shrank while it was being packed; scan the tree again and rebuild")
+            left -= len(chunk)
+            if len(chunk) >= CHUNK:
+                self._flush()
+                self.out.write(chunk)
+                self.written += len(chunk)
+            else:
+                self.put(chunk)
+        self.put(b"\0" * (-size & 3))
+
+    def finish(self) -> int:
+        self.put(trailer())
+        self._flush()
+        return self.written
+
+
+def write_newc(index: TreeIndex, selection: IntervalSet, out: Writable, *, extra: Sequence[FsEntry] = (),
+               mtime: int | None = None, keep_owners: bool = False, reporter: Reporter | None = None,
+               task: str = "initrd: archive", total: int = 0) -> int:
+    """Stream the newc archive of ``selection`` (plus ``extra``) into ``out``; returns bytes written.
+
+    Files are read from the tree with ``O_NOFOLLOW`` on every component, 1 MiB at a time. A file
+    that vanished, became unreadable or changed size since the scan raises :class:`UserError`
+    naming it. ``keep_owners`` keeps uid/gid from the tree instead of 0. ``total`` (the expected
+    size, for progress) is optional.
+    """
+    return write_entries(index, archive_entries(index, selection), out, extra=extra, mtime=mtime,
+                         keep_owners=keep_owners, reporter=reporter, task=task, total=total)
+
+
+def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, extra: Sequence[FsEntry] = (),
+                  mtime: int | None = None, keep_owners: bool = False, reporter: Reporter | None = None,
+                  task: str = "initrd: archive", total: int = 0,
+                  after_entry: Callable[[int, int], None] | None = None, with_trailer: bool = True) -> int:
+    """Write ``entries`` (index entries, already in archive order) as newc, see :func:`write_newc`.
+
+    ``after_entry(i, offset)`` runs after each index entry with the archive offset where it
+    ends (bytes may still sit in the writer's buffer); the size model's estimator uses it to
+    attribute compressed bytes to entries. ``with_trailer=False`` leaves the trailer out.
+    """
+    root = index.root
+    mtime = default_mtime() if mtime is None else mtime
+    extras = sorted(extra, key=lambda e: e.path)
+    # hardlinks: names of one inode inside the archive, in archive order
+    member_of: dict[int, tuple[int, int]] = {}
+    for key, group in index.hardlinks.items():
+        for m in group:
+            member_of[m] = key
+    names_in: dict[tuple[int, int], int] = {}
+    if member_of:
+        for i in entries:
+            k = member_of.get(i)
+            if k is not None:
+                names_in[k] = names_in.get(k, 0) + 1
+    link_ino: dict[tuple[int, int], int] = {}
+
+    w = NewcWriter(out, mtime=mtime, reporter=reporter, task=task, total=total)
+    dirs = _DirCache(root)
+    ino = 0
+    xi = 0
+    try:
+        for i in entries:
+            path = index.path(i)
+            while xi < len(extras) and extras[xi].path < path:
+                ino += 1
+                _write_extra(w, extras[xi], ino)
+                xi += 1
+            ino += 1
+            _write_index_entry(w, index, i, path, dirs, ino, member_of, names_in, link_ino, keep_owners)
+            if after_entry is not None:
+                after_entry(i, w.written + len(w.buf))
+        while xi < len(extras):
+            ino += 1
+            _write_extra(w, extras[xi], ino)
+            xi += 1
+        if with_trailer:
+            return w.finish()
+        w._flush()
+        return w.written
+    finally:
+        dirs.close()
+
+
+def _write_extra(w: NewcWriter, e: FsEntry, ino: int) -> None:
+    if e.is_symlink:
+        target = e.target or b""
+        w.entry(e.path, ino=ino, mode=e.mode, nlink=1, size=len(target))
+        w.put(target + b"\0" * (-len(target) & 3))
+    elif e.is_reg:
+        data = e.data or b""
+        w.entry(e.path, ino=ino, mode=e.mode, nlink=1, size=len(data))
+        w.put(data + b"\0" * (-len(data) & 3))
+    else:
+        w.entry(e.path, ino=ino, mode=e.mode, nlink=2 if e.is_dir else 1, rdev=e.rdev)
+
+
+def _shown(index: TreeIndex, path: bytes) -> str:
+    return os.fsdecode(os.path.join(index.root, path))
+
+
+def _write_index_entry(w: NewcWriter, index: TreeIndex, i: int, path: bytes, dirs: _DirCache, ino: int,
+                       member_of: dict, names_in: dict, link_ino: dict, keep_owners: bool) -> None:
+    mode = index.mode[i]
+    name = index.names[i]
+    uid = gid = 0
+    try:
+        pfd = dirs.get(index, i)
+        st = None
+        if keep_owners or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if keep_owners:
+                uid, gid = st.st_uid, st.st_gid
+        if stat.S_ISREG(mode):
+            size = index.data_bytes(i)
+            key = member_of.get(i)
+            nlink = 1
+            carries = True
+            if key is not None and names_in.get(key, 1) > 1:
+                nlink = names_in[key]
+                if key in link_ino:
+                    carries = False
+                    ino = link_ino[key]
+                else:
+                    link_ino[key] = ino
+            if not carries:
+                w.entry(path, ino=ino, mode=mode, nlink=nlink, uid=uid, gid=gid)
+                return
+            fd = os.open(name, _O_FILE, dir_fd=pfd)
+            try:
+                fst = os.fstat(fd)
+                if not stat.S_ISREG(fst.st_mode) or fst.st_size != size:
+                    raise UserError(f"{_shown(index, path)} changed since the tree was scanned; scan again and rebuild")
+                w.entry(path, ino=ino, mode=mode, nlink=nlink, size=size, uid=uid, gid=gid)
+                w.data_fd(fd, size, _shown(index, path))
+            finally:
+                os.close(fd)
+        elif stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=pfd)
+            if len(target) != index.size[i]:
+                raise UserError(f"the symlink {_shown(index, path)} changed since the tree was scanned; scan again and rebuild")
+            w.entry(path, ino=ino, mode=mode, nlink=1, size=len(target), uid=uid, gid=gid)
+            w.put(target + b"\0" * (-len(target) & 3))
+        elif stat.S_ISDIR(mode):
+            w.entry(path, ino=ino, mode=mode, nlink=2, uid=uid, gid=gid)
+        else:
+            rdev = st.st_rdev if st is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0
+            w.entry(path, ino=ino, mode=mode, nlink=1, rdev=rdev, uid=uid, gid=gid)
+    except OSError as exc:
+        raise UserError(f"cannot read {_shown(index, path)} for the initrd ({exc.strerror or exc}); "
+                        "it vanished or is unreadable: scan the tree again") from None
+
+
+def archive_size(index: TreeIndex, selection: IntervalSet, extra: Sequence[FsEntry] = ()) -> int:
+    """The archive's exact byte count without writing it (the size model's figure)."""
+    from .index import TRAILER_BYTES
+    from .selection import Sums
+
+    return Sums(index).cpio_bytes(selection) + TRAILER_BYTES + extra_bytes(extra)
+
+
+__all__ = ["HEADER", "MAGIC", "archive_entries", "archive_order", "archive_size", "extra_bytes", "header",
+           "init_entry", "selection_mask", "trailer", "write_entries", "write_newc"]
