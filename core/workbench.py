@@ -128,6 +128,8 @@ class ExtensionFigures:
     image_bytes: int  # rough image size: allocated bytes + inodes + verity + partition overhead
     initrd_saved: int  # exact newc bytes it takes out of the initrd
     special: int
+    uki_saved: int = 0  # what it takes off the UKI: compressed estimate, or initrd_saved without one
+    uki_saved_estimated: bool = False
 
 
 @dataclass(frozen=True)
@@ -324,8 +326,14 @@ class Session:
             alloc = sums.allocated(ep.selected)
             data = alloc + ep.entries * IMAGE_INODE_BYTES
             image = data + data // VERITY_FRACTION + IMAGE_FIXED_OVERHEAD if ep.entries else 0
+            saved, estimated = ep.initrd_bytes, False
+            if self.estimator is not None and plan is not None and ep.entries:
+                # the UKI without this extension minus the UKI with it: marginal, given the others
+                without = plan.initrd_after.union(ep.selected.intersection(plan.initrd_base))
+                saved = self.estimator.estimate(without).bytes - self.estimator.estimate(plan.initrd_after).bytes
+                estimated = True
             out.append(ExtensionFigures(ext.name, tuple(ext.paths), ep.entries, ep.bytes, image, ep.initrd_bytes,
-                                        len(ep.special)))
+                                        len(ep.special), saved, estimated))
         return out
 
     def owner(self, i: int) -> str | None:

@@ -106,7 +106,7 @@ def gauge(app: WorkbenchApp):
 
 
 async def test_mark_and_unmark_change_totals_by_the_engine_figures(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path)
+    app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         s = app.session
@@ -130,7 +130,7 @@ async def test_mark_and_unmark_change_totals_by_the_engine_figures(spec_path: Pa
 
 
 async def test_refused_marks_say_why(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path)
+    app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         text = spec_path.read_text()
@@ -147,7 +147,7 @@ async def test_refused_marks_say_why(spec_path: Path) -> None:
 
 
 async def test_nested_marks_counted_once_and_undo(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path)
+    app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         s = app.session
@@ -171,7 +171,7 @@ async def test_nested_marks_counted_once_and_undo(spec_path: Path) -> None:
 
 
 async def test_extension_add_rename_remove(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path)
+    app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         await pilot.press("a")
@@ -196,7 +196,7 @@ async def test_extension_add_rename_remove(spec_path: Path) -> None:
 
 
 async def test_outside_edit_is_reloaded_keeping_the_view(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path)
+    app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         entry = await go(app, pilot, "usr/share/doc")
@@ -209,7 +209,7 @@ async def test_outside_edit_is_reloaded_keeping_the_view(spec_path: Path) -> Non
 
 
 async def test_broken_outside_edit_is_shown_and_survived(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path)
+    app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         good = spec_path.read_text()
@@ -230,7 +230,7 @@ async def test_broken_outside_edit_is_shown_and_survived(spec_path: Path) -> Non
 
 
 async def test_theme_switch_is_remembered(spec_path: Path) -> None:
-    app = WorkbenchApp(spec_path, watch=False)
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         assert app.theme == "sysextant-dark"
@@ -240,10 +240,32 @@ async def test_theme_switch_is_remembered(spec_path: Path) -> None:
         await pilot.press("enter")
         assert await wait_for(pilot, lambda: app.theme == "sysextant-light")
     assert load_settings()["theme"] == "sysextant-light"
-    again = WorkbenchApp(spec_path, watch=False)
+    again = WorkbenchApp(spec_path, watch=False, estimate=False)
     async with again.run_test(size=SIZE) as pilot:
         await pilot.pause()
         assert again.theme == "sysextant-light"
+
+
+async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: Path) -> None:
+    pytest.importorskip("sysextant.core.estimate")
+    spec_path.write_text(spec_path.read_text().replace("level: 19", "level: 3"))  # a quick estimator
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        assert await wait_for(pilot, lambda: app.session.estimator is not None, 60), "estimator not ready"
+        await pilot.pause()
+        fig = gauge(app)
+        assert fig.estimated and fig.initrd_low <= fig.initrd_bytes <= fig.initrd_high
+        assert fig.initrd_bytes < fig.initrd_cpio  # the demo's text and binaries compress
+        assert "estimate ±" in str(app.query_one(UkiGauge).render())
+        before = fig.uki_bytes
+        await go(app, pilot, "usr/share/doc")
+        await pilot.press("space")
+        after = gauge(app)
+        est = app.session.estimator.estimate(app.session.plan.initrd_after)
+        assert after.initrd_bytes == est.bytes and after.uki_bytes < before
+        fw = next(f for f in app.session.extension_figures() if f.name == "firmware")
+        assert fw.uki_saved_estimated and 0 < fw.uki_saved <= fw.initrd_saved
 
 
 # -- snapshot ------------------------------------------------------------------------------------

@@ -259,7 +259,7 @@ class WorkbenchApp(App[int]):
         reporter = Reporter(report)
         try:
             est = Estimator(index, base, compression=spec.uki.compression, level=spec.uki.level,
-                            cache_dir=None, reporter=reporter)
+                            cache_dir=spec.output, reporter=reporter)
             est.prepare()
         except Cancelled:
             return

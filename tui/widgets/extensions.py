@@ -107,8 +107,13 @@ class ExtensionsPanel(Vertical):
         t.append(f"    {format_size(f.bytes)}", )
         t.append(" · image ≈", dim)
         t.append(format_size(f.image_bytes))
-        t.append("\n    initrd −", dim)
-        t.append(format_size(f.initrd_saved))
+        if f.uki_saved_estimated:
+            t.append("\n    UKI −", dim)
+            t.append(format_size(f.uki_saved))
+            t.append(" est.", dim)
+        else:
+            t.append("\n    initrd −", dim)
+            t.append(format_size(f.initrd_saved))
         t.append(f" · {len(f.paths)} path{'s' if len(f.paths) != 1 else ''}", dim)
         if f.special:
             t.append(f" · {f.special} special!", self.get_component_rich_style("extensions--dim", partial=True))
