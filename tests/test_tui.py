@@ -249,7 +249,7 @@ async def test_theme_switch_is_remembered(spec_path: Path) -> None:
 async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: Path) -> None:
     pytest.importorskip("sysextant.core.estimate")
     spec_path.write_text(spec_path.read_text().replace("level: 19", "level: 3"))  # a quick estimator
-    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    app = WorkbenchApp(spec_path, watch=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
         assert await wait_for(pilot, lambda: app.session.estimator is not None, 60), "estimator not ready"
