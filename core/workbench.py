@@ -1,0 +1,671 @@
+"""The workbench session: one spec, its scanned tree and plan, and the edits a user makes.
+
+This is the engine half of ``sysextant SPEC``; the Textual app in :mod:`sysextant.tui` is a
+view over it, and the tests drive it without a terminal. A session holds the spec file's text
+and model, the tree index and the current :class:`~sysextant.core.plan.Plan`. Every user action
+(mark, unmark, add/rename/remove an extension, undo) is an operation *as data*: it is checked
+(refused with one clear reason), applied to the spec text through
+:mod:`sysextant.core.specedit` (comments and key order kept), re-read with the spec loader,
+re-planned, and saved atomically. Each applied operation pushes its inverse on the undo stack.
+
+Refusal rules follow systemd-sysext(8): an extension holds only ``usr/`` and ``opt/``, never
+``usr/lib/os-release`` or ``usr/lib/extension-release.d``, and no device nodes, FIFOs or sockets;
+an entry belongs to at most one extension; what the UKI needs to boot (the kernel and the
+``uki.init`` target) stays in the UKI. Nested marks are counted once (dua's rule, and
+:func:`sysextant.core.plan.make_plan` drops them).
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .index import TreeIndex, scan
+from .model import ExtensionSpec, Spec
+from .plan import Plan, make_plan
+from .selection import IntervalSet, Sums
+from .units import THRESHOLDS, format_size
+
+#: dm-verity with 4 KiB blocks and SHA-256 stores 32 bytes per 4 KiB block: 1/128, plus upper levels.
+VERITY_FRACTION = 127
+#: GPT, alignment, the signature partition and the filesystem's own metadata, roughly.
+IMAGE_FIXED_OVERHEAD = 1024 * 1024 + 16 * 1024
+IMAGE_INODE_BYTES = 64  # erofs extended inode, per entry
+
+#: Paths an extension image must never hold (systemd-sysext refuses or overwrites them).
+FORBIDDEN = (b"usr/lib/os-release", b"usr/lib/extension-release.d")
+
+
+# --------------------------------------------------------------------------------------------
+# Operations as data
+
+
+@dataclass(frozen=True)
+class SetPaths:
+    """Replace an extension's ``paths`` list."""
+
+    ext: str
+    paths: tuple[str, ...]
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class AddExtension:
+    ext: ExtensionSpec
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class RenameExtension:
+    old: str
+    new: str
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class RemoveExtension:
+    name: str
+    label: str = ""
+
+
+Operation = SetPaths | AddExtension | RenameExtension | RemoveExtension
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What the gauge shows: the initrd and the predicted UKI against the spec's limit."""
+
+    initrd_cpio_before: int  # exact newc bytes, no extension
+    initrd_cpio: int  # exact newc bytes after the extensions take their share
+    initrd_bytes: int  # what goes into the UKI: compressed estimate, or the cpio when none
+    initrd_low: int
+    initrd_high: int
+    estimated: bool  # initrd_bytes is a compressed estimate (else the exact uncompressed cpio)
+    method: str  # how the initrd figure was obtained, for the label
+    uki_bytes: int  # predicted UKI file size
+    uki_low: int
+    uki_high: int
+    limit: int
+    limit_text: str
+    verdict: str  # units.Thresholds.verdict of uki_bytes against the limit
+
+    @property
+    def level(self) -> str:
+        """Gauge colour: ``ok``, ``warn`` (a threshold passed, or within 10% of the limit),
+        ``high-risk``, or ``over`` (over the limit or a hard failure size)."""
+        if self.verdict in ("over", "fails", "impossible"):
+            return "over"
+        if self.verdict == "ok" and self.uki_high > self.limit * 0.9:
+            return "warn"
+        return self.verdict
+
+    @property
+    def error_pct(self) -> float:
+        """Half the error band as a percentage of the figure (0 when exact)."""
+        if not self.uki_bytes:
+            return 0.0
+        return (self.uki_high - self.uki_low) / 2 / self.uki_bytes * 100
+
+
+@dataclass(frozen=True)
+class ExtensionFigures:
+    """One row of the extensions panel."""
+
+    name: str
+    paths: tuple[str, ...]
+    entries: int
+    bytes: int  # apparent bytes of the files it takes, hardlinks once, nested marks once
+    image_bytes: int  # rough image size: allocated bytes + inodes + verity + partition overhead
+    initrd_saved: int  # exact newc bytes it takes out of the initrd
+    special: int
+    uki_saved: int = 0  # what it takes off the UKI: compressed estimate, or initrd_saved without one
+    uki_saved_estimated: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of an operation: refused (``ok`` False, ``message`` says why) or applied."""
+
+    ok: bool
+    message: str
+    before: Figures | None = None
+    after: Figures | None = None
+
+    @property
+    def delta(self) -> int:
+        """Change of the predicted UKI size (negative = smaller)."""
+        if self.before is None or self.after is None:
+            return 0
+        return self.after.uki_bytes - self.before.uki_bytes
+
+    @property
+    def cpio_delta(self) -> int:
+        if self.before is None or self.after is None:
+            return 0
+        return self.after.initrd_cpio - self.before.initrd_cpio
+
+
+@dataclass
+class Reload:
+    """What re-reading the spec from disk found."""
+
+    changed: bool  # the text differs from what the session last wrote or read
+    ok: bool  # the new text loaded (else ``problems`` says why and the last good spec is kept)
+    rescan: bool = False  # os.root changed: the tree must be scanned again
+    problems: list[Any] = field(default_factory=list)  # spec.Problem items (file, line, column, message, hint)
+
+
+def _refuse(message: str) -> Outcome:
+    return Outcome(False, message)
+
+
+def _rel(index: TreeIndex, i: int) -> str:
+    return os.fsdecode(index.path(i))
+
+
+class Session:
+    """A spec being worked on. Create with :meth:`open`; scan or attach an index before marking."""
+
+    def __init__(self, path: Path, text: str, spec: Spec) -> None:
+        self.path = Path(path)
+        self.text = text
+        self.spec = spec
+        self.index: TreeIndex | None = None
+        self.sums: Sums | None = None
+        self.plan: Plan | None = None
+        self.estimator: Any = None  # a prepared core.estimate.Estimator, when available
+        self.undo_stack: list[tuple[Operation, str]] = []  # (inverse, what it undoes)
+        self.pending_text: str | None = None  # a save that failed; retried on the next change
+        self.save_error: str | None = None
+        #: problems of the file on disk when it failed to load: edits are refused until it is fixed
+        self.disk_problems: list[Any] = []
+        self._uki_fixed: tuple[int, int, int] | None = None  # see _uki_fixed_bytes
+        self._fig_cache: tuple[Plan, Any, Figures] | None = None  # (plan, estimator, figures)
+
+    # -- loading ------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Session:
+        """Read the spec at ``path``; raises ``SpecError`` (a UserError listing problems)."""
+        from .spec import load_spec
+
+        path = Path(path)
+        spec = load_spec(path)
+        text = path.read_text(encoding="utf-8")
+        return cls(path, text, spec)
+
+    @property
+    def root(self) -> Path:
+        return self.spec.os.root
+
+    @property
+    def ready(self) -> bool:
+        """The tree is fully scanned and planned: marks can be made."""
+        return self.plan is not None
+
+    def scan(self, *, progress: Callable[[TreeIndex], None] | None = None, every: int = 5000,
+             check: Callable[[], None] | None = None) -> TreeIndex:
+        """Scan the spec's OS tree (slow: run it off the UI thread) and plan it."""
+        root = self.spec.os.root
+        index = scan(root, progress=progress, every=every, check=check)
+        self.attach(index)
+        return index
+
+    def attach(self, index: TreeIndex, sums: Sums | None = None) -> None:
+        """Use a (complete) index of the spec's tree and plan the spec against it."""
+        self.index = index
+        self.sums = sums if sums is not None else Sums(index)
+        self.estimator = None
+        self.plan = make_plan(self.spec, index, self.sums)
+
+    # -- figures ------------------------------------------------------------------------------
+    def _uki_fixed_bytes(self) -> tuple[int, int, int]:
+        """(UKI bytes without the initrd, section alignment, signature bytes): cached per spec.
+
+        The UKI size is linear in the section sizes (docs/domain.md section 6), so the stub is
+        parsed once and each new initrd figure costs an addition, not a PE parse.
+        """
+        if self._uki_fixed is not None:
+            return self._uki_fixed
+        spec, index = self.spec, self.index
+        sizes: dict[str, int] = {}
+        try:
+            sizes[".linux"] = os.stat(spec.os.kernel).st_size
+        except OSError:
+            sizes[".linux"] = 0
+        sizes[".cmdline"] = len(spec.uki.cmdline.encode())
+        osrel = spec.uki.os_release
+        if osrel is None and index is not None:
+            found = index.lookup("etc/os-release") or index.lookup("usr/lib/os-release")
+            size = index.size[found] if found is not None and stat.S_ISREG(index.mode[found]) else 400
+        else:
+            try:
+                size = os.stat(osrel).st_size if osrel else 400
+            except OSError:
+                size = 400
+        sizes[".osrel"] = size
+        sizes[".uname"] = len(spec.uki.uname or "6.6.60-generic") + 1
+        sig = None
+        if spec.signing is not None:
+            try:
+                cert = spec.signing.cert.read_bytes()
+                # PKCS#7 SignedData ~ the certificate (DER is ~3/4 of PEM) + signer info + 256-byte RSA sig
+                sig = len(cert) * 3 // 4 + 700
+            except OSError:
+                sig = 1800
+        try:
+            from .uki import predict_size
+
+            stub = spec.uki.stub
+            base = predict_size(stub, sizes, signed=False)
+            align = predict_size(stub, {**sizes, ".initrd": 1}, signed=False) - base
+            signing = (predict_size(stub, sizes, signed=True, signature_len=sig) - base) if sig else 0
+        except (ImportError, UserError, OSError, ValueError):
+            try:
+                stub_bytes = os.stat(spec.uki.stub).st_size
+            except OSError:
+                stub_bytes = 0
+            align = 512
+            base = stub_bytes + sum(-(-n // align) * align for n in sizes.values())
+            signing = sig or 0
+        self._uki_fixed = (base, align, signing)
+        return self._uki_fixed
+
+    def _uki_size(self, initrd: int) -> int:
+        base, align, signing = self._uki_fixed_bytes()
+        return base + -(-initrd // align) * align + signing
+
+    def figures(self) -> Figures | None:
+        """The gauge figures for the current plan (None until the tree is scanned)."""
+        plan = self.plan
+        if plan is None:
+            return None
+        cached = self._fig_cache
+        if cached is not None and cached[0] is plan and cached[1] is self.estimator and self._uki_fixed is not None:
+            return cached[2]
+        fig = self._figures(plan)
+        self._fig_cache = (plan, self.estimator, fig)
+        return fig
+
+    def _figures(self, plan: Plan) -> Figures:
+        spec = self.spec
+        cpio = plan.initrd_cpio_after
+        if self.estimator is not None:
+            est = self.estimator.estimate(plan.initrd_after)
+            initrd, low, high = est.bytes, est.low, est.high
+            estimated, method = not getattr(est, "exact", False), str(getattr(est, "method", "estimate"))
+        else:
+            initrd = low = high = cpio
+            estimated = False
+            method = ("exact (uncompressed)" if spec.uki.compression == "none"
+                      else f"uncompressed; {spec.uki.compression} estimate not available")
+        uki = self._uki_size(initrd)
+        uki_low = uki - (initrd - low)
+        uki_high = uki + (high - initrd)
+        return Figures(plan.initrd_cpio_before, cpio, initrd, low, high, estimated, method, uki, uki_low, uki_high,
+                       spec.uki.limit, spec.uki.limit_text, THRESHOLDS.verdict(uki, spec.uki.limit))
+
+    def extension_figures(self) -> list[ExtensionFigures]:
+        """Per extension: entries, bytes, rough image size, initrd bytes saved."""
+        plan, sums = self.plan, self.sums
+        out = []
+        for ext in self.spec.extensions:
+            ep = next((e for e in plan.extensions if e.name == ext.name), None) if plan else None
+            if ep is None or sums is None:
+                out.append(ExtensionFigures(ext.name, tuple(ext.paths), 0, 0, 0, 0, 0))
+                continue
+            alloc = sums.allocated(ep.selected)
+            data = alloc + ep.entries * IMAGE_INODE_BYTES
+            image = data + data // VERITY_FRACTION + IMAGE_FIXED_OVERHEAD if ep.entries else 0
+            saved, estimated = ep.initrd_bytes, False
+            if self.estimator is not None and plan is not None and ep.entries:
+                # the UKI without this extension minus the UKI with it: marginal, given the others
+                without = plan.initrd_after.union(ep.selected.intersection(plan.initrd_base))
+                saved = self.estimator.estimate(without).bytes - self.estimator.estimate(plan.initrd_after).bytes
+                estimated = True
+            out.append(ExtensionFigures(ext.name, tuple(ext.paths), ep.entries, ep.bytes, image, ep.initrd_bytes,
+                                        len(ep.special), saved, estimated))
+        return out
+
+    def owner(self, i: int) -> str | None:
+        return self.plan.owner(i) if self.plan is not None else None
+
+    def _spans(self, i: int) -> list[tuple[int, int]]:
+        """Entry ``i`` and its subtree as half-open index ranges (a subtree is contiguous, but
+        not adjacent to its folder: see :mod:`sysextant.core.index`)."""
+        assert self.index is not None
+        sub = self.index.subtree(i)
+        return [(i, i + 1), (sub.start, sub.stop)] if sub else [(i, i + 1)]
+
+    @staticmethod
+    def _within(spans: list[tuple[int, int]], k: int) -> bool:
+        return any(lo <= k < hi for lo, hi in spans)
+
+    def owners_in(self, i: int) -> list[str]:
+        """Extensions that take entry ``i`` or anything below it (for a folder's tag)."""
+        plan, index = self.plan, self.index
+        if plan is None or index is None:
+            return []
+        spans = self._spans(i)
+        out = []
+        for ep in plan.extensions:
+            sel = ep.selected
+            for lo, hi in spans:
+                k = bisect.bisect_right(sel.starts, hi - 1) - 1
+                if k >= 0 and sel.ends[k] > lo:
+                    out.append(ep.name)
+                    break
+        return out
+
+    def kept_cpio(self, i: int) -> int:
+        """newc bytes of entry ``i`` and its subtree that are still in the initrd (display only:
+        hardlink corrections are left out)."""
+        plan, sums, index = self.plan, self.sums, self.index
+        if plan is None or sums is None or index is None:
+            return 0
+        after = plan.initrd_after
+        prefix = sums.cpio
+        total = 0
+        for lo, hi in self._spans(i):
+            k = max(0, bisect.bisect_right(after.starts, lo) - 1)
+            while k < len(after.starts) and after.starts[k] < hi:
+                s, e = max(after.starts[k], lo), min(after.ends[k], hi)
+                if s < e:
+                    total += prefix[e] - prefix[s]
+                k += 1
+        return total
+
+    # -- checks -------------------------------------------------------------------------------
+    def _boot_needed(self) -> list[tuple[int, str]]:
+        index, spec = self.index, self.spec
+        out: list[tuple[int, str]] = []
+        if index is None:
+            return out
+        try:
+            rel = os.path.relpath(spec.os.kernel, spec.os.root)
+        except ValueError:
+            rel = ""
+        if rel and not rel.startswith(".."):
+            k = index.lookup(rel)
+            if k is not None:
+                out.append((k, f"the kernel ({rel})"))
+        if spec.uki.init:
+            k = index.lookup(spec.uki.init.lstrip("/"))
+            if k is not None:
+                out.append((k, f"the init program ({spec.uki.init}, uki.init)"))
+        return out
+
+    def refusal(self, i: int, ext: str | None) -> str | None:
+        """Why entry ``i`` cannot be marked into extension ``ext``, or None when it can."""
+        index, plan = self.index, self.plan
+        if index is None or plan is None:
+            return "the tree is still being scanned; mark when the scan is done"
+        if ext is None or self.spec.extension(ext) is None:
+            return "there is no extension to mark into yet: press a to add one"
+        if i <= 0 or i >= len(index):
+            return "the root of the tree cannot be marked; mark folders under usr/ or opt/"
+        rel = index.path(i)
+        text = os.fsdecode(rel)
+        top = rel.split(b"/", 1)[0]
+        if top not in (b"usr", b"opt"):
+            return f"{text} is outside usr/ and opt/: systemd-sysext merges only /usr and /opt"
+        spans = self._spans(i)
+        for bad in FORBIDDEN:
+            k = index.lookup(bad)
+            if k is not None and self._within(spans, k):
+                what = ("the OS release file, which systemd-sysext refuses in an extension"
+                        if bad.endswith(b"os-release") else "the extension release folder sysextant writes itself")
+                return f"{text} holds {os.fsdecode(bad)}, {what}; mark its other folders instead"
+        for k, what in self._boot_needed():
+            if self._within(spans, k):
+                return (f"{text} is {what}, needed to boot" if k == i
+                        else f"{text} holds {what}, needed to boot; mark its other entries instead")
+        specials = index.special  # in index order, so sorted
+        if not (stat.S_ISREG(index.mode[i]) or stat.S_ISDIR(index.mode[i]) or stat.S_ISLNK(index.mode[i])):
+            return f"{text} is a special file (device, FIFO or socket), which an extension cannot carry"
+        for lo, hi in spans[1:]:
+            s = bisect.bisect_left(specials, lo)
+            if s < len(specials) and specials[s] < hi:
+                n = bisect.bisect_left(specials, hi) - s
+                return (f"{text} holds {n} special file(s) such as {_rel(index, specials[s])}, which an "
+                        "extension cannot carry")
+        mine = IntervalSet(spans)
+        for ep in plan.extensions:
+            if ep.name == ext:
+                continue
+            if i in ep.selected:
+                return f"{text} is already in extension {ep.name}"
+            both = ep.selected.intersection(mine)
+            if both:
+                return (f"{text} holds {len(both):,} entries already in extension {ep.name} "
+                        f"(e.g. {_rel(index, both.starts[0])})")
+        return None
+
+    # -- marking ------------------------------------------------------------------------------
+    def marked_paths(self, ext: str) -> list[str]:
+        e = self.spec.extension(ext)
+        return list(e.paths) if e else []
+
+    def toggle(self, i: int, ext: str | None) -> Outcome:
+        """Space: unmark ``i`` if it is one of ``ext``'s paths, else mark it."""
+        if (self.index is not None and ext is not None and 0 < i < len(self.index)
+                and _rel(self.index, i) in self.marked_paths(ext)):
+            return self.unmark(i, ext)
+        return self.mark(i, ext)
+
+    def mark(self, i: int, ext: str | None) -> Outcome:
+        why = self.refusal(i, ext)
+        if why:
+            return _refuse(why)
+        assert self.index is not None and self.plan is not None and ext is not None
+        index = self.index
+        text = _rel(index, i)
+        paths = self.marked_paths(ext)
+        if text in paths:
+            return _refuse(f"{text} is already marked in {ext}")
+        ep = next(e for e in self.plan.extensions if e.name == ext)
+        if i in ep.selected:
+            holder = next((m for m in ep.marks if m in index.ancestors(i) or m == i), None)
+            via = f" through {_rel(index, holder)}" if holder is not None else ""
+            return _refuse(f"{text} is already in {ext}{via}")
+        nested = [p for p in paths if p.startswith(text + "/")]
+        note = f" (holds {len(nested)} earlier mark(s), counted once)" if nested else ""
+        return self.apply(SetPaths(ext, (*paths, text), f"mark {text} into {ext}{note}"))
+
+    def unmark(self, i: int, ext: str) -> Outcome:
+        if self.index is None:
+            return _refuse("the tree is still being scanned")
+        return self.unmark_path(ext, _rel(self.index, i))
+
+    def unmark_path(self, ext: str, path: str) -> Outcome:
+        paths = self.marked_paths(ext)
+        if path not in paths:
+            if self.spec.extension(ext) is None:
+                return _refuse(f"there is no extension {ext}")
+            return _refuse(f"{path} is not one of {ext}'s paths (a pattern or a folder above it marks it; "
+                           "edit that path to change it)")
+        return self.apply(SetPaths(ext, tuple(p for p in paths if p != path), f"unmark {path} from {ext}"))
+
+    # -- extensions ---------------------------------------------------------------------------
+    def add_extension(self, name: str) -> Outcome:
+        from .spec import extension_name_problem
+
+        name = name.strip()
+        why = extension_name_problem(name)
+        if why:
+            return _refuse(why)
+        if any(e.name.lower() == name.lower() for e in self.spec.extensions):
+            return _refuse(f"an extension named {name} already exists")
+        arch = self.spec.extensions[0].architecture if self.spec.extensions else "x86-64"
+        ext = ExtensionSpec(name=name, release={"ID": "_any", "ARCHITECTURE": arch})
+        return self.apply(AddExtension(ext, f"add extension {name}"))
+
+    def rename_extension(self, old: str, new: str) -> Outcome:
+        from .spec import extension_name_problem
+
+        new = new.strip()
+        if self.spec.extension(old) is None:
+            return _refuse(f"there is no extension {old}")
+        if new == old:
+            return _refuse(f"the extension is already named {new}")
+        why = extension_name_problem(new)
+        if why:
+            return _refuse(why)
+        if any(e.name.lower() == new.lower() and e.name != old for e in self.spec.extensions):
+            return _refuse(f"an extension named {new} already exists")
+        return self.apply(RenameExtension(old, new, f"rename extension {old} to {new}"))
+
+    def remove_extension(self, name: str) -> Outcome:
+        if self.spec.extension(name) is None:
+            return _refuse(f"there is no extension {name}")
+        return self.apply(RemoveExtension(name, f"remove extension {name}"))
+
+    # -- applying, undo, saving ------------------------------------------------------------------
+    def _edit(self, op: Operation) -> tuple[str, Operation]:
+        """The spec text after ``op`` and the operation that undoes it."""
+        from .specedit import SpecEditor
+
+        editor = SpecEditor(self.text, self.path)
+        if isinstance(op, SetPaths):
+            old = self.spec.extension(op.ext)
+            if old is None:
+                raise UserError(f"there is no extension {op.ext}")
+            editor.set_paths(op.ext, list(op.paths))
+            inverse: Operation = SetPaths(op.ext, tuple(old.paths), op.label)
+        elif isinstance(op, AddExtension):
+            editor.add_extension(op.ext)
+            inverse = RemoveExtension(op.ext.name, op.label)
+        elif isinstance(op, RenameExtension):
+            editor.rename_extension(op.old, op.new)
+            inverse = RenameExtension(op.new, op.old, op.label)
+        elif isinstance(op, RemoveExtension):
+            old = self.spec.extension(op.name)
+            if old is None:
+                raise UserError(f"there is no extension {op.name}")
+            editor.remove_extension(op.name)
+            inverse = AddExtension(replace(old, paths=list(old.paths), exclude=list(old.exclude),
+                                           release=dict(old.release)), op.label)
+        else:  # pragma: no cover - the union above is exhaustive
+            raise TypeError(op)
+        return editor.text, inverse
+
+    def apply(self, op: Operation, *, record: bool = True) -> Outcome:
+        """Apply ``op`` to the spec (checked by the loader), re-plan, save; push its inverse."""
+        from .spec import SpecError, loads_spec
+
+        if self.disk_problems:
+            p = self.disk_problems[0]
+            where = f"line {p.line}: " if getattr(p, "line", 0) else ""
+            return _refuse(f"the spec file has errors ({where}{p.message}); fix them first, so that saving "
+                           "this change does not overwrite your edit")
+        before = self.figures()
+        try:
+            text, inverse = self._edit(op)
+            spec = loads_spec(text, self.path)
+        except SpecError as exc:
+            first = exc.problems[0] if exc.problems else None
+            msg = first.message if first is not None else str(exc)
+            return _refuse(f"the spec would not be valid: {msg}")
+        except UserError as exc:
+            return _refuse(str(exc))
+        self._set_spec(text, spec)
+        self.save()
+        if record:
+            self.undo_stack.append((inverse, op.label))
+        after = self.figures()
+        msg = op.label or "done"
+        if self.save_error:
+            msg += f" — NOT SAVED: {self.save_error}"
+        return Outcome(True, msg, before, after)
+
+    def undo(self) -> Outcome:
+        if not self.undo_stack:
+            return _refuse("nothing to undo")
+        inverse, label = self.undo_stack.pop()
+        result = self.apply(inverse, record=False)
+        if not result.ok:
+            return _refuse(f"cannot undo {label}: {result.message}")
+        return replace(result, message=f"undid: {label}")
+
+    def _set_spec(self, text: str, spec: Spec) -> None:
+        old = self.spec
+        self.text, self.spec = text, spec
+        if (spec.uki.stub, spec.os.kernel, spec.uki.cmdline, spec.uki.uname, spec.uki.os_release,
+                spec.signing) != (old.uki.stub, old.os.kernel, old.uki.cmdline, old.uki.uname,
+                                  old.uki.os_release, old.signing):
+            self._uki_fixed = None
+        if (spec.uki.compression, spec.uki.level, spec.os.exclude, spec.uki.init) != (
+                old.uki.compression, old.uki.level, old.os.exclude, old.uki.init):
+            self.estimator = None  # its base or parameters changed: prepare again
+        if self.index is not None and self.sums is not None:
+            self.plan = make_plan(spec, self.index, self.sums)
+
+    def save(self) -> bool:
+        """Write the current text atomically; on failure keep it pending and say why."""
+        from .specedit import save_text_atomic
+
+        try:
+            save_text_atomic(self.path, self.text)
+        except (OSError, UserError) as exc:
+            self.pending_text = self.text
+            self.save_error = str(exc) if isinstance(exc, UserError) else (exc.strerror or str(exc))
+            return False
+        self.pending_text = None
+        self.save_error = None
+        return True
+
+    @property
+    def unsaved(self) -> bool:
+        return self.pending_text is not None
+
+    # -- outside edits ------------------------------------------------------------------------
+    def reload(self, text: str | None = None) -> Reload:
+        """Take the spec file's current text (read from disk unless given).
+
+        Our own saves come back as change events with identical text: those are ignored. A text
+        that fails to load keeps the last good spec and returns the problems.
+        """
+        from .spec import Problem, SpecError, loads_spec
+
+        if text is None:
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except FileNotFoundError:
+                return Reload(True, False, problems=[Problem(self.path, 0, 0, "the spec file was removed",
+                                                             "the workbench keeps the last good spec")])
+            except (OSError, UnicodeDecodeError) as exc:
+                return Reload(True, False, problems=[Problem(self.path, 0, 0, f"cannot read the spec: {exc}")])
+        if text == self.text:
+            self.disk_problems = []
+            return Reload(False, True)
+        try:
+            spec = loads_spec(text, self.path)
+        except SpecError as exc:
+            self.disk_problems = list(exc.problems)
+            return Reload(True, False, problems=self.disk_problems)
+        rescan = spec.os.root != self.spec.os.root
+        if rescan:
+            self.text, self.spec = text, spec
+            self.index = self.sums = self.plan = None
+            self.estimator = None
+            self._uki_fixed = None
+        else:
+            self._set_spec(text, spec)
+        self.pending_text = None
+        self.save_error = None
+        self.disk_problems = []
+        return Reload(True, True, rescan=rescan)
+
+
+def describe(fig: Figures) -> str:
+    """One line for logs and the CLI: ``UKI 180 MiB of 200MiB (warn)``."""
+    return f"UKI {format_size(fig.uki_bytes)} of {fig.limit_text} ({fig.verdict})"

@@ -1,0 +1,328 @@
+"""The workbench driven headless with Textual's pilot on a small demo tree.
+
+Every figure the screen shows is compared with the engine's own (core.workbench / core.plan), the
+spec file is read back from disk, and outside edits are made by writing the file from the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sysextant.core.demo import SPEC_TEXT, generate_tree
+from sysextant.core.index import scan
+from sysextant.core.plan import make_plan
+from sysextant.core.selection import Sums, subtree_set
+from sysextant.core.spec import load_spec
+from sysextant.core.workbench import Session
+
+pytest.importorskip("textual")
+
+from sysextant.tui.app import WorkbenchApp  # noqa: E402
+from sysextant.tui.themes import load_settings  # noqa: E402
+from sysextant.tui.widgets.extensions import ExtensionsPanel  # noqa: E402
+from sysextant.tui.widgets.gauge import UkiGauge  # noqa: E402
+
+pytestmark = pytest.mark.anyio
+SIZE = (120, 40)
+KV = "6.6.60-kairos-demo"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "rootfs"
+    generate_tree(root, scale=0.05)
+    return root
+
+
+def project(tmp: Path, root: Path) -> Path:
+    """The demo spec pointed at the shared tree, unsigned, with a fixed stand-in stub."""
+    stub = tmp / "stub.efi"
+    stub.write_bytes(b"\0" * 4096)  # not a PE: the size model falls back to its plain sum
+    text = SPEC_TEXT.replace("root: rootfs   ", f"root: {root}").replace(
+        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub", str(stub))
+    text = re.sub(r"signing:.*?\n\n", "", text, flags=re.S)
+    spec = tmp / "sysextant.yaml"
+    spec.write_text(text)
+    load_spec(spec)  # the test's own spec must be valid
+    return spec
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    return project(tmp_path, demo_root)
+
+
+async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 3.0) -> bool:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        if cond():
+            return True
+        await pilot.pause(0.05)
+    return cond()
+
+
+async def ready(app: WorkbenchApp, pilot) -> None:
+    assert await wait_for(pilot, lambda: app.session.plan is not None, 10), "the scan did not finish"
+    await pilot.pause()
+
+
+async def go(app: WorkbenchApp, pilot, rel: str) -> int:
+    """Walk to ``rel`` with the keys a user presses (enter into folders, j/k to the entry)."""
+    tree = app.tree
+    index = app.session.index
+    while tree.folder != 0:
+        await pilot.press("h")
+    parts = rel.split("/")
+    for depth, _ in enumerate(parts):
+        target = index.lookup("/".join(parts[: depth + 1]))
+        while tree.entry != target:
+            await pilot.press("j" if tree.rows.index(target) > tree.cursor else "k")
+        if depth < len(parts) - 1:
+            await pilot.press("enter")
+    await pilot.pause()
+    return target
+
+
+def status(app: WorkbenchApp) -> str:
+    return app.query_one("#status").markup
+
+
+def gauge(app: WorkbenchApp):
+    return app.query_one(UkiGauge).figures
+
+
+async def test_mark_and_unmark_change_totals_by_the_engine_figures(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        s = app.session
+        before = gauge(app)
+        assert before == s.figures()
+        doc = await go(app, pilot, "usr/share/doc")
+        moved = s.sums.cpio_bytes(subtree_set(s.index, [doc]).intersection(s.plan.initrd_after))
+        await pilot.press("space")
+        after = gauge(app)
+        assert after.initrd_cpio == before.initrd_cpio - moved
+        assert "mark usr/share/doc into firmware" in status(app)
+        assert "usr/share/doc" in load_spec(spec_path).extension("firmware").paths
+        panel = app.query_one(ExtensionsPanel)
+        assert panel.current == "firmware"
+        fig = next(f for f in s.extension_figures() if f.name == "firmware")
+        plan = make_plan(load_spec(spec_path), scan(s.root))
+        assert fig.initrd_saved == next(e for e in plan.extensions if e.name == "firmware").initrd_bytes
+        await pilot.press("space")  # again: unmark
+        assert gauge(app).initrd_cpio == before.initrd_cpio
+        assert "usr/share/doc" not in load_spec(spec_path).extension("firmware").paths
+
+
+async def test_refused_marks_say_why(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        text = spec_path.read_text()
+        await go(app, pilot, "etc")
+        await pilot.press("space")
+        assert "outside usr/ and opt/" in status(app)
+        await go(app, pilot, "usr/bin/immucore")
+        await pilot.press("space")
+        assert "needed to boot" in status(app)
+        await go(app, pilot, f"usr/lib/modules/{KV}/kernel/drivers/gpu")  # already in drivers
+        await pilot.press("space")
+        assert "already in extension drivers" in status(app)
+        assert spec_path.read_text() == text
+
+
+async def test_nested_marks_counted_once_and_undo(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        s = app.session
+        original = spec_path.read_text()
+        await pilot.press("2")  # drivers
+        assert app.current_ext == "drivers"
+        await go(app, pilot, "usr/share/man/man1")
+        await pilot.press("space")
+        await go(app, pilot, "usr/share/man")
+        await pilot.press("space")
+        man = s.index.lookup("usr/share/man")
+        drivers = next(f for f in s.extension_figures() if f.name == "drivers")
+        plan0 = make_plan(load_spec(spec_path), s.index, s.sums)
+        assert drivers.bytes == plan0.extensions[1].bytes
+        expected = s.sums.apparent(subtree_set(s.index, [man]).union(plan0.extensions[1].selected))
+        assert drivers.bytes == expected  # man1 is inside man: counted once
+        await pilot.press("u")
+        await pilot.press("ctrl+z")
+        assert spec_path.read_text() == original
+        assert "undid" in status(app)
+
+
+async def test_extension_add_rename_remove(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("a")
+        await pilot.press(*"k3s", "enter")
+        await pilot.pause()
+        assert app.current_ext == "k3s"
+        await go(app, pilot, "usr/bin/k3s")
+        await pilot.press("space")
+        assert load_spec(spec_path).extension("k3s").paths == ["usr/bin/k3s"]
+        await pilot.press("r")
+        await pilot.press("ctrl+u", *"big-bins", "enter")  # ctrl+u clears the input
+        await pilot.pause()
+        spec = load_spec(spec_path)
+        assert spec.extension("big-bins").paths == ["usr/bin/k3s"] and spec.extension("k3s") is None
+        await pilot.press("x")
+        await pilot.press("y")
+        await pilot.pause()
+        assert load_spec(spec_path).extension("big-bins") is None
+        text = spec_path.read_text()
+        assert "# linux-firmware is the classic big mover" in text  # comments kept throughout
+        assert "# a small board's firmware, to make the demo bite" in text
+
+
+async def test_outside_edit_is_reloaded_keeping_the_view(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        entry = await go(app, pilot, "usr/share/doc")
+        folder = app.tree.folder
+        await pilot.pause(0.3)  # the watcher is up
+        spec_path.write_text(spec_path.read_text().replace("limit: 200MiB", "limit: 300MiB"))
+        assert await wait_for(pilot, lambda: gauge(app) is not None and gauge(app).limit == 300 * 1024 * 1024)
+        assert app.tree.entry == entry and app.tree.folder == folder
+        assert "reloaded" in status(app)
+
+
+async def test_broken_outside_edit_is_shown_and_survived(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        good = spec_path.read_text()
+        await pilot.pause(0.3)
+        spec_path.write_text(good.replace("level: 19", "level: nineteen"))
+        problems = app.query_one("#problems")
+        line = next(n for n, t in enumerate(good.splitlines(), 1) if "level:" in t)
+        # an editor's write may be seen half done first; wait for the whole file's problem
+        assert await wait_for(pilot, lambda: problems.display and f"line {line}:" in str(problems.render()))
+        assert "keeps the last good" in str(problems.render())
+        await go(app, pilot, "usr/share/doc")  # browsing goes on with the last good spec
+        await pilot.press("space")  # but a mark would overwrite the user's edit: refused
+        assert "fix them first" in status(app)
+        assert "nineteen" in spec_path.read_text()
+        spec_path.write_text(good.replace("limit: 200MiB", "limit: 250MiB"))
+        assert await wait_for(pilot, lambda: not problems.display)
+        assert gauge(app).limit == 250 * 1024 * 1024
+
+
+async def test_theme_switch_is_remembered(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        assert app.theme == "sysextant-dark"
+        await pilot.press("ctrl+p")
+        await pilot.press(*"Theme: sysextant-light")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        assert await wait_for(pilot, lambda: app.theme == "sysextant-light")
+    assert load_settings()["theme"] == "sysextant-light"
+    again = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with again.run_test(size=SIZE) as pilot:
+        await pilot.pause()
+        assert again.theme == "sysextant-light"
+
+
+async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: Path) -> None:
+    pytest.importorskip("sysextant.core.estimate")
+    spec_path.write_text(spec_path.read_text().replace("level: 19", "level: 3"))  # a quick estimator
+    app = WorkbenchApp(spec_path, watch=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        assert await wait_for(pilot, lambda: app.session.estimator is not None, 60), "estimator not ready"
+        await pilot.pause()
+        fig = gauge(app)
+        assert fig.estimated and fig.initrd_low <= fig.initrd_bytes <= fig.initrd_high
+        assert fig.initrd_bytes < fig.initrd_cpio  # the demo's text and binaries compress
+        assert "estimate ±" in str(app.query_one(UkiGauge).render())
+        before = fig.uki_bytes
+        await go(app, pilot, "usr/share/doc")
+        await pilot.press("space")
+        after = gauge(app)
+        est = app.session.estimator.estimate(app.session.plan.initrd_after)
+        assert after.initrd_bytes == est.bytes and after.uki_bytes < before
+        fw = next(f for f in app.session.extension_figures() if f.name == "firmware")
+        assert fw.uki_saved_estimated and 0 < fw.uki_saved <= fw.initrd_saved
+
+
+# -- snapshot ------------------------------------------------------------------------------------
+SNAPSHOTS = Path(__file__).parent / "snapshots"
+
+
+def normalise(index) -> None:
+    """Make filesystem-dependent figures fixed: folders 4096 bytes, allocation = size in 4 KiB."""
+    for i in range(len(index)):
+        m = index.mode[i]
+        if stat.S_ISDIR(m):
+            new_size, new_alloc = 4096, 4096
+        elif stat.S_ISREG(m):
+            new_size, new_alloc = index.size[i], -(-index.size[i] // 4096) * 4096
+        else:
+            new_size, new_alloc = index.size[i], 0
+        ds, da = new_size - index.size[i], new_alloc - index.alloc[i]
+        if not ds and not da:
+            continue
+        index.size[i] += ds
+        index.alloc[i] += da
+        a = i
+        while a >= 0:
+            index.tot_size[a] += ds
+            index.tot_alloc[a] += da
+            a = index.parent[a]
+
+
+def check_snapshot(name: str, svg: str) -> None:
+    path = SNAPSHOTS / f"{name}.svg"
+    if os.environ.get("UPDATE_SNAPSHOTS") or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(svg)
+        if not os.environ.get("UPDATE_SNAPSHOTS"):
+            pytest.fail(f"snapshot {path} was missing and has been written; check it and commit it")
+        return
+    if path.read_text() != svg:
+        actual = path.with_suffix(".actual.svg")
+        actual.write_text(svg)
+        pytest.fail(f"the screen differs from {path}; see {actual} (UPDATE_SNAPSHOTS=1 rewrites)")
+
+
+@pytest.mark.parametrize("theme", ["sysextant-dark", "sysextant-light"])
+async def test_main_screen_snapshot(spec_path: Path, theme: str) -> None:
+    session = Session.open(spec_path)
+    index = scan(session.root)
+    normalise(index)
+    session.attach(index, Sums(index))
+    app = WorkbenchApp(spec_path, session=session, watch=False, estimate=False, show_timings=False)
+    async with app.run_test(size=SIZE) as pilot:
+        app.theme = theme
+        await pilot.pause()
+        await go(app, pilot, "usr/share/locale")
+        await pilot.press("space")  # mark into firmware
+        await go(app, pilot, "usr/lib/modules")
+        await pilot.pause()
+        svg = app.export_screenshot(title="sysextant")
+    svg = svg.replace(str(spec_path.parent), "TMP").replace(str(session.root), "ROOT")
+    svg = re.sub(r"terminal-\d+", "terminal-0", svg)  # Textual numbers each export differently
+    check_snapshot(f"main-{theme}", svg)

@@ -1,0 +1,49 @@
+"""The workbench's command palette entries (ctrl+p): the main actions and the themes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+if TYPE_CHECKING:
+    from .app import WorkbenchApp
+
+
+class WorkbenchCommands(Provider):
+    """Actions of the workbench, by name."""
+
+    def _commands(self) -> list[tuple[str, Callable[[], object], str]]:
+        app: WorkbenchApp = self.app  # type: ignore[assignment]
+        cmds: list[tuple[str, Callable[[], object], str]] = [
+            ("Add extension", app.action_add_extension, "create a new extension and make it current"),
+            ("Rename current extension", app.action_rename_extension, "rename the current extension"),
+            ("Remove current extension", app.action_remove_extension, "remove it from the spec (asks first)"),
+            ("Undo", app.action_undo, "undo the last mark or extension change"),
+            ("Sort by size", partial(app.action_sort, "size"), "largest first"),
+            ("Sort by name", partial(app.action_sort, "name"), "alphabetical"),
+            ("Toggle size column", app.action_toggle_size, "apparent bytes or initrd (newc) bytes"),
+            ("Filter by name", app.action_filter, "show the entries of this folder whose name contains…"),
+            ("Reload spec", app.action_reload_spec, "re-read the spec file now"),
+            ("Help", app.action_help, "keys and what the workbench does"),
+            ("Quit", app.action_quit, "leave the workbench"),
+        ]
+        for name in app.own_theme_names:
+            cmds.append((f"Theme: {name}", partial(app.set_theme, name), "switch theme (remembered)"))
+        for ext in app.session.spec.extensions:
+            cmds.append((f"Use extension {ext.name}", partial(app.pick_extension, ext.name),
+                         "make it the extension that space marks into"))
+        return cmds
+
+    async def discover(self) -> Hits:
+        for name, callback, help_text in self._commands():
+            yield DiscoveryHit(name, callback, help=help_text)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for name, callback, help_text in self._commands():
+            score = matcher.match(name)
+            if score > 0:
+                yield Hit(score, matcher.highlight(name), callback, help=help_text)

@@ -1,0 +1,96 @@
+"""Modal screens: help, a yes/no question, a name prompt."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+HELP = """\
+[b]Sysextant workbench[/b]: move parts of /usr and /opt out of the UKI into system extensions.
+
+[b]Browse[/b]
+  ↑ ↓  j k          move              enter  l  →     open a folder
+  h  ←  backspace   up a folder       PgUp PgDn g G   page, first, last
+  s / n             sort by size / name
+  c                 size column: apparent bytes ⇄ initrd (newc) bytes
+  /                 filter this folder by name (esc clears)
+
+[b]Mark[/b]
+  space             mark / unmark the entry into the current extension
+  1-9  [  ]         pick the current extension      tab  focus the panels
+  a  r  x           add, rename, remove an extension
+  del (in Paths)    unmark a path               u  ctrl+z   undo
+
+[b]Other[/b]
+  ctrl+p            command palette (themes, actions)     ?  this help     q  quit
+
+Every mark is written to the spec at once (comments kept); edits made to the spec in an editor are picked up within a second. The gauge shows the predicted UKI size against the spec's uki.limit: green under, yellow close to it or past 800 MiB, orange high risk (past 1 GiB), red over.
+
+Marks are refused outside usr/ and opt/, for entries already in another extension, for what the UKI needs to boot (the kernel and the uki.init program), for usr/lib/os-release, and for special files.
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss", "Close")]
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll(id="help-box", classes="dialog"):
+            yield Static(HELP, id="help-text")
+            yield Static("[dim]esc closes[/]")
+
+    def action_dismiss(self) -> None:  # type: ignore[override]
+        self.dismiss(None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; y/enter answer yes, n/esc no."""
+
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.question = question
+        self.yes = yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question, id="question")
+            with Horizontal(classes="buttons"):
+                yield Button(self.yes, variant="error", id="yes")
+                yield Button("Cancel", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
+
+
+class NameScreen(ModalScreen[str | None]):
+    """Ask for a name; enter accepts, esc cancels."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
+        super().__init__()
+        self.title_text = title
+        self.value = value
+        self.placeholder = placeholder
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text)
+            yield Input(self.value, placeholder=self.placeholder, id="name")
+            yield Static("[dim]letters, digits, '.' and '-' · enter accepts · esc cancels[/]")
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

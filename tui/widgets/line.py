@@ -1,0 +1,31 @@
+"""A one-line text widget that repaints without a new layout.
+
+``Static.update`` asks for a layout pass of the screen; the breadcrumb, column header, top bar
+and status line change on many keys while their size never does, so they only repaint.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+
+class Line(Widget):
+    """Console markup on one line, cropped with an ellipsis."""
+
+    DEFAULT_CSS = "Line { height: 1; }"
+
+    def __init__(self, markup: str = "", *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.markup = markup
+
+    def set(self, markup: str) -> None:
+        if markup != self.markup:
+            self.markup = markup
+            self.refresh()
+
+    def render(self) -> Text:
+        text = Text.from_markup(self.markup)
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        return text

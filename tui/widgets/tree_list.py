@@ -1,0 +1,281 @@
+"""The OS tree one folder at a time, ncdu style, as a Line-API list.
+
+Only the visible rows are rendered (``render_line``), so a folder with 50,000 entries costs the
+same as one with 5; the rows are entry indices of the :class:`~sysextant.core.index.TreeIndex`,
+sorted by size or name. Columns: size (apparent or newc bytes), the entry's share of what is still
+in the UKI initrd (bar and percent), entry count, the extension that takes it, the name. The
+index may still be growing (a scan in progress): :meth:`reload_rows` re-reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from sysextant.core.index import TreeIndex
+from sysextant.core.units import format_size
+from sysextant.core.workbench import Session
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+EXT_COLOURS = 6
+SIZE_W, BAR_W, PCT_W, COUNT_W, OWNER_W = 10, 12, 6, 9, 14
+
+
+def header_text(size_mode: str, sort: str) -> str:
+    """The column header line matching :meth:`TreeList.render_line`."""
+    size = ("size" if size_mode == "apparent" else "initrd") + (" ▼" if sort == "size" else "")
+    name = "name" + (" ▲" if sort == "name" else "")
+    return (f"  {size:>{SIZE_W}} {'share of UKI initrd':<{BAR_W + PCT_W + 1}} {'entries':>{COUNT_W}} "
+            f"{'extension':<{OWNER_W}} {name}")
+
+
+class TreeList(ScrollView, can_focus=True):
+    """Entries of one folder; moves with arrows/j/k, enters with enter/l, leaves with h/backspace."""
+
+    BINDINGS = [
+        Binding("up,k", "cursor(-1)", "Up", show=False),
+        Binding("down,j", "cursor(1)", "Down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("home,g", "jump(0)", "First", show=False),
+        Binding("end,G", "jump(-1)", "Last", show=False),
+        Binding("enter,l,right", "enter", "Open"),
+        Binding("h,left,backspace", "leave", "Up a folder"),
+    ]
+
+    COMPONENT_CLASSES = {
+        "tree-list--cursor",
+        "tree-list--dir",
+        "tree-list--link",
+        "tree-list--dim",
+        "tree-list--bar",
+        "tree-list--bar-empty",
+        "tree-list--marked",
+        *(f"tree-list--ext-{k}" for k in range(EXT_COLOURS)),
+    }
+
+    DEFAULT_CSS = """
+    TreeList { height: 1fr; overflow-x: hidden; }
+    """
+
+    class Moved(Message):
+        """The cursor moved to another entry, or the folder changed."""
+
+        def __init__(self, entry: int | None, folder: int) -> None:
+            super().__init__()
+            self.entry = entry
+            self.folder = folder
+
+    def __init__(self, session: Session, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.session = session
+        self.index: TreeIndex | None = None
+        self.folder = 0
+        self.rows: list[int] = []
+        self.cursor = 0
+        self.sort = "size"
+        self.size_mode = "apparent"  # or "cpio"
+        self.name_filter = ""
+        self.current_ext: str | None = None
+        self._remember: dict[int, int] = {}  # folder -> entry the cursor was on
+        self._ext_colour: dict[str, int] = {}
+        self._lines: dict[tuple[int, int, bool], Strip] = {}  # (entry, width, cursor) -> rendered row
+
+    # -- data ---------------------------------------------------------------------------------
+    def set_index(self, index: TreeIndex | None) -> None:
+        if index is not self.index:
+            self.index = index
+            if index is None or self.folder >= len(index):
+                self.folder = 0
+        self.reload_rows()
+
+    @property
+    def entry(self) -> int | None:
+        """The entry under the cursor."""
+        return self.rows[self.cursor] if 0 <= self.cursor < len(self.rows) else None
+
+    def reload_rows(self, *, keep: int | None = None) -> None:
+        """Re-read the folder's entries (sort, filter), keeping the cursor on the same entry."""
+        keep = self.entry if keep is None else keep
+        index = self.index
+        if index is None:
+            self.rows = []
+        else:
+            rows = list(index.children(self.folder))
+            if self.name_filter:
+                needle = os.fsencode(self.name_filter.lower())
+                rows = [r for r in rows if needle in index.names[r].lower()]
+            if self.sort == "size":
+                tot = index.tot_size if self.size_mode == "apparent" else index.tot_cpio
+                names = index.names
+                rows.sort(key=lambda r: (-tot[r], names[r]))
+            else:
+                names = index.names
+                rows.sort(key=lambda r: names[r])
+            self.rows = rows
+        self._ext_colour = {e.name: k % EXT_COLOURS for k, e in enumerate(self.session.spec.extensions)}
+        pos = self.rows.index(keep) if keep is not None and keep in self.rows else min(self.cursor, len(self.rows) - 1)
+        self.cursor = max(0, pos)
+        self.virtual_size = Size(self.size.width, len(self.rows))
+        self._lines.clear()
+        self._scroll_cursor_visible()
+        self.refresh()
+
+    def invalidate(self) -> None:
+        """Figures changed (a mark, a reload, a theme): render every row afresh."""
+        self._lines.clear()
+        self.refresh()
+
+    def go_to(self, folder: int, entry: int | None = None) -> None:
+        """Show ``folder`` with the cursor on ``entry`` (or where it last was)."""
+        if self.index is None:
+            return
+        self.folder = folder
+        self.name_filter = ""
+        self.cursor = 0
+        self.reload_rows(keep=entry if entry is not None else self._remember.get(folder, -1))
+        self.post_message(self.Moved(self.entry, self.folder))
+
+    # -- actions ------------------------------------------------------------------------------
+    def _moved(self, old: int | None = None) -> None:
+        top = self.scroll_offset.y
+        self._scroll_cursor_visible()
+        if old is not None and self.scroll_offset.y == top:  # only two rows changed
+            width = self.size.width
+            self.refresh(Region(0, old - top, width, 1), Region(0, self.cursor - top, width, 1))
+        else:
+            self.refresh()
+        if self.entry is not None:
+            self._remember[self.folder] = self.entry
+        self.post_message(self.Moved(self.entry, self.folder))
+
+    def action_cursor(self, step: int) -> None:
+        if self.rows:
+            old = self.cursor
+            self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
+            self._moved(old)
+
+    def action_page(self, step: int) -> None:
+        self.action_cursor(step * max(1, self.size.height - 1))
+
+    def action_jump(self, where: int) -> None:
+        if self.rows:
+            self.cursor = 0 if where == 0 else len(self.rows) - 1
+            self._moved()
+
+    def action_enter(self) -> None:
+        index, e = self.index, self.entry
+        if index is None or e is None:
+            return
+        if index.is_dir(e):
+            self._remember[self.folder] = e
+            self.go_to(e)
+        else:
+            self.app.bell()
+
+    def action_leave(self) -> None:
+        if self.name_filter:
+            self.name_filter = ""
+            self.reload_rows()
+            self.post_message(self.Moved(self.entry, self.folder))
+            return
+        if self.index is None or self.folder == 0:
+            return
+        came_from = self.folder
+        self.go_to(self.index.parent[came_from], came_from)
+
+    def _scroll_cursor_visible(self) -> None:
+        if self.size.height:
+            self.scroll_to_region(Region(0, self.cursor, 1, 1), animate=False, force=True, immediate=True)
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._lines.clear()
+
+    def on_resize(self) -> None:
+        self.virtual_size = Size(self.size.width, len(self.rows))
+        self._scroll_cursor_visible()
+
+    # -- rendering ----------------------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        row = self.scroll_offset.y + y
+        width = self.size.width
+        if row >= len(self.rows) or self.index is None:
+            if row == 0 and y == 0:
+                msg = "scanning the tree…" if self.index is None else (
+                    f"no entries match “{self.name_filter}”" if self.name_filter else "(empty folder)")
+                return Strip([Segment(f"  {msg}".ljust(width), self.get_component_rich_style("tree-list--dim"))])
+            return Strip.blank(width, self.rich_style)
+        entry = self.rows[row]
+        key = (entry, width, row == self.cursor)
+        strip = self._lines.get(key)
+        if strip is None:
+            text = self._row_text(entry, width)
+            if row == self.cursor:
+                text.stylize(self.get_component_rich_style("tree-list--cursor"))
+            segments = list(text.render(self.app.console))
+            strip = Strip(segments).crop_extend(0, width, self.rich_style).apply_style(self.rich_style)
+            if len(self._lines) > 4096:
+                self._lines.clear()
+            self._lines[key] = strip
+        return strip
+
+    def _row_text(self, i: int, width: int) -> Text:
+        index = self.index
+        assert index is not None
+        session = self.session
+        mode = index.mode[i]
+        is_dir = stat.S_ISDIR(mode)
+        dim = self.get_component_rich_style("tree-list--dim")
+        size = index.tot_size[i] if self.size_mode == "apparent" else index.tot_cpio[i]
+        if session.plan is not None:
+            kept = session.kept_cpio(i)
+            total = session.plan.initrd_cpio_after or 1
+        else:
+            kept = index.tot_cpio[i]
+            total = index.tot_cpio[0] or 1
+        share = kept / total
+        marks = self.current_ext and session.spec.extension(self.current_ext)
+        rel = None
+        is_mark = False
+        if marks:
+            rel = os.fsdecode(index.path(i))
+            is_mark = rel in marks.paths
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append("● " if is_mark else "  ", self.get_component_rich_style("tree-list--marked"))
+        t.append(f"{format_size(size):>{SIZE_W}} ")
+        filled = share * BAR_W
+        full = int(filled)
+        bar = "█" * full + ("▌" if filled - full >= 0.5 and full < BAR_W else "")
+        t.append(bar, self.get_component_rich_style("tree-list--bar"))
+        t.append("░" * (BAR_W - len(bar)), self.get_component_rich_style("tree-list--bar-empty"))
+        pct = f"{share * 100:5.1f}%" if kept else "    - "
+        t.append(f"{pct:>{PCT_W}} ", dim if not kept else Style())
+        count = f"{index.tot_count[i]:,}" if is_dir else ""
+        t.append(f"{count:>{COUNT_W}} ", dim)
+        owners = session.owners_in(i) if session.plan is not None else []
+        if owners:
+            own = session.owner(i)
+            label = own if own else "~" + ",".join(owners)
+            colour = self._ext_colour.get(own or owners[0], 0)
+            label = label if len(label) <= OWNER_W - 1 else label[: OWNER_W - 2] + "…"
+            t.append(f"{label:<{OWNER_W}}", self.get_component_rich_style(f"tree-list--ext-{colour}"))
+        else:
+            t.append(" " * OWNER_W)
+        name = os.fsdecode(index.names[i])
+        if is_dir:
+            t.append(name + "/", self.get_component_rich_style("tree-list--dir"))
+        elif stat.S_ISLNK(mode):
+            t.append(name, self.get_component_rich_style("tree-list--link"))
+            t.append(" @", dim)
+        else:
+            t.append(name)
+        t.truncate(width, overflow="ellipsis")
+        return t
