@@ -202,7 +202,7 @@ async def test_outside_edit_is_reloaded_keeping_the_view(spec_path: Path) -> Non
         entry = await go(app, pilot, "usr/share/doc")
         folder = app.tree.folder
         await pilot.pause(0.3)  # the watcher is up
-        spec_path.write_text(spec_path.read_text().replace("limit: 200MiB", "limit: 300MiB"))
+        spec_path.write_text(re.sub(r"limit: \S+", "limit: 300MiB", spec_path.read_text(), count=1))
         assert await wait_for(pilot, lambda: gauge(app) is not None and gauge(app).limit == 300 * 1024 * 1024)
         assert app.tree.entry == entry and app.tree.folder == folder
         assert "reloaded" in status(app)
@@ -214,7 +214,7 @@ async def test_broken_outside_edit_is_shown_and_survived(spec_path: Path) -> Non
         await ready(app, pilot)
         good = spec_path.read_text()
         await pilot.pause(0.3)
-        spec_path.write_text(good.replace("level: 19", "level: nineteen"))
+        spec_path.write_text(re.sub(r"level: \d+", "level: nineteen", good, count=1))
         problems = app.query_one("#problems")
         line = next(n for n, t in enumerate(good.splitlines(), 1) if "level:" in t)
         # an editor's write may be seen half done first; wait for the whole file's problem
@@ -224,7 +224,7 @@ async def test_broken_outside_edit_is_shown_and_survived(spec_path: Path) -> Non
         await pilot.press("space")  # but a mark would overwrite the user's edit: refused
         assert "fix them first" in status(app)
         assert "nineteen" in spec_path.read_text()
-        spec_path.write_text(good.replace("limit: 200MiB", "limit: 250MiB"))
+        spec_path.write_text(re.sub(r"limit: \S+", "limit: 250MiB", good, count=1))
         assert await wait_for(pilot, lambda: not problems.display)
         assert gauge(app).limit == 250 * 1024 * 1024
 
