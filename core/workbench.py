@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .forecast import Figures, UkiLayout, extension_savings, forecast
 from .index import TreeIndex, scan
 from .model import ExtensionSpec, Spec
 from .plan import Plan, make_plan
 from .selection import IntervalSet, Sums
-from .units import THRESHOLDS, format_size
+from .units import format_size
 
 #: dm-verity with 4 KiB blocks and SHA-256 stores 32 bytes per 4 KiB block: 1/128, plus upper levels.
 VERITY_FRACTION = 127
@@ -79,42 +80,6 @@ Operation = SetPaths | AddExtension | RenameExtension | RemoveExtension
 
 # --------------------------------------------------------------------------------------------
 # Figures
-
-
-@dataclass(frozen=True)
-class Figures:
-    """What the gauge shows: the initrd and the predicted UKI against the spec's limit."""
-
-    initrd_cpio_before: int  # exact newc bytes, no extension
-    initrd_cpio: int  # exact newc bytes after the extensions take their share
-    initrd_bytes: int  # what goes into the UKI: compressed estimate, or the cpio when none
-    initrd_low: int
-    initrd_high: int
-    estimated: bool  # initrd_bytes is a compressed estimate (else the exact uncompressed cpio)
-    method: str  # how the initrd figure was obtained, for the label
-    uki_bytes: int  # predicted UKI file size
-    uki_low: int
-    uki_high: int
-    limit: int
-    limit_text: str
-    verdict: str  # units.Thresholds.verdict of uki_bytes against the limit
-
-    @property
-    def level(self) -> str:
-        """Gauge colour: ``ok``, ``warn`` (a threshold passed, or within 10% of the limit),
-        ``high-risk``, or ``over`` (over the limit or a hard failure size)."""
-        if self.verdict in ("over", "fails", "impossible"):
-            return "over"
-        if self.verdict == "ok" and self.uki_high > self.limit * 0.9:
-            return "warn"
-        return self.verdict
-
-    @property
-    def error_pct(self) -> float:
-        """Half the error band as a percentage of the figure (0 when exact)."""
-        if not self.uki_bytes:
-            return 0.0
-        return (self.uki_high - self.uki_low) / 2 / self.uki_bytes * 100
 
 
 @dataclass(frozen=True)
@@ -189,7 +154,7 @@ class Session:
         self.save_error: str | None = None
         #: problems of the file on disk when it failed to load: edits are refused until it is fixed
         self.disk_problems: list[Any] = []
-        self._uki_fixed: tuple[int, int, int] | None = None  # see _uki_fixed_bytes
+        self._layout: UkiLayout | None = None  # see layout()
         self._fig_cache: tuple[Plan, Any, Figures] | None = None  # (plan, estimator, figures)
 
     # -- loading ------------------------------------------------------------------------------
@@ -228,61 +193,14 @@ class Session:
         self.plan = make_plan(self.spec, index, self.sums)
 
     # -- figures ------------------------------------------------------------------------------
-    def _uki_fixed_bytes(self) -> tuple[int, int, int]:
-        """(UKI bytes without the initrd, section alignment, signature bytes): cached per spec.
-
-        The UKI size is linear in the section sizes (docs/domain.md section 6), so the stub is
-        parsed once and each new initrd figure costs an addition, not a PE parse.
-        """
-        if self._uki_fixed is not None:
-            return self._uki_fixed
-        spec, index = self.spec, self.index
-        sizes: dict[str, int] = {}
-        try:
-            sizes[".linux"] = os.stat(spec.os.kernel).st_size
-        except OSError:
-            sizes[".linux"] = 0
-        sizes[".cmdline"] = len(spec.uki.cmdline.encode())
-        osrel = spec.uki.os_release
-        if osrel is None and index is not None:
-            found = index.lookup("etc/os-release") or index.lookup("usr/lib/os-release")
-            size = index.size[found] if found is not None and stat.S_ISREG(index.mode[found]) else 400
-        else:
-            try:
-                size = os.stat(osrel).st_size if osrel else 400
-            except OSError:
-                size = 400
-        sizes[".osrel"] = size
-        sizes[".uname"] = len(spec.uki.uname or "6.6.60-generic") + 1
-        sig = None
-        if spec.signing is not None:
-            try:
-                cert = spec.signing.cert.read_bytes()
-                # PKCS#7 SignedData ~ the certificate (DER is ~3/4 of PEM) + signer info + 256-byte RSA sig
-                sig = len(cert) * 3 // 4 + 700
-            except OSError:
-                sig = 1800
-        try:
-            from .uki import predict_size
-
-            stub = spec.uki.stub
-            base = predict_size(stub, sizes, signed=False)
-            align = predict_size(stub, {**sizes, ".initrd": 1}, signed=False) - base
-            signing = (predict_size(stub, sizes, signed=True, signature_len=sig) - base) if sig else 0
-        except (ImportError, UserError, OSError, ValueError):
-            try:
-                stub_bytes = os.stat(spec.uki.stub).st_size
-            except OSError:
-                stub_bytes = 0
-            align = 512
-            base = stub_bytes + sum(-(-n // align) * align for n in sizes.values())
-            signing = sig or 0
-        self._uki_fixed = (base, align, signing)
-        return self._uki_fixed
+    def layout(self) -> UkiLayout:
+        """The UKI's exact PE layout around the initrd (cached per spec: parsed once)."""
+        if self._layout is None:
+            self._layout = UkiLayout(self.spec, self.index)
+        return self._layout
 
     def _uki_size(self, initrd: int) -> int:
-        base, align, signing = self._uki_fixed_bytes()
-        return base + -(-initrd // align) * align + signing
+        return self.layout().size(initrd)
 
     def figures(self) -> Figures | None:
         """The gauge figures for the current plan (None until the tree is scanned)."""
@@ -290,33 +208,19 @@ class Session:
         if plan is None:
             return None
         cached = self._fig_cache
-        if cached is not None and cached[0] is plan and cached[1] is self.estimator and self._uki_fixed is not None:
+        if cached is not None and cached[0] is plan and cached[1] is self.estimator and self._layout is not None:
             return cached[2]
         fig = self._figures(plan)
         self._fig_cache = (plan, self.estimator, fig)
         return fig
 
     def _figures(self, plan: Plan) -> Figures:
-        spec = self.spec
-        cpio = plan.initrd_cpio_after
-        if self.estimator is not None:
-            est = self.estimator.estimate(plan.initrd_after)
-            initrd, low, high = est.bytes, est.low, est.high
-            estimated, method = not getattr(est, "exact", False), str(getattr(est, "method", "estimate"))
-        else:
-            initrd = low = high = cpio
-            estimated = False
-            method = ("exact (uncompressed)" if spec.uki.compression == "none"
-                      else f"uncompressed; {spec.uki.compression} estimate not available")
-        uki = self._uki_size(initrd)
-        uki_low = uki - (initrd - low)
-        uki_high = uki + (high - initrd)
-        return Figures(plan.initrd_cpio_before, cpio, initrd, low, high, estimated, method, uki, uki_low, uki_high,
-                       spec.uki.limit, spec.uki.limit_text, THRESHOLDS.verdict(uki, spec.uki.limit))
+        return forecast(self.spec, plan, self.layout(), self.estimator)
 
     def extension_figures(self) -> list[ExtensionFigures]:
         """Per extension: entries, bytes, rough image size, initrd bytes saved."""
         plan, sums = self.plan, self.sums
+        savings = extension_savings(plan, self.layout(), self.estimator) if plan is not None else {}
         out = []
         for ext in self.spec.extensions:
             ep = next((e for e in plan.extensions if e.name == ext.name), None) if plan else None
@@ -326,12 +230,8 @@ class Session:
             alloc = sums.allocated(ep.selected)
             data = alloc + ep.entries * IMAGE_INODE_BYTES
             image = data + data // VERITY_FRACTION + IMAGE_FIXED_OVERHEAD if ep.entries else 0
-            saved, estimated = ep.initrd_bytes, False
-            if self.estimator is not None and plan is not None and ep.entries:
-                # the UKI without this extension minus the UKI with it: marginal, given the others
-                without = plan.initrd_after.union(ep.selected.intersection(plan.initrd_base))
-                saved = self.estimator.estimate(without).bytes - self.estimator.estimate(plan.initrd_after).bytes
-                estimated = True
+            saved = savings.get(ext.name, ep.initrd_bytes)
+            estimated = self.estimator is not None and bool(ep.entries)
             out.append(ExtensionFigures(ext.name, tuple(ext.paths), ep.entries, ep.bytes, image, ep.initrd_bytes,
                                         len(ep.special), saved, estimated))
         return out
@@ -602,7 +502,7 @@ class Session:
         if (spec.uki.stub, spec.os.kernel, spec.uki.cmdline, spec.uki.uname, spec.uki.os_release,
                 spec.signing) != (old.uki.stub, old.os.kernel, old.uki.cmdline, old.uki.uname,
                                   old.uki.os_release, old.signing):
-            self._uki_fixed = None
+            self._layout = None
         if (spec.uki.compression, spec.uki.level, spec.os.exclude, spec.uki.init) != (
                 old.uki.compression, old.uki.level, old.os.exclude, old.uki.init):
             self.estimator = None  # its base or parameters changed: prepare again
@@ -657,7 +557,7 @@ class Session:
             self.text, self.spec = text, spec
             self.index = self.sums = self.plan = None
             self.estimator = None
-            self._uki_fixed = None
+            self._layout = None
         else:
             self._set_spec(text, spec)
         self.pending_text = None

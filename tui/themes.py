@@ -25,6 +25,7 @@ VARIABLE_DEFAULTS = {
     "risk": "#ff8f3f",
     "bar": "#5fafff",
     "bar-empty": "#555555 40%",
+    "muted": "#888888",
     "ext-0": "#d7af5f",
     "ext-1": "#af87ff",
     "ext-2": "#5fd7d7",
