@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.demo import generate_tree
 from sysextant.core.estimate import CALIBRATION_FILE, Estimate, Estimator, uki_size_estimate
 from sysextant.core.index import scan

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.demo import SPEC_TEXT, generate_tree
 from sysextant.core.index import scan
 from sysextant.core.plan import make_plan

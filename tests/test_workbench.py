@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from sysextant.core import specedit
 from sysextant.core.index import cpio_entry_bytes, scan
 from sysextant.core.plan import make_plan

@@ -14,11 +14,6 @@ import os
 import time
 from pathlib import Path
 
-from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.index import TreeIndex, scan
-from sysextant.core.selection import Sums
-from sysextant.core.units import format_size
-from sysextant.core.workbench import Outcome, Session
 from textual import on, work
 from textual.actions import SkipAction
 from textual.app import App, ComposeResult
@@ -27,6 +22,12 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
+
+from sysextant.core.errors import Cancelled, UserError
+from sysextant.core.index import TreeIndex, scan
+from sysextant.core.selection import Sums
+from sysextant.core.units import format_size
+from sysextant.core.workbench import Outcome, Session
 
 from .commands import WorkbenchCommands
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from sysextant.core.atomic import write_atomic
 from textual.theme import Theme
+
+from sysextant.core.atomic import write_atomic
 
 DEFAULT_THEME = "sysextant-dark"
 

@@ -8,14 +8,15 @@ into. The lower list holds the current extension's paths; ``delete``/``x`` there
 from __future__ import annotations
 
 from rich.text import Text
-from sysextant.core.units import format_size
-from sysextant.core.workbench import ExtensionFigures
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
+
+from sysextant.core.units import format_size
+from sysextant.core.workbench import ExtensionFigures
 
 EXT_COLOURS = 6
 

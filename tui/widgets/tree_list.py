@@ -15,14 +15,15 @@ import stat
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
-from sysextant.core.index import TreeIndex
-from sysextant.core.units import format_size
-from sysextant.core.workbench import Session
 from textual.binding import Binding
 from textual.geometry import Region, Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+
+from sysextant.core.index import TreeIndex
+from sysextant.core.units import format_size
+from sysextant.core.workbench import Session
 
 EXT_COLOURS = 6
 SIZE_W, BAR_W, PCT_W, COUNT_W, OWNER_W = 10, 12, 6, 9, 14
