@@ -176,9 +176,7 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
 
     verdict = None
     if build_uki:
-        from .ukibuild import build_slim_uki
-
-        art = build_slim_uki(spec, index, plan, signer=signer, state=state, force=force, reporter=reporter)
+        art = _build_uki(spec, index, plan, signer, state, force, reporter)
         verdict = THRESHOLDS.verdict(art.size, spec.uki.limit)
         artefacts.append(art)
 
@@ -188,6 +186,35 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
     report = BuildReport(str(spec.path), str(out), artefacts, time.monotonic() - t0, spec.uki.limit, verdict,
                          deploy_notes(spec, artefacts))
     return report
+
+
+def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, state: dict, force: bool,
+               reporter: Reporter) -> Artefact:
+    """The UKI, with the size predicted before the build next to the size it got; the real size
+    then calibrates the estimator for the next plan."""
+    from .forecast import UkiLayout, forecast, prepared_estimator
+    from .ukibuild import build_slim_uki, inputs_digest
+
+    estimator = None
+    predicted = None
+    key = inputs_digest(spec, plan, signer)
+    previous = None if force else _reusable(state, "uki", key, spec.uki.output)
+    if previous is None:
+        signature_len = None
+        if signer is not None:
+            from .authenticode import signature_length
+
+            signature_len = signature_length(signer)
+        layout = UkiLayout(spec, index, signature_len=signature_len)
+        if spec.uki.compression != "none":
+            reporter.log("uki", "estimating the compressed initrd before the build")
+            estimator = prepared_estimator(spec, plan, reporter)
+        predicted = forecast(spec, plan, layout, estimator).uki_bytes
+    art = build_slim_uki(spec, index, plan, signer=signer, state=state, force=force, reporter=reporter,
+                         predicted=predicted, inputs=key)
+    if estimator is not None and not art.reused:
+        estimator.calibrate(plan.initrd_after, art.extra["initrd_compressed"])
+    return art
 
 
 def _verify_all(artefacts: Sequence[Artefact], spec: Spec, reporter: Reporter) -> None:

@@ -113,14 +113,17 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
 
 
 def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer | None, state: dict,
-                   force: bool = False, reporter: Reporter | None = None, predicted: int | None = None):
-    """Build (or reuse) ``uki.output``; returns a :class:`.build.Artefact`."""
+                   force: bool = False, reporter: Reporter | None = None, predicted: int | None = None,
+                   inputs: str | None = None):
+    """Build (or reuse) ``uki.output``; returns a :class:`.build.Artefact`. ``inputs`` is
+    :func:`inputs_digest` when the caller has it already."""
     from .build import Artefact, _reusable
     from .initrd import build_initrd
     from .uki import build_uki, predict_size
 
     out = spec.uki.output
-    inputs = inputs_digest(spec, plan, signer)
+    if inputs is None:
+        inputs = inputs_digest(spec, plan, signer)
     previous = None if force else _reusable(state, "uki", inputs, out)
     if previous:
         if reporter:

@@ -156,6 +156,8 @@ def test_uki_build_signed_verified_and_exactly_predicted(demo: Path, tmp_path: P
     summary = json.loads(capsys.readouterr().out)
     assert summary["verified"] and summary["signed"]
     assert summary["actual_bytes"] == os.path.getsize(summary["path"]) == summary["exact_formula_bytes"]
+    # predicted before the build from the compressed-size estimate: close, on a tiny tree
+    assert abs(summary["predicted_bytes"] - summary["actual_bytes"]) / summary["actual_bytes"] < 0.05
     if SBVERIFY:
         cert = spec_path.parent / "keys/db.pem"
         subprocess.run([SBVERIFY, "--cert", str(cert), summary["path"]], check=True, capture_output=True)

@@ -114,14 +114,45 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from sysextant.core.forecast import (
+        UkiLayout,
+        describe,
+        extension_savings,
+        forecast,
+        prepared_estimator,
+    )
     from sysextant.core.plan import plan_spec
+    from sysextant.core.units import format_size
 
     spec = _load(args.spec)
     result = plan_spec(spec)
+    layout = UkiLayout(spec, result.index)
+    estimator = None
+    if not args.no_estimate and spec.uki.compression != "none":
+        estimator = prepared_estimator(spec, result, _reporter(args))
+    fig = forecast(spec, result, layout, estimator)
+    saves = extension_savings(result, layout, estimator)
     if args.json:
-        _emit_json(result.to_json())
+        data = result.to_json()
+        for ext in data["extensions"]:
+            ext["saves_bytes"] = saves[ext["name"]]
+        data["uki"] = {
+            "predicted_bytes": fig.uki_bytes, "low_bytes": fig.uki_low, "high_bytes": fig.uki_high,
+            "limit_bytes": fig.limit, "limit": fig.limit_text, "verdict": fig.verdict, "over_by_bytes": fig.over_by,
+            "initrd_compressed_estimate": fig.initrd_bytes if fig.estimated else None,
+            "initrd_bytes": fig.initrd_bytes, "estimated": fig.estimated, "method": fig.method,
+            "layout_exact": layout.exact,
+        }
+        _emit_json(data)
     else:
         print(result.render())
+        for name, saved in saves.items():
+            print(f"  {name} takes {format_size(saved)} off the UKI" + (" (estimate)" if estimator else " (uncompressed)"))
+        print(describe(fig))
+        if fig.estimated:
+            print(f"  initrd {format_size(fig.initrd_bytes)} compressed ({fig.method})")
+        for note in layout.notes:
+            print(f"  note: {note}")
     return 1 if result.problems else 0
 
 
@@ -242,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and every problem found. Exit code 1 when the spec has problems.")
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--no-estimate", action="store_true", help="skip the compressed-size estimate (exact cpio figures only)")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the compressed-size estimate: exact uncompressed figures only, in a second")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("demo", help="write the built-in demo project and open it",
