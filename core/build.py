@@ -24,7 +24,7 @@ from .errors import MissingToolError, UserError
 from .index import TreeIndex, scan
 from .keys import Signer, load_signer
 from .model import Spec
-from .plan import make_plan
+from .plan import Plan, make_plan
 from .progress import Reporter
 from .units import THRESHOLDS, format_size
 
