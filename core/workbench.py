@@ -266,6 +266,18 @@ class Session:
                     break
         return out
 
+    def compressed_bytes(self, i: int) -> int | None:
+        """Estimated compressed bytes entry ``i`` and its subtree take in the initrd (what moving
+        them out saves, roughly; 0 for what the initrd never holds); None until the estimator
+        is ready."""
+        plan, index, est = self.plan, self.index, self.estimator
+        if plan is None or index is None or est is None:
+            return None
+        kept = IntervalSet(self._spans(i)).intersection(plan.initrd_base)
+        if not kept:
+            return 0
+        return max(0, est.estimate(kept).bytes - est.estimate(IntervalSet()).bytes)
+
     def kept_cpio(self, i: int) -> int:
         """newc bytes of entry ``i`` and its subtree that are still in the initrd (display only:
         hardlink corrections are left out)."""

@@ -268,6 +268,15 @@ async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: P
         assert after.initrd_bytes == est.bytes and after.uki_bytes < before
         fw = next(f for f in app.session.extension_figures() if f.name == "firmware")
         assert fw.uki_saved_estimated and 0 < fw.uki_saved <= fw.initrd_saved
+        # the size column cycles apparent -> newc -> compressed estimate
+        await pilot.press("c", "c")
+        assert app.tree.size_mode == "compressed"
+        assert "zstd≈" in str(app.query_one("#colhead").render())
+        doc = app.session.index.lookup("usr/share/doc")
+        squeezed = app.session.compressed_bytes(doc)
+        assert 0 < squeezed < app.session.index.tot_cpio[doc]  # text compresses
+        await pilot.press("c")
+        assert app.tree.size_mode == "apparent"
 
 
 # -- snapshot ------------------------------------------------------------------------------------

@@ -419,7 +419,11 @@ class WorkbenchApp(App[int]):
         self.update_crumb()
 
     def action_toggle_size(self) -> None:
-        self.tree.size_mode = "cpio" if self.tree.size_mode == "apparent" else "apparent"
+        modes = ["apparent", "cpio"] + (["compressed"] if self.session.estimator is not None else [])
+        current = self.tree.size_mode if self.tree.size_mode in modes else "apparent"
+        self.tree.size_mode = modes[(modes.index(current) + 1) % len(modes)]
+        if self.tree.size_mode == "cpio" and self.session.estimator is None:
+            self.set_status("size column: initrd (newc) bytes; the compressed column comes once the estimate is ready")
         self.tree.reload_rows()
         self.update_crumb()
 

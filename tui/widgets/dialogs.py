@@ -15,7 +15,7 @@ HELP = """\
   ↑ ↓  j k          move              enter  l  →     open a folder
   h  ←  backspace   up a folder       PgUp PgDn g G   page, first, last
   s / n             sort by size / name
-  c                 size column: apparent bytes ⇄ initrd (newc) bytes
+  c                 size column: apparent → initrd (newc) → compressed estimate
   /                 filter this folder by name (esc clears)
 
 [b]Mark[/b]

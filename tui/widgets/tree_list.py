@@ -31,7 +31,8 @@ SIZE_W, BAR_W, PCT_W, COUNT_W, OWNER_W = 10, 12, 6, 9, 14
 
 def header_text(size_mode: str, sort: str) -> str:
     """The column header line matching :meth:`TreeList.render_line`."""
-    size = ("size" if size_mode == "apparent" else "initrd") + (" ▼" if sort == "size" else "")
+    size = {"apparent": "size", "cpio": "initrd", "compressed": "zstd≈"}.get(size_mode, "size")
+    size += " ▼" if sort == "size" else ""
     name = "name" + (" ▲" if sort == "name" else "")
     return (f"  {size:>{SIZE_W}} {'share of UKI initrd':<{BAR_W + PCT_W + 1}} {'entries':>{COUNT_W}} "
             f"{'extension':<{OWNER_W}} {name}")
@@ -82,7 +83,7 @@ class TreeList(ScrollView, can_focus=True):
         self.rows: list[int] = []
         self.cursor = 0
         self.sort = "size"
-        self.size_mode = "apparent"  # or "cpio"
+        self.size_mode = "apparent"  # or "cpio" (newc bytes), or "compressed" (estimate, visible rows)
         self.name_filter = ""
         self.current_ext: str | None = None
         self._remember: dict[int, int] = {}  # folder -> entry the cursor was on
@@ -114,6 +115,7 @@ class TreeList(ScrollView, can_focus=True):
                 needle = os.fsencode(self.name_filter.lower())
                 rows = [r for r in rows if needle in index.names[r].lower()]
             if self.sort == "size":
+                # compressed sizes are estimated for visible rows only: sort by newc bytes then
                 tot = index.tot_size if self.size_mode == "apparent" else index.tot_cpio
                 names = index.names
                 rows.sort(key=lambda r: (-tot[r], names[r]))
@@ -236,6 +238,9 @@ class TreeList(ScrollView, can_focus=True):
         is_dir = stat.S_ISDIR(mode)
         dim = self.get_component_rich_style("tree-list--dim")
         size = index.tot_size[i] if self.size_mode == "apparent" else index.tot_cpio[i]
+        compressed = session.compressed_bytes(i) if self.size_mode == "compressed" else None
+        if compressed is not None:
+            size = compressed
         if session.plan is not None:
             kept = session.kept_cpio(i)
             total = session.plan.initrd_cpio_after or 1
