@@ -18,9 +18,12 @@ from typing import BinaryIO
 from .errors import UserError
 
 TEMP_PREFIX = ".sysextant-tmp-"
+#: errors that mean the output could not be written (not a problem with the inputs)
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
-def _disk_error(path: Path, exc: OSError) -> UserError:
+def disk_error(path: Path, exc: OSError) -> UserError:
+    """The one-line error for a failed write of ``path`` (full disk, read-only, no permission)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return UserError(f"no space left on the device while writing {path}; free some space and build again")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -40,7 +43,7 @@ def atomic_output(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[B
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=dest.parent)
     except OSError as exc:
-        raise _disk_error(dest, exc) from exc
+        raise disk_error(dest, exc) from exc
     try:
         with os.fdopen(fd, "w+b") as fh:
             yield fh
@@ -51,7 +54,7 @@ def atomic_output(path: str | os.PathLike[str], mode: int = 0o644) -> Iterator[B
     except OSError as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        raise _disk_error(dest, exc) from exc
+        raise disk_error(dest, exc) from exc
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

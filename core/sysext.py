@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import ddi
-from .atomic import TEMP_PREFIX
+from .atomic import TEMP_PREFIX, WRITE_ERRNOS, disk_error
 from .errors import UserError
 from .fsentry import FsEntry, entry_from_lstat
 from .index import TreeIndex
@@ -166,6 +166,10 @@ def build_extension(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec, o
         write_filesystem(ext, entries, Path(tmp), tree_root=index.root, seed=seed, mtime=mtime, reporter=reporter)
         result = ddi.assemble(Path(tmp), final, arch=ext.architecture, signer=signer, seed=seed,
                               reporter=reporter, task=ext.name)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise disk_error(final, exc) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .atomic import TEMP_PREFIX
+from .atomic import TEMP_PREFIX, WRITE_ERRNOS, disk_error
 from .errors import UserError
 from .fsentry import host_path_in_tree
 from .index import TreeIndex
@@ -145,6 +145,10 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
         if reporter:
             reporter.log("uki", f"assembling {out.name}{' and signing it' if signer else ''}")
         result = build_uki(spec.uki.stub, secs, out, signer=signer, reporter=reporter, task="uki: assemble")
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise disk_error(out, exc) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,42 @@ def test_uki_build_signed_verified_and_exactly_predicted(demo: Path, tmp_path: P
     assert cli(["uki", str(spec_path), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert again["reused"] is False and again["sha256"] != summary["sha256"]
+
+
+ROOT = os.geteuid() == 0 and shutil.which("unshare") is not None
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root and unshare to mount a tiny tmpfs")
+def test_full_disk_is_one_clear_error_and_leaves_nothing(demo: Path, tmp_path: Path) -> None:
+    spec_path = copy_project(demo, tmp_path / "p")
+    out = spec_path.parent / "build"
+    out.mkdir()
+    script = (f"mount -t tmpfs -o size=1m tmpfs {out} && "
+              f"{sys.executable} -m sysextant.tui.cli build {spec_path} --only firmware; "
+              f"echo rc=$?; ls -A {out}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "rc=2" in proc.stdout, proc.stdout + proc.stderr
+    assert "no space left" in proc.stderr and "Traceback" not in proc.stderr
+    leftovers = proc.stdout.split("rc=2", 1)[1].split()
+    assert leftovers == [], leftovers  # no image, no temp file
+
+
+def test_ctrl_c_mid_build_leaves_previous_outputs(demo: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    spec_path = copy_project(demo, tmp_path / "p")
+    assert cli(["build", str(spec_path), "--only", "firmware"]) == 0
+    image = spec_path.parent / "build/firmware.sysext.raw"
+    before = sha(image)
+    proc = subprocess.Popen([sys.executable, "-m", "sysextant.tui.cli", "build", str(spec_path), "--force",
+                             "--only", "firmware"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not list((spec_path.parent / "build").glob(".sysextant-tmp-*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err
+    assert sha(image) == before
+    assert no_temp_files(spec_path.parent)
