@@ -84,7 +84,16 @@ def open_entry(root: bytes, entry: FsEntry) -> int:
     """File descriptor for a regular entry's content in the tree at ``root`` (no symlinks)."""
     if entry.source is None:
         raise ValueError(f"entry {entry.path!r} has no source in the tree")
-    return open_nofollow(root, entry.source)
+    try:
+        return open_nofollow(root, entry.source)
+    except FileNotFoundError:
+        raise UserError(f"{os.fsdecode(os.path.join(root, entry.source))} vanished from the OS tree since it "
+                        "was scanned; scan again and build again") from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UserError(f"{os.fsdecode(os.path.join(root, entry.source))} became a symlink (or lies below "
+                            "one) since it was scanned; it is not followed: scan again") from None
+        raise UserError(f"cannot read {os.fsdecode(os.path.join(root, entry.source))}: {exc.strerror}") from None
 
 
 def read_xattrs(path: bytes) -> dict[bytes, bytes]:

@@ -208,3 +208,16 @@ def test_ctrl_c_mid_build_leaves_previous_outputs(demo: Path, tmp_path: Path) ->
     assert "cancelled" in err and "Traceback" not in err
     assert sha(image) == before
     assert no_temp_files(spec_path.parent)
+
+
+def test_file_vanished_since_the_scan(demo: Path, tmp_path: Path) -> None:
+    from sysextant.core.index import scan
+
+    spec = load_spec(copy_project(demo, tmp_path / "p"))
+    index = scan(spec.os.root)  # the workbench builds from the index it already has
+    victim = next((spec.os.root / "usr/lib/firmware").rglob("*.bin"))
+    victim.unlink()
+    with pytest.raises(UserError, match=r"vanished"):
+        build(spec, only=["firmware"], index=index)
+    assert not (spec.output / "firmware.sysext.raw").exists()
+    assert no_temp_files(spec.base)
