@@ -426,8 +426,11 @@ class ResultView(Static):
 
     COMPONENT_CLASSES = {"result--ok", "result--bad", "result--warn", "result--dim", "result--head"}
 
+    text = Text()
+
     def show(self, report: BuildReport, gauge: Figures | None) -> None:
-        self.update(result_text(report, gauge, self.get_component_rich_style))
+        self.text = result_text(report, gauge, self.get_component_rich_style)
+        self.update(self.text)
 
 
 def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], object]) -> Text:
