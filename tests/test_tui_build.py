@@ -225,7 +225,7 @@ async def test_cancel_keeps_previous_outputs_and_stops_the_packer(spec_path: Pat
         screen = await build_done(app, pilot)
         assert screen.kind == "cancelled"
         assert "Cancelled; previous outputs kept." in str(screen.query_one("#build-outcome").render())
-        assert screen.tracker.groups["firmware"].state == "cancelled"
+        assert screen.tracker.groups["firmware"].state == "cancelled" and screen.replaced == []
         assert seen["alive_at_cancel"], "the packer had ended before the cancel: nothing was proven"
         assert children("mksquashfs") == []  # terminated, and reaped
         assert outputs(spec_path) == before  # sha256 of every previous output unchanged

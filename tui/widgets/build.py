@@ -235,8 +235,9 @@ class BuildTracker:
                 for st in g.stages.values():
                     st.finished = True
 
-    def finish(self, report: BuildReport | None, outcome: str, now: float) -> None:
-        """The build ended (``outcome`` ok | cancelled | error | crash): final states for every group."""
+    def finish(self, report: BuildReport | None, outcome: str, now: float, replaced: frozenset[str] = frozenset()) -> None:
+        """The build ended (``outcome`` ok | cancelled | error | crash): final states for every group.
+        ``replaced`` names the artefacts whose files this build replaced before it stopped."""
         self.ended, self.outcome = now, outcome
         by_name = {a.name: a for a in report.artefacts} if report else {}
         for g in self.groups.values():
@@ -251,7 +252,9 @@ class BuildTracker:
                     st.finished = True
             elif report is not None and g.kind in ("sysext", "uki"):
                 g.state = "skipped"
-            elif g.state == "building":
+            elif g.name in replaced:
+                g.state = "unverified"
+            elif g.state in ("building", "done"):
                 g.state = "cancelled" if outcome == "cancelled" else "failed"
             if g.started is not None:
                 g.ended = g.ended or g.last_event or now
@@ -308,7 +311,8 @@ def leftovers(spec: Spec) -> list[Path]:
 BAR_WIDTH = 30
 STATE_WORDS = {"waiting": "waiting", "building": "building…", "reused": "unchanged: reused",
                "done": "built", "verified": "built and verified ✓", "passed": "all passed ✓", "failed": "FAILED",
-               "cancelled": "cancelled", "skipped": "not built"}
+               "cancelled": "cancelled", "skipped": "not built",
+               "unverified": "built, not verified (the build stopped)"}
 
 
 class StagesView(Widget):
@@ -475,6 +479,8 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
                 band = f" ±{gauge.error_pct:.1f}%" if gauge.estimated and gauge.error_pct else ""
                 out.append(" · workbench gauge before the build ", dim)
                 out.append(f"{format_size(gauge.uki_bytes)}{band}")
+                if "estimate not available" in gauge.method:
+                    out.append(" (initrd counted uncompressed)", dim)
             out.append(" · actual ", dim)
             out.append(f"{format_size(a.size)}\n", head)
     if r.verdict:
@@ -534,6 +540,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         self.report: BuildReport | None = None
         self.error = ""
         self.saved: Path | None = None
+        self.wall_started = time.time()
+        self.replaced: list[tuple[str, Path]] = []  # (artefact, file) this build replaced before it stopped
         self._last_post: dict[str, float] = {}
 
     def compose(self) -> ComposeResult:
@@ -613,7 +621,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         now = time.monotonic()
         self.running = False
         self.kind, self.report, self.error = message.kind, message.report, message.error
-        self.tracker.finish(message.report, message.kind, now)
+        self.replaced = self.replaced_outputs() if message.kind != "ok" else []
+        self.tracker.finish(message.report, message.kind, now, frozenset(name for name, _ in self.replaced))
         overall = self.query_one(OverallBar)
         overall.outcome = message.kind
         overall.refresh()
@@ -649,7 +658,7 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
             return "ok", (f"build ok: {len(arts)} artefacts verified ({len(arts) - reused} built, {reused} reused) "
                           f"in {format_seconds(self.report.seconds)} → {self.report.output}")
         if self.kind == "cancelled":
-            return "refused", "build cancelled; previous outputs kept"
+            return "refused", "build cancelled; previous outputs kept" + self._replaced_note()
         if self.kind == "error":
             return "refused", f"build failed: {self.error.splitlines()[0] if self.error else ''}"
         return "refused", f"build stopped by an internal error ({self.error}); previous outputs kept"
@@ -662,10 +671,14 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         elif self.kind == "cancelled":
             text.append("Cancelled; previous outputs kept.", "bold")
             text.append(" Nothing of this build was half-written into the output folder.")
+            if self.replaced:
+                text.append(self._replaced_line())
         elif self.kind == "error":
             text.append("The build stopped: ", "bold")
             text.append(self.error)
             text.append("\nNothing was half-written; the previous outputs are kept. Fix this and press b again.")
+            if self.replaced:
+                text.append(self._replaced_line())
         else:
             text.append("The build stopped on an internal error (a bug; please report it): ", "bold")
             text.append(self.error)
@@ -675,6 +688,30 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         if self.saved:
             text.append(f"\nJSON summary saved to {self.saved} (path copied to the clipboard)")
         return text
+
+    def replaced_outputs(self) -> list[tuple[str, Path]]:
+        """The artefact files this (stopped) build replaced: written after it started."""
+        files = [(e.name, self.spec.output / e.image_name) for e in self.spec.extensions]
+        files.append(("uki", self.spec.uki.output))
+        found = []
+        for name, path in files:
+            try:
+                if path.stat().st_mtime >= self.wall_started - 0.02:  # file times use a coarse clock
+                    found.append((name, path))
+            except OSError:
+                continue
+        return found
+
+    def _replaced_line(self) -> str:
+        names = ", ".join(p.name for _, p in self.replaced)
+        return (f"\n{names} had been rebuilt whole before the stop (not yet verified); "
+                "the other outputs are the previous ones.")
+
+    def _replaced_note(self) -> str:
+        if not self.replaced:
+            return ""
+        names = ", ".join(p.name for _, p in self.replaced)
+        return f" ({names} already rebuilt whole, not yet verified)"
 
     # -- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
