@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from sysextant.core.build import build
 from sysextant.core.demo import create_demo
 from sysextant.core.spec import load_spec
@@ -28,11 +29,12 @@ from sysextant.core.verify import verify_image
 
 pytest.importorskip("textual")
 
+from test_tui import ready, status, wait_for  # noqa: E402
+
 from sysextant.tui import app as app_module  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 from sysextant.tui.widgets import build as build_module  # noqa: E402
 from sysextant.tui.widgets.build import BuildScreen, OverallBar, ResultView  # noqa: E402
-from test_tui import ready, status, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)

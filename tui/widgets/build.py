@@ -21,6 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Footer, RichLog, Static
+
 from sysextant.core.atomic import TEMP_PREFIX, write_atomic
 from sysextant.core.build import BuildReport, build
 from sysextant.core.errors import Cancelled, UserError
@@ -30,14 +39,6 @@ from sysextant.core.plan import Plan
 from sysextant.core.progress import Progress, Reporter
 from sysextant.core.units import format_size
 from sysextant.core.workbench import Figures
-from textual import work
-from textual.app import ComposeResult
-from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
-from textual.message import Message
-from textual.screen import ModalScreen
-from textual.widget import Widget
-from textual.widgets import Footer, RichLog, Static
 
 from .gauge import LEVEL_WORDS
 
