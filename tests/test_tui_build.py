@@ -22,6 +22,7 @@ import pytest
 
 from sysextant.core.build import build
 from sysextant.core.demo import create_demo
+from sysextant.core.progress import Progress
 from sysextant.core.spec import load_spec
 from sysextant.core.ukibuild import verify_uki
 from sysextant.core.units import format_size
@@ -34,7 +35,7 @@ from test_tui import ready, status, wait_for  # noqa: E402
 from sysextant.tui import app as app_module  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 from sysextant.tui.widgets import build as build_module  # noqa: E402
-from sysextant.tui.widgets.build import BuildScreen, OverallBar, ResultView  # noqa: E402
+from sysextant.tui.widgets.build import BuildScreen, BuildTracker, OverallBar, ResultView  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
@@ -313,3 +314,25 @@ async def test_build_refused_while_scanning_and_while_the_spec_is_broken(
             assert not (spec_path.parent / "build").exists()
     finally:
         release.set()
+
+
+def test_tracker_eta_from_measured_rates_and_monotone_fraction(spec_path: Path) -> None:
+    spec = load_spec(spec_path)  # extensions firmware, drivers; signed
+    t = BuildTracker(spec, None, started=0.0, uki_bytes=4096)  # no plan: tiny nominal sizes
+    assert t.fraction(0.5) == 0.0  # key checks and such are not progress
+    t.apply(Progress("firmware", 0, 0, "steps", "building firmware.sysext.raw"), 0.1)
+    t.apply(Progress("firmware: pack", 0, 100 << 20), 0.1)
+    t.apply(Progress("firmware: pack", 50 << 20, 100 << 20), 1.1)  # 50 MiB in 1 s
+    fw = t.groups["firmware"]
+    assert fw.stages["pack"].rate == pytest.approx(50 << 20)
+    assert fw.remaining(1.1) == pytest.approx(1.0, abs=0.01)  # the other half at the same rate
+    assert t.eta(1.1) == pytest.approx(1.0, abs=0.05) and 0.4 < t.fraction(1.1) < 0.6
+    t.apply(Progress("drivers", 0, 0, "steps", "unchanged since the last build: reusing drivers.sysext.raw"), 2.0)
+    assert fw.state == "done" and fw.remaining(2.0) == 0 and t.groups["drivers"].state == "reused"
+    shown = [t.fraction(x) for x in (1.1, 2.0, 2.1)]
+    t.apply(Progress("initrd: compress", 1, 1000), 2.2)
+    shown += [t.fraction(x) for x in (2.3, 5.0, 9.0)]
+    assert shown == sorted(shown) and shown[-1] < 1.0  # never backwards, never 100% before the end
+    t.finish(None, "cancelled", 9.5)
+    assert t.groups["uki"].state == "cancelled" and t.groups["verify"].state == "waiting"
+    assert t.eta(9.6) is None and t.fraction(9.6) == shown[-1]

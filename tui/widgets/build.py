@@ -161,7 +161,7 @@ class BuildTracker:
     Groups are known before the first event (the spec's extensions, the UKI, verification) so the
     screen shows what will happen. The ETA adds up, for every stage still to run, its remaining
     time at its measured rate (or a nominal rate before it starts); the overall fraction is the
-    elapsed share of elapsed + ETA, so the bar and the ETA tell the same story.
+    share of the time worked so far in worked + ETA, so the bar and the ETA tell the same story.
     """
 
     def __init__(self, spec: Spec, plan: Plan | None, started: float, uki_bytes: int | None = None) -> None:
@@ -169,6 +169,7 @@ class BuildTracker:
         self.ended: float | None = None
         self.outcome = ""
         self._fraction = 0.0
+        self.work_started: float | None = None  # the first progress event (key checks come before)
         self.signed = spec.signing is not None
         self.groups: dict[str, Group] = {}
         ext_bytes = {e.name: e.bytes for e in plan.extensions} if plan else {}
@@ -212,6 +213,8 @@ class BuildTracker:
             elif group.state == "waiting":
                 group.state = "building"
         if stage_name is not None and not (ev.total == 0 and ev.done == 0 and ev.message):
+            if self.work_started is None:
+                self.work_started = now
             st = group.stages.get(stage_name)
             if st is None:  # a stage starts where the group's previous one ended
                 st = group.stages[stage_name] = Stage(ev.task, stage_name, ev.unit, group.last_event or now)
@@ -274,10 +277,10 @@ class BuildTracker:
         """The share done, 0..1, never going back; 1 when the build succeeded."""
         if self.outcome == "ok":
             return 1.0
-        if self.ended is None:
-            elapsed, left = self.elapsed(now), self.eta(now) or 0.0
-            if elapsed + left > 0:
-                self._fraction = max(self._fraction, min(0.99, elapsed / (elapsed + left)))
+        if self.ended is None and self.work_started is not None:
+            worked, left = now - self.work_started, self.eta(now) or 0.0
+            if worked + left > 0:
+                self._fraction = max(self._fraction, min(0.99, worked / (worked + left)))
         return self._fraction
 
 
@@ -554,7 +557,7 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
                 yield StagesView(self.tracker, id="build-stage-view")
             with VerticalScroll(id="build-result"):
                 yield ResultView(id="build-result-text")
-            yield RichLog(id="build-log", wrap=False, highlight=False, markup=False, max_lines=5000)
+            yield RichLog(id="build-log", wrap=True, highlight=False, markup=False, max_lines=5000)
         yield Footer()
 
     def _title(self) -> str:
