@@ -9,6 +9,7 @@ with the workbench still usable afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -154,7 +155,7 @@ async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> Non
         screen = await build_done(app, pilot)
         assert screen.kind == "ok" and screen.report.ok
         assert all(a.reused for a in screen.report.artefacts)
-        assert [g.state for g in screen.tracker.groups.values()] == ["reused", "reused", "reused", "passed"]
+        assert [g.state for g in screen.tracker.groups.values()] == ["reused-verified"] * 3 + ["passed"]
         assert str(screen.query_one(ResultView).text).count("reused (unchanged since the last build)") == 3
         await pilot.press("q")
         assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
@@ -168,6 +169,11 @@ async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> Non
         assert screen.force and screen.report.ok
         assert not any(a.reused for a in screen.report.artefacts)
         assert outputs(spec_path) == first  # reproducible: the same bytes again
+        await pilot.press("s")  # the JSON summary
+        summary = spec_path.parent / "build" / "sysextant-build.json"
+        saved = json.loads(summary.read_text())
+        assert saved["ok"] and [a["digest"] for a in saved["artefacts"]] == [a.digest for a in report.artefacts]
+        assert str(summary) in str(screen.query_one("#build-outcome").render())
         await pilot.press("escape")
 
 

@@ -249,7 +249,7 @@ class BuildTracker:
             if report is not None and (art is not None or g.name == "verify"):
                 ok = art.verified if art is not None else report.ok
                 if art is not None and art.reused:
-                    g.state = "reused"
+                    g.state = "reused-verified" if ok else "failed"
                 else:
                     g.state = ("passed" if g.name == "verify" else "verified") if ok else "failed"
                 for st in g.stages.values():
@@ -316,7 +316,8 @@ BAR_WIDTH = 30
 STATE_WORDS = {"waiting": "waiting", "building": "building…", "reused": "unchanged: reused",
                "done": "built", "verified": "built and verified ✓", "passed": "all passed ✓", "failed": "FAILED",
                "cancelled": "cancelled", "skipped": "not built",
-               "unverified": "built, not verified (the build stopped)"}
+               "unverified": "built, not verified (the build stopped)",
+               "reused-verified": "unchanged: reused, verified ✓"}
 
 
 class StagesView(Widget):
@@ -347,6 +348,7 @@ class StagesView(Widget):
         style = self.get_component_rich_style
         dim, bar_style, empty = style("build--dim"), style("build--bar"), style("build--bar-empty")
         state_style = {"verified": style("build--done"), "done": style("build--done"), "passed": style("build--done"),
+                       "reused-verified": style("build--done"),
                        "reused": style("build--done"), "failed": style("build--bad"),
                        "cancelled": style("build--bad"), "building": style("build--busy")}
         out: list[Text] = []
@@ -361,7 +363,7 @@ class StagesView(Widget):
             line.append(f"{what:<22}", dim)
             line.append(f"{g.file:<28}", dim)
             line.append(STATE_WORDS.get(g.state, g.state), state_style.get(g.state, dim))
-            if g.started is not None and g.ended is not None and g.state not in ("reused", "waiting"):
+            if g.started is not None and g.ended is not None and g.state not in ("reused", "reused-verified", "waiting"):
                 line.append(f"  {format_seconds(g.ended - g.started)}", dim)
             out.append(line)
             for st in g.stages.values():
