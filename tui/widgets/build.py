@@ -477,7 +477,7 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         if a.checks:
             out.append(f"    ✓ all {len(a.checks)} checks passed" if not failed else
                        f"    ✗ {len(failed)} of {len(a.checks)} checks FAILED", ok_style if not failed else bad_style)
-            out.append(f" ({' · '.join(others)})\n" if others else "\n", dim)
+            out.append(f" ({' '.join(others)})\n" if others else "\n", dim)
         if a.kind == "uki":
             out.append("    size: predicted ", dim)
             out.append(format_size(a.predicted_size) if a.predicted_size is not None else "—")
@@ -648,6 +648,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
             self.query_one("#build-result").focus()
         else:
             self.log_line("build", self.outcome_summary()[1], now)
+            for line in self.error.splitlines()[1:]:  # e.g. the spec's problems, one a line
+                self.log_line("", line, now)
         self.refresh_bindings()
 
     # -- texts ----------------------------------------------------------------------------------
