@@ -70,6 +70,11 @@ NOMINAL_RATE = {"pack": 300 * MiB, "copy": 2048 * MiB, "verity": 800 * MiB, "ass
                 "assemble: sign": 350 * MiB, "assemble: sha256": 1000 * MiB, "verify": 600 * MiB}
 
 
+#: Rough rates of the packer tools by compression (mksquashfs / mkfs.erofs on two cores).
+PACKER_RATE = {"xz": 10 * MiB, "gzip": 30 * MiB, "zstd": 60 * MiB, "lzo": 40 * MiB, "lz4": 200 * MiB,
+               "lz4hc": 40 * MiB}
+
+
 def compress_rate(compression: str, level: int) -> float:
     """A rough single-machine rate of the initrd compressor (bytes a second of input)."""
     if compression == "zstd":
@@ -134,6 +139,14 @@ class Group:
     def over(self) -> bool:
         return self.state not in ("waiting", "building")
 
+    def packer_overdue(self, now: float) -> bool:
+        """A packer tool runs silently for this group and has taken longer than nominal."""
+        staged = self.stages.get("pack: stage")
+        if self.over or staged is None or not staged.finished or "pack" in self.stages:
+            return False
+        size, rate = next(((b, r) for name, b, r in self.expected if name == "pack"), (0, 1.0))
+        return now - (staged.updated or staged.started) > size / rate
+
     def remaining(self, now: float) -> float:
         """Seconds this group still needs: measured for a running stage, nominal for the rest."""
         if self.over:
@@ -177,8 +190,9 @@ class BuildTracker:
         for ext in spec.extensions:
             b = max(4096, ext_bytes.get(ext.name, 4096))
             total_ext += b
-            self.groups[ext.name] = Group(ext.name, "sysext", ext.image_name,
-                                          [(s, b, NOMINAL_RATE[s]) for s in ("pack", "copy", "verity")])
+            pack = NOMINAL_RATE["pack"] if ext.compression == "none" else PACKER_RATE.get(ext.compression, 20 * MiB)
+            self.groups[ext.name] = Group(ext.name, "sysext", ext.image_name, [
+                ("pack", b, pack), ("copy", b, NOMINAL_RATE["copy"]), ("verity", b, NOMINAL_RATE["verity"])])
         cpio = plan.initrd_cpio_after if plan else 4096
         uki = uki_bytes or cpio // 2
         stages = [("initrd: compress", cpio, compress_rate(spec.uki.compression, spec.uki.level))]
@@ -268,8 +282,9 @@ class BuildTracker:
         return (self.ended or now) - self.started
 
     def eta(self, now: float) -> float | None:
-        """Seconds left (None once ended)."""
-        if self.ended is not None:
+        """Seconds left; None once ended, or while a packer tool that reports nothing runs past
+        its nominal time (then nobody knows)."""
+        if self.ended is not None or any(g.packer_overdue(now) for g in self.groups.values()):
             return None
         return sum(g.remaining(now) for g in self.groups.values())
 
@@ -277,8 +292,9 @@ class BuildTracker:
         """The share done, 0..1, never going back; 1 when the build succeeded."""
         if self.outcome == "ok":
             return 1.0
-        if self.ended is None and self.work_started is not None:
-            worked, left = now - self.work_started, self.eta(now) or 0.0
+        left = self.eta(now)
+        if self.ended is None and self.work_started is not None and left is not None:
+            worked = now - self.work_started
             if worked + left > 0:
                 self._fraction = max(self._fraction, min(0.99, worked / (worked + left)))
         return self._fraction
@@ -333,7 +349,8 @@ class StagesView(Widget):
         self._lines = 0
 
     def count_lines(self) -> int:
-        return sum(1 + len(g.stages) for g in self.tracker.groups.values() if g.kind != "other" or g.stages)
+        return sum(1 + len(g.stages) + (silent_packer(g) is not None)
+                   for g in self.tracker.groups.values() if g.kind != "other" or g.stages)
 
     def update_view(self) -> None:
         lines = self.count_lines()
@@ -378,10 +395,29 @@ class StagesView(Widget):
                 if rate is not None:
                     row.append(f"{format_size(rate)}/s", dim)
                 out.append(row)
+            since = silent_packer(g)
+            if since is not None:  # mksquashfs / mkfs.erofs report nothing while they run
+                row = Text(no_wrap=True, overflow="ellipsis")
+                row.append(f"  {STAGE_LABELS['pack']:<32}")
+                phase = int(time.monotonic() * 4) % (BAR_WIDTH - 2)
+                row.append("─" * phase, empty)
+                row.append("━━━", bar_style)
+                row.append("─" * max(0, BAR_WIDTH - phase - 3), empty)
+                row.append(f"  the packer is running ({format_seconds(time.monotonic() - since)}; it reports no progress)",
+                           dim)
+                out.append(row)
         width = self.size.width or 120
         for t in out:
             t.truncate(width, overflow="ellipsis")
         return Text("\n").join(out)
+
+
+def silent_packer(g: Group) -> float | None:
+    """When a packer tool runs for ``g`` (staged, not yet packed): since when; else None."""
+    staged = g.stages.get("pack: stage")
+    if g.state != "building" or staged is None or not staged.finished or "pack" in g.stages:
+        return None
+    return staged.updated or staged.started
 
 
 class OverallBar(Widget):
@@ -423,7 +459,10 @@ class OverallBar(Widget):
             line.append(" · cancelling at the next check…", style("overall--bad"))
         else:
             eta = t.eta(now)
-            line.append(f" · ETA {format_seconds(eta) if eta is not None else '—'}", style("overall--dim"))
+            if eta is not None:
+                line.append(f" · ETA {format_seconds(eta)}", style("overall--dim"))
+            else:
+                line.append(" · ETA — (the packer reports no progress)", style("overall--dim"))
         line.truncate(width, overflow="ellipsis")
         return line
 
@@ -622,6 +661,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
 
     def _tick(self) -> None:
         self.query_one(OverallBar).refresh()
+        if any(silent_packer(g) is not None for g in self.tracker.groups.values()):
+            self.query_one(StagesView).update_view()  # keep the running packer's row moving
 
     def on_build_screen_finished(self, message: Finished) -> None:
         now = time.monotonic()
