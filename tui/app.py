@@ -31,6 +31,7 @@ from sysextant.core.workbench import Outcome, Session
 
 from .commands import WorkbenchCommands
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings
+from .widgets.build import BuildScreen
 from .widgets.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
@@ -95,6 +96,8 @@ class WorkbenchApp(App[int]):
         Binding("n", "sort('name')", "Name", show=False),
         Binding("c", "toggle_size", "Size column", show=False),
         Binding("slash", "filter", "Filter"),
+        Binding("b", "build(False)", "Build"),
+        Binding("B", "build(True)", "Rebuild all", show=False),
         Binding("left_square_bracket", "cycle_extension(-1)", "Prev ext", show=False),
         Binding("right_square_bracket", "cycle_extension(1)", "Next ext", show=False),
         *(Binding(str(k), f"pick_number({k})", f"Extension {k}", show=False) for k in range(1, 10)),
@@ -538,10 +541,47 @@ class WorkbenchApp(App[int]):
         self.push_screen(ConfirmScreen(f"Remove extension {name}{held} from the spec? (u undoes it)",
                                        yes="Remove"), done)
 
+    # -- building -----------------------------------------------------------------------------
+    def build_screen(self) -> BuildScreen | None:
+        return next((s for s in self.screen_stack if isinstance(s, BuildScreen)), None)
+
+    def build_refusal(self) -> str | None:
+        """Why ``b`` cannot build now, or None."""
+        s = self.session
+        if self.build_screen() is not None:
+            return "a build is already running"
+        if s.disk_problems:
+            return (f"not building: {s.path} on disk has {len(s.disk_problems)} problem(s); "
+                    "fix the file and save it first")
+        if s.unsaved:
+            return f"not building: the last change could not be saved ({s.save_error}); the build reads the spec file"
+        if s.plan is None:
+            return "not building yet: the scan of the OS tree is not finished"
+        return None
+
+    def action_build(self, force: bool = False) -> None:
+        """Build (and sign and verify) what changed, or everything with ``force``."""
+        refusal = self.build_refusal()
+        if refusal:
+            self.set_status(refusal, "refused")
+            self.bell()
+            return
+        s = self.session
+        self.set_status("building…" if not force else "rebuilding everything…", "info")
+        self.push_screen(BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures()), self._build_closed)
+
+    def _build_closed(self, result: tuple[str, str] | None) -> None:
+        if result:
+            kind, text = result
+            self.set_status(text, kind)
+
     def set_theme(self, name: str) -> None:
         self.theme = name
 
     async def action_quit(self) -> None:
+        building = self.build_screen()
+        if building is not None and building.running:
+            await building.stop()  # the engine removes its temp files and child processes
         if not self.session.unsaved:
             self.exit(0)
             return

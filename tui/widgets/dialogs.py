@@ -24,6 +24,11 @@ HELP = """\
   a  r  x           add, rename, remove an extension
   del (in Paths)    unmark a path               u  ctrl+z   undo
 
+[b]Build[/b]
+  b                 build, sign and verify what changed since the last build
+  B                 rebuild everything (nothing reused)
+                    esc cancels a running build (previous outputs are kept)
+
 [b]Other[/b]
   ctrl+p            command palette (themes, actions)     ?  this help     q  quit
 

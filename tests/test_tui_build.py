@@ -1,0 +1,352 @@
+"""The workbench's build screen driven with the pilot on a small signed demo.
+
+Every claim the screen makes is checked against the files: the images and the UKI are verified
+again with the independent readers (core.verify, core.ukibuild.verify_uki), a cancelled build is
+checked for untouched previous outputs, temp files and child processes, and an error is shown
+with the workbench still usable afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sysextant.core.build import build
+from sysextant.core.demo import create_demo
+from sysextant.core.progress import Progress
+from sysextant.core.spec import load_spec
+from sysextant.core.ukibuild import verify_uki
+from sysextant.core.units import format_size
+from sysextant.core.verify import verify_image
+
+pytest.importorskip("textual")
+
+from test_tui import ready, status, wait_for  # noqa: E402
+
+from sysextant.tui import app as app_module  # noqa: E402
+from sysextant.tui.app import WorkbenchApp  # noqa: E402
+from sysextant.tui.widgets import build as build_module  # noqa: E402
+from sysextant.tui.widgets.build import (  # noqa: E402
+    BuildScreen,
+    BuildTracker,
+    OverallBar,
+    ResultView,
+    StagesView,
+)
+
+pytestmark = pytest.mark.anyio
+SIZE = (120, 40)
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+needs_stub = pytest.mark.skipif(not STUB.is_file(), reason=f"{STUB} missing (install systemd-boot-efi)")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def demo_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The signed demo at 5% scale, zstd level 3 (quick), built by each test in a copy."""
+    spec = create_demo(tmp_path_factory.mktemp("demo") / "project", scale=0.05)
+    spec.write_text(re.sub(r"level: \d+", "level: 3", spec.read_text(), count=1))
+    return spec.parent
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path, demo_project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(demo_project, tmp_path / "project", symlinks=True)
+    return tmp_path / "project" / "sysextant.yaml"
+
+
+async def build_done(app: WorkbenchApp, pilot, timeout: float = 40) -> BuildScreen:
+    """The build screen, once its build has ended."""
+    assert await wait_for(pilot, lambda: isinstance(app.screen, BuildScreen), 3), "no build screen"
+    screen = app.screen
+    assert await wait_for(pilot, lambda: not screen.running, timeout), "the build did not end"
+    await pilot.pause()
+    return screen
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def outputs(spec_path: Path) -> dict[str, str]:
+    out = spec_path.parent / "build"
+    return {p.name: sha256(p) for p in sorted(out.iterdir())} if out.is_dir() else {}
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(".sysextant-tmp-*")) if folder.is_dir() else []
+
+
+def children(name: str) -> list[int]:
+    """Live (not zombie) child processes of this test process called ``name``, from /proc."""
+    me = os.getpid()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        state, ppid = raw[raw.rindex(")") + 2 :].split()[:2]
+        if int(ppid) == me and comm == name and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+@needs_stub
+async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> None:
+    cert = spec_path.parent / "keys/db.pem"
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("b")
+        screen = await build_done(app, pilot)
+        assert screen.kind == "ok", screen.error
+        report = screen.report
+        assert report.ok and [a.name for a in report.artefacts] == ["firmware", "drivers", "uki"]
+        assert not any(a.reused for a in report.artefacts)
+        # the screen: 100%, a bar per stage, every artefact with path, size, hash, checks, deploy
+        assert screen.tracker.fraction(time.monotonic()) == 1.0
+        assert " 100%" in str(screen.query_one(OverallBar).text())
+        groups = screen.tracker.groups
+        assert {"pack", "copy", "verity"} <= set(groups["firmware"].stages)
+        assert {"initrd: compress", "assemble: write", "assemble: sign", "assemble: sha256"} <= set(groups["uki"].stages)
+        assert all(st.finished for g in groups.values() for st in g.stages.values())
+        assert [g.state for g in groups.values()] == ["verified", "verified", "verified", "passed"]
+        text = str(screen.query_one(ResultView).text)
+        for a in report.artefacts:
+            assert a.path in text and a.digest in text and f"{a.size:,} bytes" in text
+            assert f"all {len(a.checks)} checks passed" in text
+        assert text.count("✓ signature:") == 3 and text.count("✓ verity:") == 2
+        uki = report.artefacts[-1]
+        predicted = format_size(uki.predicted_size) if uki.predicted_size is not None else "—"
+        assert f"size: predicted {predicted}" in text and f"actual {format_size(uki.size)}" in text
+        assert f"UKI against the limit 256 MiB: {report.verdict}" in text
+        assert "kairos-agent sysext install" in text and "--overlay-iso" in text
+        # and the files themselves, read again by the independent checkers
+        for a in report.artefacts:
+            path = Path(a.path)
+            if a.kind == "sysext":
+                checked = verify_image(path, cert)
+                assert checked.ok, [c for c in checked.checks if not c.ok]
+                assert any(c.name == "verity" and a.digest in c.detail for c in checked.checks)
+            else:
+                assert all(c["ok"] for c in verify_uki(path, cert))
+                assert sha256(path) == a.digest
+        assert not temp_files(spec_path.parent)
+        first = outputs(spec_path)
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
+        assert "build ok: 3 artefacts verified (3 built, 0 reused)" in status(app)
+
+        await pilot.press("b")  # nothing changed: everything reused
+        screen = await build_done(app, pilot)
+        assert screen.kind == "ok" and screen.report.ok
+        assert all(a.reused for a in screen.report.artefacts)
+        assert [g.state for g in screen.tracker.groups.values()] == ["reused-verified"] * 3 + ["passed"]
+        assert str(screen.query_one(ResultView).text).count("reused (unchanged since the last build)") == 3
+        await pilot.press("q")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
+        assert "(0 built, 3 reused)" in status(app)
+
+        await pilot.press("ctrl+p")  # everything again, from the palette
+        await pilot.press(*"Rebuild everything")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        screen = await build_done(app, pilot)
+        assert screen.force and screen.report.ok
+        assert not any(a.reused for a in screen.report.artefacts)
+        assert outputs(spec_path) == first  # reproducible: the same bytes again
+        await pilot.press("s")  # the JSON summary
+        summary = spec_path.parent / "build" / "sysextant-build.json"
+        saved = json.loads(summary.read_text())
+        assert saved["ok"] and [a["digest"] for a in saved["artefacts"]] == [a.digest for a in report.artefacts]
+        assert str(summary) in str(screen.query_one("#build-outcome").render())
+        await pilot.press("escape")
+
+
+@needs_stub
+async def test_cancel_keeps_previous_outputs_and_stops_the_packer(spec_path: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    if not shutil.which("mksquashfs"):
+        pytest.skip("mksquashfs not installed (squashfs-tools)")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # the packer's staging folder goes here
+    root = spec_path.parent / "rootfs"
+    # incompressible firmware, so that mksquashfs -comp xz runs for seconds, not milliseconds
+    (root / "usr/lib/firmware/blob.bin").write_bytes(random.Random(7).randbytes(48 << 20))
+    build(load_spec(spec_path))  # the previous good outputs (EROFS firmware)
+    before = outputs(spec_path)
+    assert set(before) >= {"firmware.sysext.raw", "drivers.sysext.raw", "uki.efi"}
+    text = spec_path.read_text()
+    spec_path.write_text(text.replace("filesystem: erofs\n    compression: none", "filesystem: squashfs\n"
+                                      "    compression: xz", 1))
+    assert load_spec(spec_path).extensions[0].filesystem == "squashfs"
+
+    seen: dict[str, list[int]] = {}
+
+    class Watch:
+        """Passes everything to the screen's reporter; notes the packer child when it starts."""
+
+        def __init__(self, inner) -> None:  # noqa: ANN001 - a core.progress.Reporter
+            self.inner = inner
+
+        def __call__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            self.inner(*args, **kwargs)
+
+        def check(self) -> None:
+            self.inner.check()
+
+        def log(self, task: str, message: str) -> None:
+            self.inner.log(task, message)
+            if "mksquashfs" in message:  # logged right after the child started
+                seen["started"] = children("mksquashfs")
+                end = time.monotonic() + 10
+                while not self.inner.cancelled and time.monotonic() < end:
+                    time.sleep(0.005)  # the test presses escape now
+                seen["alive_at_cancel"] = children("mksquashfs")
+
+    def watched_build(spec, *, reporter, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        return build(spec, reporter=Watch(reporter), **kwargs)
+
+    monkeypatch.setattr(build_module, "build", watched_build)
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("b")
+        assert await wait_for(pilot, lambda: "started" in seen, 20), "mksquashfs never started"
+        screen = app.screen
+        assert isinstance(screen, BuildScreen)
+        view = screen.query_one(StagesView)
+        assert await wait_for(pilot, lambda: "the packer is running" in str(view.render()))
+        await pilot.press("escape")
+        screen = await build_done(app, pilot)
+        assert screen.kind == "cancelled"
+        assert "Cancelled; previous outputs kept." in str(screen.query_one("#build-outcome").render())
+        assert screen.tracker.groups["firmware"].state == "cancelled" and screen.replaced == []
+        assert seen["alive_at_cancel"], "the packer had ended before the cancel: nothing was proven"
+        assert children("mksquashfs") == []  # terminated, and reaped
+        assert outputs(spec_path) == before  # sha256 of every previous output unchanged
+        assert temp_files(spec_path.parent) == [] and list(tmp.iterdir()) == []
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
+        assert "build cancelled; previous outputs kept" in status(app)
+
+
+@needs_stub
+async def test_error_is_shown_and_the_workbench_goes_on(spec_path: Path) -> None:
+    key = spec_path.parent / "keys/db.key"
+    hidden = key.with_name("db.key.away")
+    key.rename(hidden)
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("b")
+        screen = await build_done(app, pilot)
+        assert screen.kind == "error"
+        assert str(key) in screen.error and "signing.key" in screen.error
+        shown = str(screen.query_one("#build-outcome").render())
+        assert "db.key does not exist" in shown and "Nothing was half-written" in shown
+        assert outputs(spec_path) == {} and not temp_files(spec_path.parent)
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
+        assert "build failed:" in status(app) and "db.key" in status(app)
+        await pilot.press("s")  # the workbench still answers keys
+        assert app.tree.sort == "size"
+        hidden.rename(key)
+        await pilot.press("B")
+        screen = await build_done(app, pilot)
+        assert screen.kind == "ok" and screen.report.ok and len(screen.report.artefacts) == 3
+
+
+@needs_stub
+async def test_internal_error_is_shown_not_fatal(spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(spec, *, reporter, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        reporter.log("firmware", "building firmware.sysext.raw")
+        reporter("firmware: pack", 10, 100)
+        raise ZeroDivisionError("a bug in the engine")
+
+    monkeypatch.setattr(build_module, "build", broken)
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.press("b")
+        screen = await build_done(app, pilot)
+        assert screen.kind == "crash" and screen.error == "ZeroDivisionError: a bug in the engine"
+        assert "ZeroDivisionError" in str(screen.query_one("#build-outcome").render())
+        assert screen.tracker.groups["firmware"].state == "failed"
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
+        assert "internal error" in status(app) and app.is_running
+
+
+async def test_build_refused_while_scanning_and_while_the_spec_is_broken(
+        spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    real_scan = app_module.scan
+
+    def slow_scan(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        release.wait(10)
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "scan", slow_scan)
+    app = WorkbenchApp(spec_path, estimate=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.pause()
+            await pilot.press("b")
+            assert not isinstance(app.screen, BuildScreen)
+            assert "scan of the OS tree is not finished" in status(app)
+            release.set()
+            await ready(app, pilot)
+            await pilot.pause(0.3)  # the watcher is up
+            good = spec_path.read_text()
+            spec_path.write_text(good.replace("level: 3", "level: nineteen"))
+            assert await wait_for(pilot, lambda: bool(app.session.disk_problems))
+            await pilot.press("b")
+            assert not isinstance(app.screen, BuildScreen)
+            assert "on disk has 1 problem(s)" in status(app)
+            assert not (spec_path.parent / "build").exists()
+    finally:
+        release.set()
+
+
+def test_tracker_eta_from_measured_rates_and_monotone_fraction(spec_path: Path) -> None:
+    spec = load_spec(spec_path)  # extensions firmware, drivers; signed
+    t = BuildTracker(spec, None, started=0.0, uki_bytes=4096)  # no plan: tiny nominal sizes
+    assert t.fraction(0.5) == 0.0  # key checks and such are not progress
+    t.apply(Progress("firmware", 0, 0, "steps", "building firmware.sysext.raw"), 0.1)
+    t.apply(Progress("firmware: pack", 0, 100 << 20), 0.1)
+    t.apply(Progress("firmware: pack", 50 << 20, 100 << 20), 1.1)  # 50 MiB in 1 s
+    fw = t.groups["firmware"]
+    assert fw.stages["pack"].rate == pytest.approx(50 << 20)
+    assert fw.remaining(1.1) == pytest.approx(1.0, abs=0.01)  # the other half at the same rate
+    assert t.eta(1.1) == pytest.approx(1.0, abs=0.05) and 0.4 < t.fraction(1.1) < 0.6
+    t.apply(Progress("drivers", 0, 0, "steps", "unchanged since the last build: reusing drivers.sysext.raw"), 2.0)
+    assert fw.state == "done" and fw.remaining(2.0) == 0 and t.groups["drivers"].state == "reused"
+    shown = [t.fraction(x) for x in (1.1, 2.0, 2.1)]
+    t.apply(Progress("initrd: compress", 1, 1000), 2.2)
+    shown += [t.fraction(x) for x in (2.3, 5.0, 9.0)]
+    assert shown == sorted(shown) and shown[-1] < 1.0  # never backwards, never 100% before the end
+    t.finish(None, "cancelled", 9.5)
+    assert t.groups["uki"].state == "cancelled" and t.groups["verify"].state == "waiting"
+    assert t.eta(9.6) is None and t.fraction(9.6) == shown[-1]
