@@ -82,6 +82,12 @@ def _load_state(out: Path) -> dict:
         return {}
 
 
+def _save_state(out: Path, state: dict) -> None:
+    """Record the inputs of what is built (losing this only costs a rebuild next time)."""
+    with contextlib.suppress(UserError):
+        write_atomic(out / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+
+
 def _reusable(state: dict, key: str, inputs: str, path: Path) -> dict | None:
     entry = state.get(key)
     if not entry or entry.get("inputs") != inputs:
@@ -173,6 +179,8 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
         art.extra = {"entries": ext_plan.entries, "bytes": ext_plan.bytes, "initrd_saves_cpio_bytes": ext_plan.initrd_bytes}
         state[ext.name] = {"inputs": inputs, "size": art.size, "digest": art.digest}
         artefacts.append(art)
+        if not art.reused:  # a later failure or cancel must not forget what is already built
+            _save_state(out, state)
 
     verdict = None
     if build_uki:
@@ -181,8 +189,7 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
         artefacts.append(art)
 
     _verify_all(artefacts, spec, reporter)
-    with contextlib.suppress(UserError):
-        write_atomic(out / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+    _save_state(out, state)
     report = BuildReport(str(spec.path), str(out), artefacts, time.monotonic() - t0, spec.uki.limit, verdict,
                          deploy_notes(spec, artefacts))
     return report
@@ -259,10 +266,13 @@ def render(report: BuildReport) -> str:
     return "\n".join(lines)
 
 
-def remove_stale_temps(out: Path) -> None:
-    """Remove temp files a killed build (SIGKILL, power loss) left in the output folder."""
+def remove_stale_temps(out: Path, *, older_than: float = 3600) -> None:
+    """Remove temp files a killed build (SIGKILL, power loss) left in the output folder. Only
+    old ones: a fresh one may be another writer's (the workbench's estimate) in progress."""
     from .atomic import TEMP_PREFIX
 
+    limit = time.time() - older_than
     for p in out.glob(f"{TEMP_PREFIX}*"):
         with contextlib.suppress(OSError):
-            os.unlink(p)
+            if p.lstat().st_mtime < limit:
+                os.unlink(p)

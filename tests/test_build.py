@@ -221,3 +221,19 @@ def test_file_vanished_since_the_scan(demo: Path, tmp_path: Path) -> None:
         build(spec, only=["firmware"], index=index)
     assert not (spec.output / "firmware.sysext.raw").exists()
     assert no_temp_files(spec.base)
+
+
+def test_what_was_built_before_a_cancel_is_reused(demo: Path, tmp_path: Path) -> None:
+    spec = load_spec(copy_project(demo, tmp_path / "p"))
+    reporter = Reporter()
+
+    def cancel_at_drivers(ev: Progress) -> None:
+        if ev.task.startswith("drivers: "):
+            reporter.cancel()
+
+    reporter._callback = cancel_at_drivers
+    with pytest.raises(Cancelled):
+        build(spec, only=["firmware", "drivers"], reporter=reporter)
+    again = build(spec, only=["firmware", "drivers"])
+    assert [(a.name, a.reused) for a in again.artefacts] == [("firmware", True), ("drivers", False)]
+    assert again.ok

@@ -206,7 +206,7 @@ class BuildTracker:
         """The group a task belongs to and its stage name (None for a log-only task name)."""
         if task in self.groups:
             return self.groups[task], (task if task == "verify" else None)
-        if task.startswith("initrd: "):
+        if task.startswith(("initrd: ", "estimate: ")):  # the size prediction is part of the UKI's work
             return self.groups["uki"], task
         head, sep, rest = task.partition(": ")
         if sep and head in self.groups:
