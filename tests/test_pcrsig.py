@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import ctypes.util
+import hashlib
 import json
 import shutil
 import socket
@@ -178,8 +179,6 @@ def test_policy_and_signature_without_a_tpm(inputs: dict[str, Path], tmp_path: P
     doc = json.loads(pcrsig_json(list(inputs.items()), key, banks=("sha1", "sha256")))
     der = subprocess.run([OPENSSL or "openssl", "rsa", "-pubin", "-in", str(inputs[".pcrpkey"]), "-RSAPublicKey_out",
                           "-outform", "DER"], capture_output=True, check=True).stdout
-    import hashlib
-
     for bank in ("sha1", "sha256"):
         values = measure_calculate(inputs, bank)
         for phase, entry in zip(DEFAULT_PHASES, doc[bank], strict=True):
@@ -333,3 +332,19 @@ def test_bad_pcr_key_fails_before_any_work(demo: Path, tmp_path: Path) -> None:
     other = _key().public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     msg = _bad(demo, tmp_path / "4", _pem(_key()), cert=other)
     assert "uki.pcr_cert" in msg and "does not hold the public key" in msg
+
+
+def test_a_new_pcr_key_means_a_new_uki(demo: Path, tmp_path: Path) -> None:
+    from sysextant.core.plan import make_plan
+    from sysextant.core.ukibuild import inputs_digest
+
+    spec = load_spec(demo)
+    plan = make_plan(spec, scan(spec.os.root))
+    before = inputs_digest(spec, plan, None)
+    assert inputs_digest(spec, plan, None) == before
+    other = tmp_path / "other.key"
+    other.write_bytes(_pem(_key()))
+    spec.uki.pcr_key = other
+    assert inputs_digest(spec, plan, None) != before
+    spec.uki.pcr_key = None
+    assert inputs_digest(spec, plan, None) != before
