@@ -24,6 +24,7 @@ from .errors import MissingToolError, UserError
 from .index import TreeIndex, scan
 from .keys import Signer, load_signer
 from .model import Spec
+from .pcr import load_pcr_key
 from .plan import Plan, make_plan
 from .progress import Reporter
 from .units import THRESHOLDS, format_size
@@ -141,6 +142,8 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
     signer: Signer | None = None
     if spec.signing:
         signer = load_signer(spec.signing.key, spec.signing.cert, passphrase_env=spec.signing.passphrase_env)
+    if build_uki:
+        load_pcr_key(spec)  # uki.pcr_key / uki.pcr_cert problems surface now, not after the initrd
     _needed_tools(spec, wanted)
     if build_uki and not spec.uki.stub.is_file():
         raise UserError(f"UKI stub {spec.uki.stub} does not exist; install systemd-boot-efi or set uki.stub")

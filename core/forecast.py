@@ -1,7 +1,7 @@
 """The UKI size forecast: exact PE layout around an initrd figure, against the firmware limit.
 
 Everything in the UKI but the compressed initrd is known exactly before a build (the stub, the
-kernel, os-release, cmdline, uname, splash, the Authenticode signature), and the file size is
+kernel, os-release, cmdline, uname, splash, .pcrpkey and .pcrsig, the Authenticode signature), and the file size is
 linear in the initrd's size (docs/domain.md section 6): :class:`UkiLayout` parses the stub once,
 after which each new initrd figure costs an addition. :func:`forecast` combines it with the
 exact newc figures of a plan and, when one is prepared, the compressed estimate of
@@ -98,6 +98,17 @@ class UkiLayout:
                 sizes[".splash"] = os.path.getsize(spec.uki.splash)
             except OSError:
                 self.exact = False
+        if spec.uki.pcr_key is not None:
+            from .pcr import load_pcr_key, pcrsig_size
+
+            try:
+                pcr_key = load_pcr_key(spec)
+                if pcr_key is not None:
+                    sizes[".pcrpkey"] = len(pcr_key.public_pem)
+                    sizes[".pcrsig"] = pcrsig_size(pcr_key.public_key)
+            except UserError as exc:
+                self.exact = False
+                self.notes.append(str(exc))
         if spec.signing is not None and signature_len is None:
             try:
                 from cryptography import x509

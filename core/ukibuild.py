@@ -2,7 +2,8 @@
 
 Sections (ukify's set for Kairos): ``.osrel`` (the tree's os-release), ``.cmdline``, ``.uname``
 (from the kernel header or ``usr/lib/modules``), optional ``.splash``, ``.initrd`` (the tree
-minus the extensions, see :mod:`.initrd`) and ``.linux`` (``os.kernel``). Files inside the OS
+minus the extensions, see :mod:`.initrd`) and ``.linux`` (``os.kernel``); with ``uki.pcr_key``
+also ``.pcrpkey`` and ``.pcrsig`` (the signed expected PCR 11 values, see :mod:`.pcr`). Files inside the OS
 tree are resolved the way that OS would resolve them (:func:`.fsentry.resolve_in_tree`), never
 through this machine's own paths.
 """
@@ -21,6 +22,7 @@ from .fsentry import host_path_in_tree
 from .index import TreeIndex
 from .keys import Signer
 from .model import Spec
+from .pcr import PcrKey, load_pcr_key, measured_sections, pcr_sections, stub_version
 from .plan import Plan
 from .progress import Reporter
 
@@ -77,7 +79,10 @@ def uname(spec: Spec, index: TreeIndex, kernel: Path) -> str | None:
     return None
 
 
-def sections(spec: Spec, index: TreeIndex, initrd: Path) -> list[tuple[str, Path | bytes]]:
+def sections(spec: Spec, index: TreeIndex, initrd: Path, *, pcr_key: PcrKey | None = None,
+             reporter: Reporter | None = None) -> list[tuple[str, Path | bytes]]:
+    """The UKI's sections (name, bytes or file). With ``uki.pcr_key`` this reads every measured
+    file once more to sign the PCR 11 policies; ``pcr_key`` is the loaded key if the caller has it."""
     kernel = kernel_path(spec)
     out: list[tuple[str, Path | bytes]] = [(".osrel", os_release(spec)), (".cmdline", spec.uki.cmdline.encode())]
     release = uname(spec, index, kernel)
@@ -86,7 +91,22 @@ def sections(spec: Spec, index: TreeIndex, initrd: Path) -> list[tuple[str, Path
     if spec.uki.splash:
         out.append((".splash", spec.uki.splash))
     out += [(".initrd", initrd), (".linux", kernel)]
-    return out
+    if pcr_key is None:
+        pcr_key = load_pcr_key(spec)
+    if pcr_key is None:
+        return out
+    measured = measured_sections(stub_version(spec.uki.stub))
+    total = sum(os.path.getsize(c) for n, c in out if n in measured and isinstance(c, Path))
+    done = 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if reporter is not None:
+            reporter("uki: pcr 11 signature", done, total)
+            reporter.check()
+
+    return pcr_sections(out, pcr_key, measured=measured, progress=progress)
 
 
 def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
@@ -96,6 +116,9 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
     u = spec.uki
     h.update(repr((FORMAT_VERSION, u.cmdline, u.init, u.compression, u.level, str(u.stub), str(u.splash),
                    u.uname, signer.fingerprint if signer else None)).encode())
+    pcr_key = load_pcr_key(spec)
+    if pcr_key is not None:
+        h.update(f"pcr:{pcr_key.fingerprint}".encode())
     for path in (u.stub, kernel_path(spec), u.splash):
         if path is not None:
             st = os.stat(path)
@@ -136,10 +159,13 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
     fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "initrd-", dir=out.parent)
     os.close(fd)
     try:
+        pcr_key = load_pcr_key(spec)
         if reporter:
             reporter.log("uki", f"compressing the initrd ({spec.uki.compression} level {spec.uki.level})")
         initrd = build_initrd(spec, plan, Path(tmp), reporter=reporter)
-        secs = sections(spec, index, Path(tmp))
+        if reporter and pcr_key is not None:
+            reporter.log("uki", "signing the expected PCR 11 values (.pcrsig)")
+        secs = sections(spec, index, Path(tmp), pcr_key=pcr_key, reporter=reporter)
         sizes = {name: (len(v) if isinstance(v, bytes) else os.path.getsize(v)) for name, v in secs}
         exact = predict_size(spec.uki.stub, sizes, signed=signer is not None, signer=signer)
         if reporter:
