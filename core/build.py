@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .atomic import write_atomic
 from .errors import MissingToolError, UserError
@@ -125,9 +126,11 @@ def deploy_notes(spec: Spec, artefacts: Sequence[Artefact]) -> list[str]:
 
 
 def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False, uki: bool | None = None,
-          reporter: Reporter | None = None, index: TreeIndex | None = None) -> BuildReport:
+          reporter: Reporter | None = None, index: TreeIndex | None = None, estimator: Any = None) -> BuildReport:
     """Build the spec's artefacts. ``only`` names extensions (and/or ``uki``) to build; by default
-    all extensions and the UKI. ``force`` rebuilds what is unchanged."""
+    all extensions and the UKI. ``force`` rebuilds what is unchanged. ``index`` and a prepared
+    ``estimator`` of that index (the workbench has both) save the rescan and the estimate's pass;
+    the estimator is calibrated with the UKI's real size afterwards."""
     reporter = reporter or Reporter()
     t0 = time.monotonic()
     names = [e.name for e in spec.extensions]
@@ -187,7 +190,7 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
 
     verdict = None
     if build_uki:
-        art = _build_uki(spec, index, plan, signer, state, force, reporter)
+        art = _build_uki(spec, index, plan, signer, state, force, reporter, estimator)
         verdict = THRESHOLDS.verdict(art.size, spec.uki.limit)
         artefacts.append(art)
 
@@ -199,13 +202,12 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
 
 
 def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, state: dict, force: bool,
-               reporter: Reporter) -> Artefact:
+               reporter: Reporter, estimator: Any = None) -> Artefact:
     """The UKI, with the size predicted before the build next to the size it got; the real size
     then calibrates the estimator for the next plan."""
     from .forecast import UkiLayout, forecast, prepared_estimator
     from .ukibuild import build_slim_uki, inputs_digest
 
-    estimator = None
     predicted = None
     key = inputs_digest(spec, plan, signer)
     previous = None if force else _reusable(state, "uki", key, spec.uki.output)
@@ -216,7 +218,7 @@ def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, 
 
             signature_len = signature_length(signer)
         layout = UkiLayout(spec, index, signature_len=signature_len)
-        if spec.uki.compression != "none":
+        if spec.uki.compression != "none" and estimator is None:
             reporter.log("uki", "estimating the compressed initrd before the build")
             estimator = prepared_estimator(spec, plan, reporter)
         predicted = forecast(spec, plan, layout, estimator).uki_bytes

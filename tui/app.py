@@ -568,7 +568,8 @@ class WorkbenchApp(App[int]):
             return
         s = self.session
         self.set_status("building…" if not force else "rebuilding everything…", "info")
-        self.push_screen(BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures()), self._build_closed)
+        self.push_screen(BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures(), estimator=s.estimator),
+                         self._build_closed)
 
     def _build_closed(self, result: tuple[str, str] | None) -> None:
         if result:

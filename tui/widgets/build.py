@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -571,10 +572,12 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
             self.detail = detail
 
     def __init__(self, spec: Spec, index: TreeIndex | None, plan: Plan | None, *, force: bool = False,
-                 gauge: Figures | None = None, runner: Callable[..., BuildReport] | None = None) -> None:
+                 gauge: Figures | None = None, runner: Callable[..., BuildReport] | None = None,
+                 estimator: Any = None) -> None:
         super().__init__()
         self.spec = spec
         self.index = index
+        self.estimator = estimator  # the workbench's prepared estimate: the build need not redo it
         self.force = force
         self.gauge = gauge
         self.runner = runner or build
@@ -631,7 +634,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
     @work(thread=True, exclusive=True, exit_on_error=False, group="build")
     def run_build(self) -> None:
         try:
-            report = self.runner(self.spec, force=self.force, reporter=self.reporter, index=self.index)
+            extra = {"estimator": self.estimator} if self.estimator is not None else {}
+            report = self.runner(self.spec, force=self.force, reporter=self.reporter, index=self.index, **extra)
         except Cancelled:
             self.post_message(self.Finished("cancelled"))
         except UserError as exc:
