@@ -198,9 +198,12 @@ class NewcWriter:
             self.out.write(bytes(self.buf))
             self.written += len(self.buf)
             self.buf.clear()
-        if self.reporter is not None and self.written >= self.next_report:
-            self.next_report = self.written + 8 * CHUNK
-            self.reporter(self.task, self.written, self.total)
+        if self.reporter is not None:
+            if self.written >= self.next_report:
+                self.next_report = self.written + 8 * CHUNK
+                self.reporter(self.task, self.written, self.total)
+            else:  # a cancel is honoured within a MiB, even between progress reports
+                self.reporter.check()
 
     def put(self, data: bytes) -> None:
         self.buf += data

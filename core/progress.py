@@ -29,9 +29,12 @@ class Progress:
 class Reporter:
     """Forwards progress to a callback and carries the cancel flag."""
 
-    def __init__(self, callback: Callable[[Progress], None] | None = None) -> None:
+    def __init__(self, callback: Callable[[Progress], None] | None = None, *,
+                 cancelled: Callable[[], bool] | None = None) -> None:
+        """``cancelled`` is polled by :meth:`check` as well (e.g. a UI worker's cancel flag)."""
         self._callback = callback
         self._cancel = threading.Event()
+        self._cancelled = cancelled
 
     def __call__(self, task: str, done: int, total: int, unit: str = "bytes", message: str = "") -> None:
         self.check()
@@ -48,11 +51,11 @@ class Reporter:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set()
+        return self._cancel.is_set() or (self._cancelled is not None and self._cancelled())
 
     def check(self) -> None:
         """Raise Cancelled if the user asked to stop."""
-        if self._cancel.is_set():
+        if self._cancel.is_set() or (self._cancelled is not None and self._cancelled()):
             raise Cancelled("cancelled by the user")
 
 

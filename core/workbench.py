@@ -202,6 +202,11 @@ class Session:
     def _uki_size(self, initrd: int) -> int:
         return self.layout().size(initrd)
 
+    def estimator_changed(self) -> None:
+        """The estimator learnt more (a group compressed at the target level, a calibration):
+        figures are computed afresh."""
+        self._fig_cache = None
+
     def figures(self) -> Figures | None:
         """The gauge figures for the current plan (None until the tree is scanned)."""
         plan = self.plan

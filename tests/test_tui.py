@@ -67,7 +67,7 @@ def spec_path(tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch) 
     return project(tmp_path, demo_root)
 
 
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 3.0) -> bool:
+async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 10.0) -> bool:
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout
     while loop.time() < end:

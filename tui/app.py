@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from textual import on, work
@@ -25,6 +27,7 @@ from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.index import TreeIndex, scan
+from sysextant.core.initrd import initrd_extra
 from sysextant.core.selection import Sums
 from sysextant.core.units import format_size
 from sysextant.core.workbench import Outcome, Session
@@ -66,6 +69,15 @@ class EstimatorReady(Message):
         super().__init__()
         self.estimator = estimator
         self.index = index
+
+
+class EstimatorRefined(Message):
+    """The estimator compressed one more group at the build's level: the band narrowed."""
+
+    def __init__(self, estimator: object, left: int) -> None:
+        super().__init__()
+        self.estimator = estimator
+        self.left = left
 
 
 class EstimatorProgress(Message):
@@ -260,16 +272,24 @@ class WorkbenchApp(App[int]):
                 self.post_message(EstimatorProgress(f"{ev.task} {ev.done * 100 // ev.total}%"))
 
         spec = self.session.spec
-        reporter = Reporter(report)
-        try:
+        stop = threading.Event()
+        reporter = Reporter(report, cancelled=stop.is_set)
+
+        def prepare():  # noqa: ANN202 - an Estimator
             est = Estimator(index, base, compression=spec.uki.compression, level=spec.uki.level,
-                            cache_dir=spec.output, reporter=reporter)
+                            cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec),
+                            threads=1)  # one core for the estimate, the other for the user
             est.prepare()
-        except Cancelled:
+            return est
+
+        ok, est = _run_abandonable(prepare, worker, stop, lambda: self.session.index is index)
+        if not ok:
+            if isinstance(est, UserError):
+                self.post_message(EstimatorProgress(f"no compressed estimate: {est}"))
+            elif est is not None and not isinstance(est, Cancelled):
+                raise est
             return
-        except UserError as exc:
-            self.post_message(EstimatorProgress(f"no compressed estimate: {exc}"))
-            return
+        est.reporter = None  # later estimates run on the UI thread: no progress from them
         self.post_message(EstimatorReady(est, index))
 
     def on_estimator_progress(self, message: EstimatorProgress) -> None:
@@ -280,6 +300,32 @@ class WorkbenchApp(App[int]):
         if message.index is self.session.index:
             self.session.estimator = message.estimator
             self.estimator_note = ""
+            self.refresh_all()
+            self.refine_estimator(message.estimator)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="estimate-refine")
+    def refine_estimator(self, est) -> None:  # noqa: ANN001 - a prepared core.estimate.Estimator
+        """Compress the remaining groups at the build's own level, one at a time in the
+        background: each one narrows the error band. Stops when superseded or a build starts."""
+        from sysextant.core.progress import Reporter
+
+        worker = get_current_worker()
+
+        todo = [g for g, grp in enumerate(est.groups) if grp.target is None]
+        for k, g in enumerate(todo):
+            stop = threading.Event()
+            est.reporter = Reporter(cancelled=stop.is_set)
+            ok, _ = _run_abandonable(lambda group=g: est.deepen([group], task="estimate: refine"), worker, stop,
+                                     lambda: self.session.estimator is est)
+            if not ok:
+                return  # cancelled, superseded, or the tree changed under it
+            est.reporter = None
+            self.post_message(EstimatorRefined(est, len(todo) - k - 1))
+
+    def on_estimator_refined(self, message: EstimatorRefined) -> None:
+        if message.estimator is self.session.estimator:
+            self.session.estimator_changed()
+            self.estimator_note = (f"refining the estimate: {message.left} groups to go" if message.left else "")
             self.refresh_all()
 
     # -- watching the spec --------------------------------------------------------------------
@@ -567,6 +613,7 @@ class WorkbenchApp(App[int]):
             self.bell()
             return
         s = self.session
+        self.workers.cancel_group(self, "estimate-refine")  # both cores for the build
         self.set_status("building…" if not force else "rebuilding everything…", "info")
         self.push_screen(BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures(), estimator=s.estimator),
                          self._build_closed)
@@ -575,6 +622,10 @@ class WorkbenchApp(App[int]):
         if result:
             kind, text = result
             self.set_status(text, kind)
+        if self.session.estimator is not None:  # the build calibrated it; go on refining
+            self.session.estimator_changed()
+            self.refresh_all()
+            self.refine_estimator(self.session.estimator)
 
     def set_theme(self, name: str) -> None:
         self.theme = name
@@ -593,6 +644,30 @@ class WorkbenchApp(App[int]):
 
         self.push_screen(ConfirmScreen(f"The spec could not be saved ({self.session.save_error}). "
                                        "Quit and lose the last changes?", yes="Quit"), done)
+
+
+def _run_abandonable(fn: Callable[[], object], worker, stop: threading.Event, alive: Callable[[], bool]) -> tuple[bool, object]:
+    """Run ``fn`` in a daemon thread and wait for it while ``alive()``; on a cancel set ``stop``
+    and return at once, leaving the thread to end on its own. A long libzstd call cannot be
+    interrupted, and quitting or building must not wait for it. Returns (finished, result or
+    the exception it raised)."""
+    box: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            box.append((False, exc))
+
+    thread = threading.Thread(target=run, name="sysextant-estimate", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        if worker.is_cancelled or not alive():
+            stop.set()
+            return False, None
+        thread.join(0.1)
+    ok, value = box[0]
+    return ok, value
 
 
 def _short(path: Path, base: Path) -> str:
