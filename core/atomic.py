@@ -68,6 +68,25 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
 
 
 @contextlib.contextmanager
+def scratch_for(final: Path, kind: str) -> Iterator[Path]:
+    """A 0600 temp file beside ``final`` for an intermediate of it (a filesystem image, an
+    initrd), removed afterwards whatever happens; a write error on the way (a full disk, a
+    read-only folder) becomes one clear error naming ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{kind}-", dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise disk_error(final, exc) from exc
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+@contextlib.contextmanager
 def private_tempdir(prefix: str = "sysextant-") -> Iterator[Path]:
     """A 0700 scratch directory removed afterwards, for anything that must not be world-readable."""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:

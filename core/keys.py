@@ -45,15 +45,17 @@ class Signer:
         return self.cert.fingerprint(hashes.SHA256()).hex()
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_pem_file(path: Path, field: str, what: str) -> bytes:
+    """The bytes of a key or certificate file named by spec field ``field``; one clear error
+    (naming the field and the file) when it is missing, a folder or not readable."""
     try:
         return path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"{what} {path} does not exist; check signing.{'key' if 'key' in what else 'cert'} in the spec") from None
+        raise UserError(f"{field}: {what} {path} does not exist; create it or fix the path in the spec") from None
     except IsADirectoryError:
-        raise UserError(f"{what} {path} is a folder, not a PEM file") from None
+        raise UserError(f"{field}: {what} {path} is a folder, not a PEM file") from None
     except PermissionError:
-        raise UserError(f"{what} {path} is not readable by this user") from None
+        raise UserError(f"{field}: {what} {path} is not readable by this user") from None
 
 
 def _passphrase(key_path: Path, env: str | None) -> bytes | None:
@@ -73,8 +75,8 @@ def _passphrase(key_path: Path, env: str | None) -> bytes | None:
 def load_signer(key_path: Path, cert_path: Path, *, passphrase_env: str | None = None,
                 now: _dt.datetime | None = None) -> Signer:
     """Load and check a PEM RSA key and PEM certificate; raise UserError on any problem."""
-    key_pem = _read(key_path, "signing key")
-    cert_pem = _read(cert_path, "certificate")
+    key_pem = read_pem_file(key_path, "signing.key", "signing key")
+    cert_pem = read_pem_file(cert_path, "signing.cert", "certificate")
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:

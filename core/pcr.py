@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import UserError
+from .keys import read_pem_file
 from .model import Spec
 from .pe import parse_pe
 
@@ -254,14 +255,7 @@ class PcrKey:
 
 
 def _read(path: Path, field: str, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"uki.{field}: {what} {path} does not exist; create it or fix the path") from None
-    except IsADirectoryError:
-        raise UserError(f"uki.{field}: {what} {path} is a folder, not a PEM file") from None
-    except PermissionError:
-        raise UserError(f"uki.{field}: {what} {path} is not readable by this user") from None
+    return read_pem_file(path, f"uki.{field}", what)
 
 
 def _load_public(path: Path) -> rsa.RSAPublicKey | None:

@@ -16,17 +16,15 @@ same selection gives the same bytes.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import ddi
-from .atomic import TEMP_PREFIX, WRITE_ERRNOS, disk_error
+from .atomic import scratch_for
 from .errors import UserError
 from .fsentry import FsEntry, entry_from_lstat
 from .index import TreeIndex
@@ -158,20 +156,10 @@ def build_extension(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec, o
             raise UserError(f"extension {ext.name} would hold usr/lib/os-release, which systemd-sysext refuses")
     mtime = source_date_epoch()
     seed = inputs_digest(ext, entries, with_times=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / ext.image_name
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "fs-", dir=out_dir)
-    os.close(fd)
-    try:
-        write_filesystem(ext, entries, Path(tmp), tree_root=index.root, seed=seed, mtime=mtime, reporter=reporter)
-        result = ddi.assemble(Path(tmp), final, arch=ext.architecture, signer=signer, seed=seed,
+    with scratch_for(final, "fs") as fs_image:
+        write_filesystem(ext, entries, fs_image, tree_root=index.root, seed=seed, mtime=mtime, reporter=reporter)
+        result = ddi.assemble(fs_image, final, arch=ext.architecture, signer=signer, seed=seed,
                               reporter=reporter, task=ext.name)
-    except OSError as exc:
-        if exc.errno in WRITE_ERRNOS:
-            raise disk_error(final, exc) from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return ExtensionImage(ext.name, final, result.size, result.root_hash, result.signed, ext.filesystem,
                           len(entries))

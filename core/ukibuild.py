@@ -10,13 +10,11 @@ through this machine's own paths.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
-from .atomic import TEMP_PREFIX, WRITE_ERRNOS, disk_error
+from .atomic import scratch_for
 from .errors import UserError
 from .fsentry import host_path_in_tree
 from .index import TreeIndex
@@ -155,29 +153,19 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
                        predicted_size=previous.get("predicted"))
         art.extra = previous.get("extra", {})
         return art
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX + "initrd-", dir=out.parent)
-    os.close(fd)
-    try:
+    with scratch_for(out, "initrd") as initrd_path:
         pcr_key = load_pcr_key(spec)
         if reporter:
             reporter.log("uki", f"compressing the initrd ({spec.uki.compression} level {spec.uki.level})")
-        initrd = build_initrd(spec, plan, Path(tmp), reporter=reporter)
+        initrd = build_initrd(spec, plan, initrd_path, reporter=reporter)
         if reporter and pcr_key is not None:
             reporter.log("uki", "signing the expected PCR 11 values (.pcrsig)")
-        secs = sections(spec, index, Path(tmp), pcr_key=pcr_key, reporter=reporter)
+        secs = sections(spec, index, initrd_path, pcr_key=pcr_key, reporter=reporter)
         sizes = {name: (len(v) if isinstance(v, bytes) else os.path.getsize(v)) for name, v in secs}
         exact = predict_size(spec.uki.stub, sizes, signed=signer is not None, signer=signer)
         if reporter:
             reporter.log("uki", f"assembling {out.name}{' and signing it' if signer else ''}")
         result = build_uki(spec.uki.stub, secs, out, signer=signer, reporter=reporter, task="uki: assemble")
-    except OSError as exc:
-        if exc.errno in WRITE_ERRNOS:
-            raise disk_error(out, exc) from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     extra = {"initrd_uncompressed": initrd.uncompressed_bytes, "initrd_compressed": initrd.compressed_bytes,
              "exact_formula_bytes": exact, "sections": [list(s) for s in result.sections]}
     art = Artefact("uki", "uki", str(out), result.size, False, result.signed, result.sha256,
