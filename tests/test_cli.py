@@ -103,3 +103,12 @@ def test_demo_refuses_a_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureF
     assert main(["demo", str(tmp_path), "--no-tui", "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "x").read_text() == "keep me"
+
+
+def test_demo_again_reuses_the_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "d"
+    assert main(["demo", str(target), "--no-tui", "--quiet", "--scale", "0.01"]) == 0
+    spec = (target / "sysextant.yaml").read_text()
+    assert main(["demo", str(target), "--no-tui", "--quiet"]) == 0
+    assert "already holds a demo project" in capsys.readouterr().out
+    assert (target / "sysextant.yaml").read_text() == spec

@@ -160,6 +160,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sysextant.core.demo import create_demo
 
     target = Path(args.dir)
+    existing = target / "sysextant.yaml"
+    if existing.is_file() and (target / "rootfs").is_dir():  # run again: open what is there
+        print(f"{target} already holds a demo project: opening {existing}")
+        return 0 if args.no_tui else _open_workbench(existing)
     reporter = Reporter(TerminalProgress(quiet=args.quiet))
     spec = create_demo(target, reporter=reporter, scale=args.scale)
     print(f"demo project written: {spec}")
