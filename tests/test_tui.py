@@ -210,6 +210,19 @@ async def test_outside_edit_is_reloaded_keeping_the_view(spec_path: Path) -> Non
         assert "reloaded" in status(app)
 
 
+async def test_outside_edit_while_a_dialog_is_open(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        await pilot.pause(0.3)  # the watcher is up
+        await pilot.press("question_mark")  # the help screen covers the workbench
+        await pilot.pause()
+        spec_path.write_text(re.sub(r"limit: \S+", "limit: 300MiB", spec_path.read_text(), count=1))
+        assert await wait_for(pilot, lambda: gauge(app) is not None and gauge(app).limit == 300 * 1024 * 1024)
+        await pilot.press("escape")
+        assert "reloaded" in status(app)
+
+
 async def test_broken_outside_edit_is_shown_and_survived(spec_path: Path) -> None:
     app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:

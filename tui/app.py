@@ -22,6 +22,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
+from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
@@ -157,8 +158,8 @@ class WorkbenchApp(App[int]):
             self.own_theme_names.append(theme.name)
         wanted = load_settings().get("theme", DEFAULT_THEME)
         self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
-        self.query_one("#filter", Input).display = False
-        self.query_one("#problems", Static).display = False
+        self.base.query_one("#filter", Input).display = False
+        self.base.query_one("#problems", Static).display = False
         self.tree.focus()
         if self.session.index is not None:  # a session handed in already scanned (tests, bench)
             self.tree.set_index(self.session.index)
@@ -185,7 +186,14 @@ class WorkbenchApp(App[int]):
 
     @property
     def tree(self) -> TreeList:
-        return self.query_one(TreeList)
+        return self.base.query_one(TreeList)
+
+    @property
+    def base(self) -> Screen:
+        """The workbench's own screen. ``App.query_one`` looks at the screen on top, which is a
+        dialog or the build screen while one is open; updates (a reload, the estimate) that
+        arrive then must still reach the workbench underneath."""
+        return self.screen_stack[0]
 
     # -- scanning -----------------------------------------------------------------------------
     def start_scan(self) -> None:
@@ -229,7 +237,7 @@ class WorkbenchApp(App[int]):
         else:
             tree.reload_rows()
         self.update_topbar()
-        self.query_one(UkiGauge).show(None, note=f"scanning the OS tree… {self.entries_seen:,} entries so far; "
+        self.base.query_one(UkiGauge).show(None, note=f"scanning the OS tree… {self.entries_seen:,} entries so far; "
                                                  "marks can be made when the scan is done")
 
     def on_scan_done(self, message: ScanDone) -> None:
@@ -247,7 +255,7 @@ class WorkbenchApp(App[int]):
         self.start_estimator()
 
     def on_scan_failed(self, message: ScanFailed) -> None:
-        self.query_one(UkiGauge).show(None, note=f"cannot scan: {message.message}")
+        self.base.query_one(UkiGauge).show(None, note=f"cannot scan: {message.message}")
         self.set_status(message.message, "refused")
 
     # -- compressed estimate ------------------------------------------------------------------
@@ -344,11 +352,13 @@ class WorkbenchApp(App[int]):
             self.post_message(SpecChanged())
 
     def on_spec_changed(self, _message: SpecChanged) -> None:
+        if not self.screen_stack or not self.is_running:  # a change seen while quitting
+            return
         self.action_reload_spec(quiet=True)
 
     def action_reload_spec(self, quiet: bool = False) -> None:
         result = self.session.reload()
-        problems = self.query_one("#problems", Static)
+        problems = self.base.query_one("#problems", Static)
         if not result.changed:
             if not quiet:
                 self.set_status("the spec on disk is what the workbench shows", "info")
@@ -386,7 +396,7 @@ class WorkbenchApp(App[int]):
 
     # -- showing ------------------------------------------------------------------------------
     def set_status(self, text: str, kind: str = "info") -> None:
-        status = self.query_one("#status", Line)
+        status = self.base.query_one("#status", Line)
         status.set_classes(f"status-{kind}")
         self._update_if_changed("#status", _escape(text))
 
@@ -418,15 +428,15 @@ class WorkbenchApp(App[int]):
         self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort))
 
     def _update_if_changed(self, selector: str, content: str) -> None:
-        self.query_one(selector, Line).set(content)
+        self.base.query_one(selector, Line).set(content)
 
     def refresh_all(self, outcome: Outcome | None = None) -> None:
         """Re-read everything shown from the session."""
         tree = self.tree
         tree.current_ext = self.current_ext
         tree.reload_rows()
-        self.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
-        gauge = self.query_one(UkiGauge)
+        self.base.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
+        gauge = self.base.query_one(UkiGauge)
         if outcome is not None and outcome.ok:
             gauge.show(outcome.after, delta=outcome.delta, delta_label=outcome.message)
         elif self.session.plan is not None:
@@ -477,7 +487,7 @@ class WorkbenchApp(App[int]):
         self.update_crumb()
 
     def action_filter(self) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.base.query_one("#filter", Input)
         box.display = True
         box.value = self.tree.name_filter
         box.focus()
@@ -490,7 +500,7 @@ class WorkbenchApp(App[int]):
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, _event: Input.Submitted) -> None:
-        box = self.query_one("#filter", Input)
+        box = self.base.query_one("#filter", Input)
         if not box.value:
             box.display = False
         self.tree.focus()
@@ -530,7 +540,7 @@ class WorkbenchApp(App[int]):
         self.current_ext = message.name
         self.tree.current_ext = message.name
         self.tree.invalidate()
-        self.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
+        self.base.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
         self.update_crumb()
 
     def on_path_list_unmark(self, message: PathList.Unmark) -> None:
