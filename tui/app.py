@@ -352,8 +352,8 @@ class WorkbenchApp(App[int]):
             self.post_message(SpecChanged())
 
     def on_spec_changed(self, _message: SpecChanged) -> None:
-        if not self.screen_stack or not self.is_running:  # a change seen while quitting
-            return
+        if not self.screen_stack or not self.is_running or not self.base.query(TreeList):
+            return  # a change seen while quitting, after the workbench's widgets are gone
         self.action_reload_spec(quiet=True)
 
     def action_reload_spec(self, quiet: bool = False) -> None:
