@@ -9,7 +9,6 @@ take as well. All figures here are exact newc byte counts from the index.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass, field
 
 from .fsentry import host_path_in_tree
@@ -181,8 +180,3 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     for e in ext_plans:  # what this extension alone takes out (a hardlink kept elsewhere keeps its data)
         e.initrd_bytes = base_bytes - sums.cpio_bytes(base.difference(e.selected))
     return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings)
-
-
-def is_special(index: TreeIndex, i: int) -> bool:
-    m = index.mode[i]
-    return not (stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m))

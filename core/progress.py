@@ -57,8 +57,3 @@ class Reporter:
         """Raise Cancelled if the user asked to stop."""
         if self._cancel.is_set() or (self._cancelled is not None and self._cancelled()):
             raise Cancelled("cancelled by the user")
-
-
-def silent() -> Reporter:
-    """A reporter that reports nothing and is never cancelled."""
-    return Reporter(None)

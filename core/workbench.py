@@ -31,7 +31,6 @@ from .index import TreeIndex, scan
 from .model import ExtensionSpec, Spec
 from .plan import Plan, make_plan
 from .selection import IntervalSet, Sums
-from .units import format_size
 
 #: dm-verity with 4 KiB blocks and SHA-256 stores 32 bytes per 4 KiB block: 1/128, plus upper levels.
 VERITY_FRACTION = 127
@@ -581,8 +580,3 @@ class Session:
         self.save_error = None
         self.disk_problems = []
         return Reload(True, True, rescan=rescan)
-
-
-def describe(fig: Figures) -> str:
-    """One line for logs and the CLI: ``UKI 180 MiB of 200MiB (warn)``."""
-    return f"UKI {format_size(fig.uki_bytes)} of {fig.limit_text} ({fig.verdict})"
