@@ -171,6 +171,9 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
         if ext.name not in wanted:
             continue
         reporter.check()
+        if not ext_plan.entries:
+            reporter.log(ext.name, "selects nothing yet: no image built")
+            continue
         entries = collect_entries(index, ext_plan, ext)
         inputs = hashlib.sha256(inputs_digest(ext, entries, with_times=True) + fingerprint.encode()).hexdigest()
         path = out / ext.image_name

@@ -237,3 +237,19 @@ def test_what_was_built_before_a_cancel_is_reused(demo: Path, tmp_path: Path) ->
     again = build(spec, only=["firmware", "drivers"])
     assert [(a.name, a.reused) for a in again.artefacts] == [("firmware", True), ("drivers", False)]
     assert again.ok
+
+
+def test_an_empty_extension_builds_no_image(demo: Path, tmp_path: Path) -> None:
+    from sysextant.core.model import ExtensionSpec
+    from sysextant.core.specedit import SpecEditor, save_text_atomic
+
+    spec_path = copy_project(demo, tmp_path / "p")
+    editor = SpecEditor(spec_path.read_text(), spec_path)
+    editor.add_extension(ExtensionSpec(name="later"))
+    save_text_atomic(spec_path, editor.text)
+    logged: list[str] = []
+    report = build(load_spec(spec_path), only=["later", "drivers"],
+                   reporter=Reporter(lambda ev: logged.append(f"{ev.task}: {ev.message}")))
+    assert [a.name for a in report.artefacts] == ["drivers"]
+    assert "later: selects nothing yet: no image built" in logged
+    assert not (spec_path.parent / "build/later.sysext.raw").exists()
