@@ -187,7 +187,23 @@ def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None) -> Any:
     est = Estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,
                     cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec))
     est.prepare()
+    release_freed_memory()
     return est
+
+
+def release_freed_memory() -> None:
+    """Hand memory the compressors freed back to the system (glibc keeps it in per-thread arenas
+    otherwise, and the build's own compressor would come on top of it). No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def describe(fig: Figures) -> str:
