@@ -194,16 +194,14 @@ def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None) -> Any:
 def release_freed_memory() -> None:
     """Hand memory the compressors freed back to the system (glibc keeps it in per-thread arenas
     otherwise, and the build's own compressor would come on top of it). No-op elsewhere."""
+    import contextlib
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
 
 
 def describe(fig: Figures) -> str:
