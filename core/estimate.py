@@ -597,7 +597,8 @@ class Estimator:
             band = (floor * est + k * (self.b_spread * abs(model_b - cal_b) + unsure)
                     + abs(k - 1.0) * abs(model - cal_model))
         known = sum(1 for grp in self.groups if grp.target is not None)
-        method = (f"{len(self.groups)} groups of ~{self.group_bytes // MiB} MiB, {known} compressed at "
+        plural = "s" if len(self.groups) != 1 else ""
+        method = (f"{len(self.groups)} group{plural} of ~{self.group_bytes // MiB} MiB, {known} compressed at "
                   f"{self.compression} {self.level}, the rest at {self.fast_level} scaled")
         if self.calibration is not None:
             method += ", calibrated by the last build"
