@@ -112,3 +112,13 @@ def test_demo_again_reuses_the_project(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["demo", str(target), "--no-tui", "--quiet"]) == 0
     assert "already holds a demo project" in capsys.readouterr().out
     assert (target / "sysextant.yaml").read_text() == spec
+
+
+def test_plan_refine_compresses_every_group(demo: Path) -> None:
+    import re
+
+    proc = run("plan", str(demo), "--json", "--refine")
+    assert proc.returncode == 0, proc.stderr
+    method = json.loads(proc.stdout)["uki"]["method"]
+    groups, known = re.match(r"(\d+) groups? of ~\d+ MiB, (\d+) compressed at", method).groups()
+    assert groups == known
