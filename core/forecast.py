@@ -178,14 +178,15 @@ def extension_savings(plan: Plan, layout: UkiLayout, estimator: Any = None) -> d
     return out
 
 
-def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None) -> Any:
+def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None, *, threads: int | None = None) -> Any:
     """An :class:`~sysextant.core.estimate.Estimator` for the spec's compressor, prepared (the
-    fast pass over the base initrd; calibration from earlier builds in the output folder)."""
+    fast pass over the base initrd; calibration from earlier builds in the output folder).
+    ``threads`` caps the compressor workers of its target-level passes (default: every CPU)."""
     from .estimate import Estimator
     from .initrd import initrd_extra
 
     est = Estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,
-                    cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec))
+                    cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec), threads=threads)
     est.prepare()
     release_freed_memory()
     return est

@@ -28,7 +28,7 @@ from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.index import TreeIndex, scan
-from sysextant.core.initrd import initrd_extra
+from sysextant.core.plan import Plan
 from sysextant.core.selection import Sums
 from sysextant.core.units import format_size
 from sysextant.core.workbench import Outcome, Session
@@ -261,19 +261,17 @@ class WorkbenchApp(App[int]):
     # -- compressed estimate ------------------------------------------------------------------
     def start_estimator(self) -> None:
         if self.estimate_enabled and self.session.plan is not None and self.session.estimator is None:
-            self.prepare_estimator(self.session.index, self.session.plan.initrd_base)
+            self.prepare_estimator(self.session.plan)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
-    def prepare_estimator(self, index: TreeIndex, base) -> None:  # noqa: ANN001 - an IntervalSet
-        from sysextant.core.estimate import Estimator
+    def prepare_estimator(self, plan: Plan) -> None:
+        from sysextant.core.forecast import prepared_estimator
         from sysextant.core.progress import Reporter
 
         worker = get_current_worker()
         last = [0.0]
 
-        def report(ev) -> None:  # noqa: ANN001 - a Progress event
-            if worker.is_cancelled:
-                raise Cancelled("estimate superseded")
+        def report(ev) -> None:  # noqa: ANN001 - a Progress event (cancel: see _run_abandonable)
             now = time.monotonic()
             if ev.total and now - last[0] > 0.25:
                 last[0] = now
@@ -284,12 +282,10 @@ class WorkbenchApp(App[int]):
         reporter = Reporter(report, cancelled=stop.is_set)
 
         def prepare():  # noqa: ANN202 - an Estimator
-            est = Estimator(index, base, compression=spec.uki.compression, level=spec.uki.level,
-                            cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec),
-                            threads=1)  # one core for the estimate, the other for the user
-            est.prepare()
-            return est
+            # one core for the estimate, the other for the user
+            return prepared_estimator(spec, plan, reporter, threads=1)
 
+        index = plan.index
         ok, est = _run_abandonable(prepare, worker, stop, lambda: self.session.index is index)
         if not ok:
             if isinstance(est, UserError):
