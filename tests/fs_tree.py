@@ -147,3 +147,11 @@ def erofs_tree(img: Path, offset: int = 0) -> tuple[dict[bytes, dict], dict[byte
             got[ino.path] = rec
             inos[ino.path] = ino.ino
     return got, inos
+
+
+def expected_snapshot(tree: Path, epoch: int) -> dict[bytes, dict]:
+    """:func:`snapshot` of ``tree`` as an image written with every timestamp set to ``epoch``."""
+    snap = snapshot(tree)
+    for rec in snap.values():
+        rec["mtime"] = epoch
+    return snap

@@ -26,7 +26,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from fs_tree import CAP_NET_RAW_EP, PATHS, build_tree, erofs_tree, hardlink_groups, snapshot
+from fs_tree import (
+    CAP_NET_RAW_EP,
+    PATHS,
+    build_tree,
+    erofs_tree,
+    expected_snapshot,
+    hardlink_groups,
+    snapshot,
+)
 
 from sysextant.core import erofs, fsentry
 from sysextant.core.errors import Cancelled, UserError
@@ -69,13 +77,6 @@ def image(tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
-def expected(tree: Path) -> dict[bytes, dict]:
-    snap = snapshot(tree)
-    for rec in snap.values():
-        rec["mtime"] = EPOCH
-    return snap
-
-
 def run(*args: str | os.PathLike[str]) -> str:
     proc = subprocess.run([os.fspath(a) for a in args], capture_output=True, text=True, errors="replace")
     assert proc.returncode == 0, f"{args[0]} failed: {proc.stdout}{proc.stderr}"
@@ -87,7 +88,7 @@ def test_fsck_accepts_and_extracts_the_exact_tree(tree: Path, image: Path, tmp_p
     run("fsck.erofs", image)
     out = tmp_path / "x"
     run("fsck.erofs", f"--extract={out}", image)
-    want = expected(tree)
+    want = expected_snapshot(tree, EPOCH)
     got = snapshot(out, xattrs=False)
     assert set(got) == set(want)
     for path, rec in want.items():
@@ -124,7 +125,7 @@ def test_dump_erofs_shows_hardlinks_as_one_inode(tree: Path, image: Path) -> Non
 
 def test_reader_round_trips_our_image(tree: Path, image: Path) -> None:
     got, inos = erofs_tree(image)
-    assert got == expected(tree)
+    assert got == expected_snapshot(tree, EPOCH)
     assert got[b"usr/lib/two"]["xattrs"] == {b"security.capability": CAP_NET_RAW_EP}
     for group in hardlink_groups(tree):
         assert len({inos[p] for p in group}) == 1
@@ -161,7 +162,7 @@ def test_reader_reads_mkfs_erofs_images(tree: Path, tmp_path: Path, mode: str) -
     finally:
         for top in PATHS:
             os.rename(os.path.join(os.fsencode(src), top), os.path.join(os.fsencode(tree), top))
-    want = expected(tree)
+    want = expected_snapshot(tree, EPOCH)
     if not compress:
         got, inos = erofs_tree(img)
         assert got == want
@@ -194,7 +195,7 @@ def test_identical_input_gives_identical_bytes(tree: Path, image: Path, tmp_path
     with open(tmp_path / "off", "wb") as f:
         f.write(b"\xaa" * 8192)
         erofs.write_image(entries(tree), f, tree_root=os.fsencode(tree), uuid=UUID, mtime=EPOCH)
-    assert erofs_tree(tmp_path / "off", 8192)[0] == expected(tree)
+    assert erofs_tree(tmp_path / "off", 8192)[0] == expected_snapshot(tree, EPOCH)
 
 
 def test_changes_change_the_image(tree: Path, image: Path, tmp_path: Path) -> None:

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-from fs_tree import CAP_NET_RAW_EP, PATHS, build_tree, erofs_tree, hardlink_groups, snapshot
+from fs_tree import (
+    CAP_NET_RAW_EP,
+    PATHS,
+    build_tree,
+    erofs_tree,
+    expected_snapshot,
+    hardlink_groups,
+    snapshot,
+)
 
 from sysextant.core import fsentry, mkfs
 from sysextant.core.errors import Cancelled, MissingToolError, UserError
@@ -55,13 +63,6 @@ def entries(root: Path) -> list[FsEntry]:
     return list(fsentry.walk_selection(os.fsencode(root), PATHS))
 
 
-def expected(tree: Path) -> dict[bytes, dict]:
-    snap = snapshot(tree)
-    for rec in snap.values():
-        rec["mtime"] = EPOCH
-    return snap
-
-
 def run(*args: str | os.PathLike[str]) -> str:
     proc = subprocess.run([os.fspath(a) for a in args], capture_output=True, text=True, errors="replace")
     assert proc.returncode == 0, f"{args[0]} failed: {proc.stdout}{proc.stderr}"
@@ -80,7 +81,7 @@ def test_squashfs_keeps_everything(tree: Path, tmp_path: Path, private_tmp: Path
     assert list(private_tmp.iterdir()) == []
     out = tmp_path / "x"
     run("unsquashfs", "-xattrs", "-d", out, "-f", img)
-    assert snapshot(out) == expected(tree)
+    assert snapshot(out) == expected_snapshot(tree, EPOCH)
     assert os.getxattr(out / "usr/lib/two", "security.capability") == CAP_NET_RAW_EP
     got_groups = hardlink_groups(out)
     assert sorted(map(sorted, got_groups)) == sorted(map(sorted, hardlink_groups(tree)))
@@ -108,7 +109,7 @@ def test_squashfs_uncompressed(tree: Path, tmp_path: Path) -> None:
     squash(tree, img, "none")
     out = tmp_path / "x"
     run("unsquashfs", "-d", out, "-f", img)
-    assert snapshot(out) == expected(tree)
+    assert snapshot(out) == expected_snapshot(tree, EPOCH)
 
 
 @needs_squashfs
@@ -134,7 +135,7 @@ def test_squashfs_without_root_uses_pseudo_definitions(tree: Path, tmp_path: Pat
     monkeypatch.undo()
     out = tmp_path / "x"
     run("unsquashfs", "-d", out, "-f", img)
-    want = {p: r for p, r in expected(tree).items() if p in {e.path for e in ents}}
+    want = {p: r for p, r in expected_snapshot(tree, EPOCH).items() if p in {e.path for e in ents}}
     assert snapshot(out) == want
     with pytest.raises(UserError, match="newline|cannot be written"):
         monkeypatch.setattr(os, "lchown", no_chown)
@@ -171,7 +172,7 @@ def test_mkfs_erofs_image_checks_and_extracts(tree: Path, tmp_path: Path, compre
     assert "00112233-4455-6677-8899-aabbccddeeff" in run("dump.erofs", "-s", img)
     out = tmp_path / "x"
     run("fsck.erofs", f"--extract={out}", img)
-    want = expected(tree)
+    want = expected_snapshot(tree, EPOCH)
     got = snapshot(out, xattrs=False)
     for path, rec in want.items():
         rec = dict(rec)
