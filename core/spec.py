@@ -37,7 +37,7 @@ import fnmatch
 import math
 import posixpath
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,13 +252,9 @@ class _Reader:
 
     # -- structure
 
-    def mapping(self, node: Node, keys: KeyPath, allowed: Sequence[str]) -> dict[str, Node] | None:
-        """The entries of a mapping with allowed keys; unknown, duplicate, odd keys reported."""
-        if not isinstance(node, MappingNode):
-            self.problem(node, f"{dotted(keys)} must be a mapping of 'key: value' lines, not {_kind(node)}",
-                         f"valid keys: {', '.join(allowed)}")
-            return None
-        entries: dict[str, Node] = {}
+    def _keyed(self, node: MappingNode, keys: KeyPath) -> Iterator[tuple[str, Node, Node]]:
+        """(key, key node, value node) of each entry; keys that are not words and duplicate keys
+        (PyYAML would silently keep only the last) are reported and skipped."""
         first: dict[str, Node] = {}
         for key_node, value in node.value:
             if not isinstance(key_node, ScalarNode):
@@ -270,6 +266,16 @@ class _Reader:
                              f"first at line {first[key].start_mark.line + 1}; YAML would silently keep only the last")
                 continue
             first[key] = key_node
+            yield key, key_node, value
+
+    def mapping(self, node: Node, keys: KeyPath, allowed: Sequence[str]) -> dict[str, Node] | None:
+        """The entries of a mapping with allowed keys; unknown, duplicate, odd keys reported."""
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"{dotted(keys)} must be a mapping of 'key: value' lines, not {_kind(node)}",
+                         f"valid keys: {', '.join(allowed)}")
+            return None
+        entries: dict[str, Node] = {}
+        for key, key_node, value in self._keyed(node, keys):
             if key_node.tag == "tag:yaml.org,2002:merge":
                 self.problem(key_node, f"YAML merge key '<<' in {dotted(keys)} is not supported",
                              "write the keys out")
@@ -287,15 +293,7 @@ class _Reader:
             self.problem(node, f"{dotted(keys)} must be a mapping such as {{ID: _any, ARCHITECTURE: x86-64}}, not {_kind(node)}")
             return None
         entries: dict[str, tuple[Node, Node]] = {}
-        for key_node, value in node.value:
-            if not isinstance(key_node, ScalarNode):
-                self.problem(key_node, f"a key in {dotted(keys)} is {_kind(key_node)}; keys must be words")
-                continue
-            key = key_node.value
-            if key in entries:
-                self.problem(key_node, f"duplicate key {key!r} in {dotted(keys)}",
-                             f"first at line {entries[key][0].start_mark.line + 1}; YAML would silently keep only the last")
-                continue
+        for key, key_node, value in self._keyed(node, keys):
             entries[key] = (key_node, value)
             self.locate((*keys, key), value)
         return entries
