@@ -194,11 +194,16 @@ def test_ctrl_c_mid_build_leaves_previous_outputs(demo: Path, tmp_path: Path) ->
     import time
 
     spec_path = copy_project(demo, tmp_path / "p")
+    # enough data that the build is still packing when the signal lands, even on a fast machine
+    (spec_path.parent / "rootfs/usr/lib/firmware/big-blob.bin").write_bytes(os.urandom(1 << 20) * 32)
     assert cli(["build", str(spec_path), "--only", "firmware"]) == 0
     image = spec_path.parent / "build/firmware.sysext.raw"
     before = sha(image)
     proc = subprocess.Popen([sys.executable, "-m", "sysextant.tui.cli", "build", str(spec_path), "--force",
-                             "--only", "firmware"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--only", "firmware"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`pytest &`) ignores SIGINT, and so
+                            # would the child: give it the default disposition a terminal gives
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not list((spec_path.parent / "build").glob(".sysextant-tmp-*")):
         time.sleep(0.005)

@@ -137,6 +137,75 @@ def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
         shutil.rmtree(base)
 
 
+def test_the_native_listing_is_built() -> None:
+    """CI installs with a C compiler, so scans take the native path the benchmark measures."""
+    from sysextant.core import _listdir, index
+
+    assert index.listdir_lstat is _listdir.listdir_lstat
+
+
+def _listings(folders: list[str], fn) -> dict[str, tuple]:
+    out = {}
+    for folder in folders:
+        try:
+            out[folder] = fn(os.fsencode(folder))
+        except OSError as exc:
+            out[folder] = ("error", exc.errno, exc.filename)
+    return out
+
+
+def test_native_and_python_listings_agree(tmp_path: Path) -> None:
+    """Same names, same packed lstat figures, same failures, same errors, for both twins."""
+    from sysextant.core._listdir import listdir_lstat
+    from sysextant.core.index import _listdir_lstat_py
+
+    base = Path(tempfile.mkdtemp(prefix="sysextant-listing-"))
+    try:
+        os.chmod(base, 0o755)
+        make_tree(base)
+        (base / "usr/lib/firmware/empty-dir").mkdir()
+        os.symlink("amd", base / "usr/lib/firmware/amd-link")
+        listable = base / "usr/share/odd"
+        os.chmod(listable, 0o644)  # names can be read, entries cannot be examined
+        locked = base / "usr/bin"
+        os.chmod(locked, 0)
+        from unprivileged import run_unprivileged
+
+        folders = [str(base)] + [str(p) for p in base.rglob("*") if p.is_dir() and not p.is_symlink()]
+        native = run_unprivileged(_listings, folders, listdir_lstat)
+        python = run_unprivileged(_listings, folders, _listdir_lstat_py)
+        assert native == python
+        names, packed, failed = native[str(listable)]
+        assert names == [] and packed == b"" and len(failed) == 6
+        assert {err for _, err in failed} == {13}  # EACCES
+        assert native[str(locked)][:2] == ("error", 13)
+        assert native[str(locked)][2] == os.fsencode(locked)
+        # a symlink to a folder is never listed through
+        for fn in (listdir_lstat, _listdir_lstat_py):
+            with pytest.raises(OSError) as exc:
+                fn(os.fsencode(base / "usr/lib/firmware/amd-link"))
+            assert exc.value.filename == os.fsencode(base / "usr/lib/firmware/amd-link")
+        with pytest.raises(ValueError):
+            listdir_lstat(b"/tmp\0x")
+    finally:
+        for folder in (base / "usr/share/odd", base / "usr/bin"):
+            os.chmod(folder, 0o755)
+        shutil.rmtree(base)
+
+
+def test_scan_is_the_same_with_the_python_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysextant.core import index as index_mod
+
+    make_tree(tmp_path)
+    fast = scan(tmp_path)
+    monkeypatch.setattr(index_mod, "listdir_lstat", index_mod._listdir_lstat_py)
+    slow = scan(tmp_path)
+    for column in ("names", "parent", "mode", "size", "alloc", "cpio", "first_child", "nchild", "tot_size",
+                   "tot_alloc", "tot_cpio", "tot_count", "hardlinks", "link_size", "special"):
+        assert getattr(fast, column) == getattr(slow, column), column
+    assert [str(p) for p in fast.problems] == [str(p) for p in slow.problems]
+
+
 def test_glob_and_intervals(tmp_path: Path) -> None:
     make_tree(tmp_path)
     index = scan(tmp_path)
