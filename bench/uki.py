@@ -3,10 +3,12 @@
 Prints, per tree (the demo stand-in at --scale, and a Debian minbase rootfs if one can be made):
 - the estimate error against the real build, before and after calibration (target: 2%);
 - the warm time to re-estimate after moving a third of the tree (target: < 100 ms);
-- the build's peak RSS as a fraction of the compressed initrd (measured in a subprocess);
+- the peak RSS of the real ``sysextant uki SPEC`` command as a fraction of the UKI it writes
+  (child process, ``wait4`` rusage), at the spec's level and at --level, and on a tree --rss-scale
+  times bigger, to show the memory is the compressor's fixed state, not the tree's size;
 - our compression time against ``zstd -LEVEL -T0`` on the same cpio (ratio, same run).
 
-Usage: python bench/uki.py [--scale 1.0] [--level 19] [--no-debian]
+Usage: python bench/uki.py [--scale 1.0] [--level 19] [--rss-scale 3] [--no-debian] [--no-demo] [--rss-only]
 """
 
 from __future__ import annotations
@@ -30,9 +32,84 @@ from sysextant.core.model import INITRD_SKIP_TOP
 from sysextant.core.selection import IntervalSet, Sums, subtree_set
 
 ROOTFS_CACHE = Path.home() / ".cache/sysextant/bench-rootfs"
+KERNEL_CACHE = Path.home() / ".cache/sysextant/vmlinuz"  # fetched by .ci/setup
+STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
+
+
+# Runs the CLI and reports its own VmHWM at exit. Not the rusage of wait4(): Linux carries the
+# parent's RSS high-water mark across fork+exec into the child's ru_maxrss, so a child of this
+# (big) benchmark process would report the benchmark's memory, not its own.
+CLI_WITH_HWM = """
+import atexit, sys
+def hwm():
+    with open("/proc/self/status") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    print(kib * 1024, file=sys.stderr)
+atexit.register(hwm)
+from sysextant.tui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def uki_rss(spec: Path) -> dict:
+    """Run ``sysextant uki SPEC --force --json`` in a child; its result plus peak RSS and time."""
+    cmd = [sys.executable, "-c", CLI_WITH_HWM, "uki", str(spec), "--force", "--json"]
+    t = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode not in (0, 1):  # 1: built, but over the limit
+        raise SystemExit(f"sysextant uki {spec} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
+    result = json.loads(proc.stdout)
+    result.update(maxrss=int(proc.stderr.split()[-1]), seconds=time.monotonic() - t)
+    return result
+
+
+def set_level(spec: Path, level: int) -> None:
+    from sysextant.core.specedit import SpecEditor, save_text_atomic
+
+    editor = SpecEditor(spec.read_text(), spec)
+    editor.set_value(("uki", "level"), level)
+    save_text_atomic(spec, editor.text)
+
+
+def rss_line(label: str, r: dict) -> str:
+    return (f"{label}: UKI {r['actual_bytes'] / 2**20:.0f} MiB in {r['seconds']:.0f} s, peak RSS "
+            f"{r['maxrss'] / 2**20:.0f} MiB = {r['maxrss'] / r['actual_bytes']:.2f}x the UKI (target < 0.5)")
+
+
+def bench_rss_demo(work: Path, scales: list[float], level: int) -> None:
+    from sysextant.core.demo import create_demo
+
+    print("\n== peak RSS of `sysextant uki` (the whole command: scan, estimate, build, sign, verify)")
+    for scale in scales:
+        spec = create_demo(work / f"rss-demo-{scale}", scale=scale)
+        r = uki_rss(spec)
+        print(rss_line(f"demo x{scale:g}, spec level (zstd 6)", r))
+        set_level(spec, level)
+        print(rss_line(f"demo x{scale:g}, zstd {level}", uki_rss(spec)))
+        shutil.rmtree(spec.parent)
+
+
+def bench_rss_debian(work: Path, root: Path, level: int) -> None:
+    from sysextant.core.atomic import write_atomic
+    from sysextant.core.keys import generate_demo_pair
+
+    if not (KERNEL_CACHE.is_file() and STUB.is_file()):
+        print("skipping the Debian UKI's RSS: no real kernel (run .ci/setup) or no systemd-boot stub")
+        return
+    project = work / "rss-debian"
+    (project / "keys").mkdir(parents=True)
+    key, cert = generate_demo_pair()
+    write_atomic(project / "keys/db.key", key, mode=0o600)
+    write_atomic(project / "keys/db.pem", cert)
+    spec = project / "sysextant.yaml"
+    spec.write_text(f"version: 1\nos: {{root: {root}, kernel: {KERNEL_CACHE}}}\n"
+                    f"uki: {{stub: {STUB}, cmdline: console=ttyS0, compression: zstd, level: {level}, "
+                    f"limit: 1GiB, output: build/uki.efi}}\n"
+                    "signing: {key: keys/db.key, cert: keys/db.pem}\nextensions: []\noutput: build\n")
+    print(rss_line(f"debian-minbase, zstd {level}", uki_rss(spec)))
 
 BUILD_CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from sysextant.core.index import scan
 from sysextant.core.selection import IntervalSet
@@ -41,8 +118,10 @@ args = json.loads(sys.argv[1])
 index = scan(args["root"])
 sel = IntervalSet(tuple(iv) for iv in args["sel"])
 r = write_initrd(index, sel, Path(args["out"]), compression="zstd", level=args["level"])
+with open("/proc/self/status") as fh:  # VmHWM: ru_maxrss would carry the parent's across fork+exec
+    hwm = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) * 1024
 print(json.dumps({"compressed": r.compressed_bytes, "raw": r.uncompressed_bytes, "seconds": r.seconds,
-                  "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+                  "maxrss": hwm}))
 """
 
 
@@ -185,9 +264,20 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=19)
     ap.add_argument("--no-debian", action="store_true")
     ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument("--rss-scale", type=float, action="append", default=None,
+                    help="demo scales for the RSS of `sysextant uki` (default: 1 and 3)")
+    ap.add_argument("--rss-only", action="store_true", help="only the RSS measurements")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sysextant-bench-") as tmp:
         work = Path(tmp)
+        if not args.no_demo:
+            bench_rss_demo(work, args.rss_scale or [1.0, 3.0], args.level)
+        if not args.no_debian:
+            deb = debian_rootfs()
+            if deb is not None:
+                bench_rss_debian(work, deb, args.level)
+        if args.rss_only:
+            return
         if not args.no_demo:
             root = work / "demo-rootfs"
             t = time.monotonic()
