@@ -40,16 +40,77 @@ from .selection import IntervalSet, Sums
 LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9), "none": (0, 0)}
 
 
-def zstd_threads() -> int:
-    """Workers for zstd: every CPU, at least 1 (output is identical for any count >= 1).
+def zstd_threads(level: int | None = None) -> int:
+    """Workers for libzstd's multi-threaded mode (its output is identical for any count >= 1).
 
-    ``SYSEXTANT_ZSTD_THREADS`` overrides it: each worker at level 19 holds ~100-150 MiB, so 1
-    worker trades time for memory (demo at level 19: 1 worker 98 s / 321 MiB peak, 2 workers
-    54 s / 480 MiB, identical bytes)."""
+    Every CPU, but at ``level`` no more than fit in half the memory available now (the machine's
+    ``MemAvailable``, or the cgroup's limit when lower): each worker at level 19 holds its 81 MiB
+    context and a 32 MiB job, so an 8-core board with 1 GiB free gets 3 workers instead of 8
+    and does not swap. ``SYSEXTANT_ZSTD_THREADS`` overrides it (1 worker: demo at level 19 takes
+    twice the time with ~120 MiB less)."""
     env = os.environ.get("SYSEXTANT_ZSTD_THREADS", "").strip()
     if env.isdigit() and int(env) >= 1:
         return int(env)
-    return max(1, os.cpu_count() or 1)
+    cpus = max(1, os.cpu_count() or 1)
+    available = memory_available()
+    if level is None or available is None:
+        return cpus
+    fixed, per_worker = zstd_mt_memory(level)
+    return max(1, min(cpus, (available // 2 - fixed) // per_worker))
+
+
+def zstd_mt_memory(level: int) -> tuple[int, int]:
+    """(fixed bytes, bytes per worker) of libzstd's multi-threaded mode at ``level`` on a large
+    input. Jobs are 4x the window (``ZSTDMT_computeTargetJobLog``: max(20, windowLog + 2)); the
+    input ring holds the workers' jobs plus 3 spare, the outputs about one job's worth.
+    Measured at level 19 (python-zstandard, 120 MiB of the demo archive, VmHWM less Python's
+    13 MiB): 1 worker 287 MiB, 2 workers 406 MiB; this model says 281 and 394."""
+    import zstandard
+
+    p = zstandard.ZstdCompressionParameters.from_level(level, source_size=1 << 32)
+    window = 1 << p.window_log
+    job = 1 << max(20, p.window_log + 2)
+    return 5 * job + window, p.estimated_compression_context_size() + job
+
+
+def memory_available() -> int | None:
+    """Bytes this process can still use: ``MemAvailable``, capped by the memory limit of the
+    process's cgroup (v2 ``memory.max``, or v1 ``memory.limit_in_bytes``) when one is set, as in
+    a CI container. None when neither can be read (not Linux)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", "rb") as fh:
+            found += [int(line.split()[1]) * 1024 for line in fh if line.startswith(b"MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/proc/self/cgroup", "rb") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split(b":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        if controllers == b"":  # v2
+            mount, limit_file, usage_file = b"/sys/fs/cgroup", b"memory.max", b"memory.current"
+        elif b"memory" in controllers.split(b","):  # v1
+            mount, limit_file, usage_file = b"/sys/fs/cgroup/memory", b"memory.limit_in_bytes", b"memory.usage_in_bytes"
+        else:
+            continue
+        for folder in (os.path.join(mount, rel.lstrip(b"/")), mount):  # the mount root in a cgroup namespace
+            try:
+                with open(os.path.join(folder, limit_file), "rb") as fh:
+                    limit = fh.read().strip()
+                with open(os.path.join(folder, usage_file), "rb") as fh:
+                    usage = int(fh.read().strip())
+            except (OSError, ValueError):
+                continue
+            if limit.isdigit() and int(limit) < 1 << 60:  # "max" or a huge number: no limit
+                found.append(max(0, int(limit) - usage))
+            break
+    return min(found) if found else None
 
 
 class CompressedSink:
@@ -89,7 +150,7 @@ def compressor(kind: str, level: int, *, threads: int | None = None) -> Callable
     if kind == "zstd":
         import zstandard
 
-        workers = zstd_threads() if threads is None else threads
+        workers = zstd_threads(level) if threads is None else threads
 
         def open_zstd(raw: BinaryIO, size: int | None = None) -> CompressedSink:
             cctx = zstandard.ZstdCompressor(level=level, threads=workers, write_checksum=True,

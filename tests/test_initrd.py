@@ -95,3 +95,61 @@ def test_bad_levels_are_user_errors() -> None:
         compressor("zstd", 23)
     with pytest.raises(UserError, match="lz4"):
         compressor("lz4", 1)
+
+
+def test_zstd_workers_fit_in_half_the_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysextant.core import initrd
+
+    monkeypatch.delenv("SYSEXTANT_ZSTD_THREADS", raising=False)
+    monkeypatch.setattr(initrd.os, "cpu_count", lambda: 8)
+    fixed, per_worker = initrd.zstd_mt_memory(19)
+    for free, workers in ((1 << 30, 3), (4 << 30, 8), (200 << 20, 1), (0, 1)):
+        monkeypatch.setattr(initrd, "memory_available", lambda free=free: free)
+        assert initrd.zstd_threads(19) == workers, free
+        assert workers == 1 or fixed + workers * per_worker <= free // 2
+    monkeypatch.setattr(initrd, "memory_available", lambda: 1 << 30)
+    assert initrd.zstd_threads(6) == 8  # small levels: every CPU
+    assert initrd.zstd_threads() == 8  # no level given: no cap
+    monkeypatch.setenv("SYSEXTANT_ZSTD_THREADS", "5")
+    assert initrd.zstd_threads(19) == 5
+    monkeypatch.delenv("SYSEXTANT_ZSTD_THREADS")
+    monkeypatch.setattr(initrd, "memory_available", lambda: None)
+    assert initrd.zstd_threads(19) == 8
+
+
+def test_memory_available_reads_this_machine() -> None:
+    from sysextant.core.initrd import memory_available
+
+    free = memory_available()
+    with open("/proc/meminfo") as fh:
+        total = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemTotal:"))
+    assert free is not None and 0 < free <= total
+
+
+MODEL_CHILD = """
+import os, sys, zstandard
+from sysextant.core.initrd import zstd_mt_memory
+def hwm():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) * 1024
+level, workers = int(sys.argv[1]), int(sys.argv[2])
+block = os.urandom(1 << 20)
+base = hwm()
+cobj = zstandard.ZstdCompressor(level=level, threads=workers).compressobj()
+for i in range(160):  # 160 MiB: many jobs, so every buffer of the ring is in use
+    cobj.compress(block[:1 << 19] * 2 if i % 3 == 0 else bytes([i]) + block[1:])
+cobj.flush()
+fixed, per_worker = zstd_mt_memory(level)
+print(hwm() - base, fixed + workers * per_worker)
+"""
+
+
+@pytest.mark.parametrize("level,workers", [(12, 1), (12, 2)])
+def test_zstd_memory_model_matches_libzstd(level: int, workers: int) -> None:
+    """The worker cap is only as good as the model: check it against libzstd's real peak."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MODEL_CHILD, str(level), str(workers)], capture_output=True,
+                         text=True, check=True).stdout.split()
+    used, model = int(out[0]), int(out[1])
+    assert 0.5 * model <= used <= 1.15 * model, (used >> 20, model >> 20)
