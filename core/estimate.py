@@ -330,8 +330,9 @@ class Estimator:
             self.reporter(task, total, total)
         self.order = order
         self.groups = groups
-        self._pa = [0.0, *accumulate(attributed)]
-        self._pb = [0.0, *accumulate(weighted)]
+        # prefix sums as typed arrays: 8 bytes an entry, not a float object and a list slot (32)
+        self._pa = array("d", (0.0,)) + array("d", accumulate(attributed))
+        self._pb = array("d", (0.0,)) + array("d", accumulate(weighted))
         # the partition of the base into group pieces, sorted by index start
         pieces = sorted((s, e, g) for g, grp in enumerate(groups) for s, e in grp.intervals)
         self._piece_start = [p[0] for p in pieces]
