@@ -4,8 +4,9 @@ Prints, per tree (the demo stand-in at --scale, and a Debian minbase rootfs if o
 - the estimate error against the real build, before and after calibration (target: 2%);
 - the warm time to re-estimate after moving a third of the tree (target: < 100 ms);
 - the peak RSS of the real ``sysextant uki SPEC`` command as a fraction of the UKI it writes
-  (child process, ``wait4`` rusage), at the spec's level and at --level, and on a tree --rss-scale
-  times bigger, to show the memory is the compressor's fixed state, not the tree's size;
+  (the child's own VmHWM), at the spec's level and at --level (``uki.zstd_mode`` parallel, then
+  single), and on a tree --rss-scale times bigger, to show the memory is the compressor's fixed
+  state, not the tree's size;
 - our compression time against ``zstd -LEVEL -T0`` on the same cpio (ratio, same run).
 
 Usage: python bench/uki.py [--scale 1.0] [--level 19] [--rss-scale 3] [--no-debian] [--no-demo] [--rss-only]
@@ -63,11 +64,11 @@ def uki_rss(spec: Path) -> dict:
     return result
 
 
-def set_level(spec: Path, level: int) -> None:
+def set_uki(spec: Path, key: str, value: int | str) -> None:
     from sysextant.core.specedit import SpecEditor, save_text_atomic
 
     editor = SpecEditor(spec.read_text(), spec)
-    editor.set_value(("uki", "level"), level)
+    editor.set_value(("uki", key), value)
     save_text_atomic(spec, editor.text)
 
 
@@ -84,8 +85,10 @@ def bench_rss_demo(work: Path, scales: list[float], level: int) -> None:
         spec = create_demo(work / f"rss-demo-{scale}", scale=scale)
         r = uki_rss(spec)
         print(rss_line(f"demo x{scale:g}, spec level (zstd 6)", r))
-        set_level(spec, level)
+        set_uki(spec, "level", level)
         print(rss_line(f"demo x{scale:g}, zstd {level}", uki_rss(spec)))
+        set_uki(spec, "zstd_mode", "single")
+        print(rss_line(f"demo x{scale:g}, zstd {level}, zstd_mode single", uki_rss(spec)))
         shutil.rmtree(spec.parent)
 
 
@@ -107,6 +110,8 @@ def bench_rss_debian(work: Path, root: Path, level: int) -> None:
                     f"limit: 1GiB, output: build/uki.efi}}\n"
                     "signing: {key: keys/db.key, cert: keys/db.pem}\nextensions: []\noutput: build\n")
     print(rss_line(f"debian-minbase, zstd {level}", uki_rss(spec)))
+    set_uki(spec, "zstd_mode", "single")
+    print(rss_line(f"debian-minbase, zstd {level}, zstd_mode single", uki_rss(spec)))
 
 BUILD_CHILD = """
 import json, sys

@@ -73,6 +73,18 @@ def zstd_mt_memory(level: int) -> tuple[int, int]:
     return 5 * job + window, p.estimated_compression_context_size() + job
 
 
+def zstd_memory(level: int, workers: int) -> int:
+    """Modelled peak bytes of the zstd compressor: ``workers`` 0 is the single-threaded mode
+    (its context and window: level 19 ~89 MiB, measured 91), else the multi-threaded one."""
+    if workers == 0:
+        import zstandard
+
+        p = zstandard.ZstdCompressionParameters.from_level(level, source_size=1 << 32)
+        return p.estimated_compression_context_size() + (1 << p.window_log)
+    fixed, per_worker = zstd_mt_memory(level)
+    return fixed + workers * per_worker
+
+
 def memory_available() -> int | None:
     """Bytes this process can still use: ``MemAvailable``, capped by the memory limit of the
     process's cgroup (v2 ``memory.max``, or v1 ``memory.limit_in_bytes``) when one is set, as in
@@ -242,4 +254,10 @@ def build_initrd(spec, plan, out_path: Path, *, reporter: Reporter | None = None
     """The slimmed initrd of ``plan`` (``plan.initrd_after``) with the spec's compression and level."""
     return write_initrd(plan.index, plan.initrd_after, out_path, compression=spec.uki.compression,
                         level=spec.uki.level, extra=initrd_extra(spec), expected=plan.initrd_cpio_after,
-                        reporter=reporter)
+                        reporter=reporter, threads=spec_threads(spec))
+
+
+def spec_threads(spec) -> int | None:
+    """The zstd worker setting ``uki.zstd_mode`` asks for: None (every CPU that fits in memory,
+    libzstd's multi-threaded mode) or 0 (its single-threaded mode: least memory, other bytes)."""
+    return 0 if spec.uki.compression == "zstd" and spec.uki.zstd_mode == "single" else None

@@ -15,6 +15,9 @@ ARCHITECTURES = ("x86-64", "arm64", "riscv64", "x86", "arm", "loongarch64", "ppc
 FILESYSTEMS = ("erofs", "squashfs")
 FS_COMPRESSIONS = {"erofs": ("none", "lz4", "lz4hc"), "squashfs": ("none", "gzip", "xz", "zstd", "lz4", "lzo")}
 UKI_COMPRESSIONS = ("zstd", "gzip", "xz", "none")
+#: libzstd's multi-threaded mode (fast, same bytes on any machine) or its single-threaded mode
+#: (least memory; other bytes, so the choice lives in the spec and builds stay reproducible)
+ZSTD_MODES = ("parallel", "single")
 #: Top-level folders Kairos leaves out of the UKI initrd (plus ``boot``, whose kernel goes to .linux).
 INITRD_SKIP_TOP = (b"proc", b"sys", b"dev", b"run", b"tmp", b"boot")
 
@@ -33,6 +36,7 @@ class UkiSpec:
     init: str | None = None  # e.g. /usr/bin/immucore: adds the /init symlink Kairos uses
     compression: str = "zstd"
     level: int = 19
+    zstd_mode: str = "parallel"  # see ZSTD_MODES
     limit: int = 1 * GiB
     limit_text: str = "1GiB"  # as written, for display
     output: Path = Path("build/uki.efi")

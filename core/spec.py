@@ -8,8 +8,8 @@ Shape (relative host paths resolve against the spec file's folder)::
 
     version: 1
     os: {root: DIR, kernel: boot/vmlinuz, exclude: [GLOB...]}   # kernel: inside root unless absolute
-    uki: {stub, cmdline, init, compression, level, limit, output, splash, os_release, uname,
-          pcr_key, pcr_cert}                                    # all optional
+    uki: {stub, cmdline, init, compression, level, zstd_mode, limit, output, splash, os_release,
+          uname, pcr_key, pcr_cert}                             # all optional
     signing: {key, cert, passphrase_env}                        # optional: unsigned without it
     extensions: [{name, version, paths, exclude, filesystem, compression, release}]
     output: build                                               # folder for the sysext images
@@ -50,6 +50,7 @@ from .model import (
     FILESYSTEMS,
     FS_COMPRESSIONS,
     UKI_COMPRESSIONS,
+    ZSTD_MODES,
     ExtensionSpec,
     OsSpec,
     SigningSpec,
@@ -68,7 +69,7 @@ UKI_DEFAULT_LEVELS: dict[str, int] = {"zstd": 19, "gzip": 9, "xz": 6, "none": 0}
 
 TOP_KEYS = ("version", "os", "uki", "signing", "extensions", "output")
 OS_KEYS = ("root", "kernel", "exclude")
-UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "limit", "output", "splash",
+UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "zstd_mode", "limit", "output", "splash",
             "os_release", "uname", "pcr_key", "pcr_cert")
 SIGNING_KEYS = ("key", "cert", "passphrase_env")
 EXTENSION_KEYS = ("name", "version", "paths", "exclude", "filesystem", "compression", "release")
@@ -531,6 +532,12 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
             ok = False
         else:
             uki.level = level
+    if "zstd_mode" in entries:  # meaningful for zstd only; kept when the compression changes
+        mode = r.choice(entries["zstd_mode"], ("uki", "zstd_mode"), ZSTD_MODES)
+        if mode is None:
+            ok = False
+        else:
+            uki.zstd_mode = mode
     if "limit" in entries:
         limit = _read_limit(r, entries["limit"])
         if limit is None:

@@ -128,7 +128,7 @@ def test_memory_available_reads_this_machine() -> None:
 
 MODEL_CHILD = """
 import os, sys, zstandard
-from sysextant.core.initrd import zstd_mt_memory
+from sysextant.core.initrd import zstd_memory
 def hwm():
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) * 1024
@@ -139,12 +139,11 @@ cobj = zstandard.ZstdCompressor(level=level, threads=workers).compressobj()
 for i in range(160):  # 160 MiB: many jobs, so every buffer of the ring is in use
     cobj.compress(block[:1 << 19] * 2 if i % 3 == 0 else bytes([i]) + block[1:])
 cobj.flush()
-fixed, per_worker = zstd_mt_memory(level)
-print(hwm() - base, fixed + workers * per_worker)
+print(hwm() - base, zstd_memory(level, workers))
 """
 
 
-@pytest.mark.parametrize("level,workers", [(12, 1), (12, 2)])
+@pytest.mark.parametrize("level,workers", [(12, 0), (12, 1), (12, 2)])
 def test_zstd_memory_model_matches_libzstd(level: int, workers: int) -> None:
     """The worker cap is only as good as the model: check it against libzstd's real peak."""
     import sys
@@ -153,3 +152,43 @@ def test_zstd_memory_model_matches_libzstd(level: int, workers: int) -> None:
                          text=True, check=True).stdout.split()
     used, model = int(out[0]), int(out[1])
     assert 0.5 * model <= used <= 1.15 * model, (used >> 20, model >> 20)
+
+
+def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> None:
+    """uki.zstd_mode: single: other bytes than parallel, the same archive inside, reproducible."""
+    from sysextant.core.spec import load_spec
+
+    project = tmp_path / "p"
+    (project / "rootfs/etc").mkdir(parents=True)
+    (project / "rootfs/usr/share").mkdir(parents=True)
+    (project / "rootfs/etc/os-release").write_text("ID=test\n")
+    (project / "rootfs/boot").mkdir()
+    (project / "rootfs/boot/vmlinuz").write_bytes(b"k")
+    for i in range(40):
+        (project / f"rootfs/usr/share/f{i}").write_bytes(bytes(range(256)) * 2000 + i.to_bytes(2, "big") * 9000)
+    outs = {}
+    for mode in ("parallel", "single", "single"):
+        (project / "sysextant.yaml").write_text(
+            f"version: 1\nos: {{root: rootfs}}\nuki: {{compression: zstd, level: 5, zstd_mode: {mode}}}\n"
+            "extensions: []\n")
+        spec = load_spec(project / "sysextant.yaml")
+        assert spec.uki.zstd_mode == mode
+        plan = make_plan(spec, scan(spec.os.root))
+        out = tmp_path / f"{mode}-{len(outs)}.zst"
+        build_initrd(spec, plan, out)
+        outs[out] = out.read_bytes()
+    parallel, single, again = outs.values()
+    assert single == again and single != parallel
+    unpack = [subprocess.run(["zstd", "-d", "-c", "-q"], input=data, capture_output=True, check=True).stdout
+              for data in (parallel, single)]
+    assert unpack[0] == unpack[1]
+
+
+def test_zstd_mode_is_checked(tmp_path: Path) -> None:
+    from sysextant.core.spec import SpecError, load_spec
+
+    (tmp_path / "sysextant.yaml").write_text("version: 1\nos: {root: .}\nuki:\n  zstd_mode: fast\n")
+    with pytest.raises(SpecError) as exc:
+        load_spec(tmp_path / "sysextant.yaml")
+    text = str(exc.value)
+    assert "uki.zstd_mode" in text and ":4:" in text and "parallel, single" in text
