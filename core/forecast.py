@@ -181,9 +181,13 @@ def extension_savings(plan: Plan, layout: UkiLayout, estimator: Any = None) -> d
 def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None, *, threads: int | None = None) -> Any:
     """An :class:`~sysextant.core.estimate.Estimator` for the spec's compressor, prepared (the
     fast pass over the base initrd; calibration from earlier builds in the output folder).
-    ``threads`` caps the compressor workers of its target-level passes (default: every CPU)."""
+    ``threads`` caps the compressor workers of its target-level passes (default: every CPU that
+    fits in memory; one under ``uki.zstd_mode: single``, which asks for the least memory)."""
     from .estimate import Estimator
     from .initrd import initrd_extra
+
+    if threads is None and spec.uki.compression == "zstd" and spec.uki.zstd_mode == "single":
+        threads = 1
 
     est = Estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,
                     cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec), threads=threads)

@@ -156,6 +156,8 @@ def test_zstd_memory_model_matches_libzstd(level: int, workers: int) -> None:
 
 def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> None:
     """uki.zstd_mode: single: other bytes than parallel, the same archive inside, reproducible."""
+    from sysextant.core.forecast import prepared_estimator
+    from sysextant.core.initrd import zstd_threads
     from sysextant.core.spec import load_spec
 
     project = tmp_path / "p"
@@ -174,6 +176,9 @@ def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> N
         spec = load_spec(project / "sysextant.yaml")
         assert spec.uki.zstd_mode == mode
         plan = make_plan(spec, scan(spec.os.root))
+        # the estimate before the build keeps to one compressor too when memory is what counts
+        est = prepared_estimator(spec, plan)
+        assert est.threads == (1 if mode == "single" else zstd_threads(5))
         out = tmp_path / f"{mode}-{len(outs)}.zst"
         build_initrd(spec, plan, out)
         outs[out] = out.read_bytes()
