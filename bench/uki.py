@@ -72,6 +72,12 @@ def set_uki(spec: Path, key: str, value: int | str) -> None:
     save_text_atomic(spec, editor.text)
 
 
+def auto_mode(level: int) -> str:
+    from sysextant.core.model import AUTO_SINGLE_MAX_LEVEL
+
+    return "single" if level <= AUTO_SINGLE_MAX_LEVEL else "parallel"
+
+
 def rss_line(label: str, r: dict) -> str:
     return (f"{label}: UKI {r['actual_bytes'] / 2**20:.0f} MiB in {r['seconds']:.0f} s, peak RSS "
             f"{r['maxrss'] / 2**20:.0f} MiB = {r['maxrss'] / r['actual_bytes']:.2f}x the UKI (target < 0.5)")
@@ -84,9 +90,9 @@ def bench_rss_demo(work: Path, scales: list[float], level: int) -> None:
     for scale in scales:
         spec = create_demo(work / f"rss-demo-{scale}", scale=scale)
         r = uki_rss(spec)
-        print(rss_line(f"demo x{scale:g}, spec level (zstd 6)", r))
+        print(rss_line(f"demo x{scale:g}, spec level (zstd 6, zstd_mode auto: single)", r))
         set_uki(spec, "level", level)
-        print(rss_line(f"demo x{scale:g}, zstd {level}", uki_rss(spec)))
+        print(rss_line(f"demo x{scale:g}, zstd {level} (auto: {auto_mode(level)})", uki_rss(spec)))
         set_uki(spec, "zstd_mode", "single")
         print(rss_line(f"demo x{scale:g}, zstd {level}, zstd_mode single", uki_rss(spec)))
         shutil.rmtree(spec.parent)
@@ -109,7 +115,7 @@ def bench_rss_debian(work: Path, root: Path, level: int) -> None:
                     f"uki: {{stub: {STUB}, cmdline: console=ttyS0, compression: zstd, level: {level}, "
                     f"limit: 1GiB, output: build/uki.efi}}\n"
                     "signing: {key: keys/db.key, cert: keys/db.pem}\nextensions: []\noutput: build\n")
-    print(rss_line(f"debian-minbase, zstd {level}", uki_rss(spec)))
+    print(rss_line(f"debian-minbase, zstd {level} (auto: {auto_mode(level)})", uki_rss(spec)))
     set_uki(spec, "zstd_mode", "single")
     print(rss_line(f"debian-minbase, zstd {level}, zstd_mode single", uki_rss(spec)))
 

@@ -182,11 +182,11 @@ def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None, *, threads:
     """An :class:`~sysextant.core.estimate.Estimator` for the spec's compressor, prepared (the
     fast pass over the base initrd; calibration from earlier builds in the output folder).
     ``threads`` caps the compressor workers of its target-level passes (default: every CPU that
-    fits in memory; one under ``uki.zstd_mode: single``, which asks for the least memory)."""
+    fits in memory; one when ``uki.zstd_mode`` compresses single-threaded, to keep memory least)."""
     from .estimate import Estimator
     from .initrd import initrd_extra
 
-    if threads is None and spec.uki.compression == "zstd" and spec.uki.zstd_mode == "single":
+    if threads is None and spec.uki.zstd_single():
         threads = 1
 
     est = Estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,

@@ -260,4 +260,4 @@ def build_initrd(spec, plan, out_path: Path, *, reporter: Reporter | None = None
 def spec_threads(spec) -> int | None:
     """The zstd worker setting ``uki.zstd_mode`` asks for: None (every CPU that fits in memory,
     libzstd's multi-threaded mode) or 0 (its single-threaded mode: least memory, other bytes)."""
-    return 0 if spec.uki.compression == "zstd" and spec.uki.zstd_mode == "single" else None
+    return 0 if spec.uki.zstd_single() else None

@@ -112,7 +112,7 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
     os-release and the uki settings. One lstat per kept entry."""
     h = hashlib.sha256()
     u = spec.uki
-    h.update(repr((FORMAT_VERSION, u.cmdline, u.init, u.compression, u.level, u.zstd_mode, str(u.stub), str(u.splash),
+    h.update(repr((FORMAT_VERSION, u.cmdline, u.init, u.compression, u.level, u.zstd_single(), str(u.stub), str(u.splash),
                    u.uname, signer.fingerprint if signer else None)).encode())
     pcr_key = load_pcr_key(spec)
     if pcr_key is not None:

@@ -155,7 +155,8 @@ def test_zstd_memory_model_matches_libzstd(level: int, workers: int) -> None:
 
 
 def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> None:
-    """uki.zstd_mode: single: other bytes than parallel, the same archive inside, reproducible."""
+    """uki.zstd_mode: single gives other bytes than parallel, the same archive inside, and is
+    reproducible; auto is single up to level 6 and parallel above."""
     from sysextant.core.forecast import prepared_estimator
     from sysextant.core.initrd import zstd_threads
     from sysextant.core.spec import load_spec
@@ -168,25 +169,27 @@ def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> N
     (project / "rootfs/boot/vmlinuz").write_bytes(b"k")
     for i in range(40):
         (project / f"rootfs/usr/share/f{i}").write_bytes(bytes(range(256)) * 2000 + i.to_bytes(2, "big") * 9000)
-    outs = {}
-    for mode in ("parallel", "single", "single"):
+    outs = []
+    for mode, level in (("parallel", 5), ("single", 5), ("single", 5), ("auto", 5), ("auto", 12), ("parallel", 12)):
         (project / "sysextant.yaml").write_text(
-            f"version: 1\nos: {{root: rootfs}}\nuki: {{compression: zstd, level: 5, zstd_mode: {mode}}}\n"
+            f"version: 1\nos: {{root: rootfs}}\nuki: {{compression: zstd, level: {level}, zstd_mode: {mode}}}\n"
             "extensions: []\n")
         spec = load_spec(project / "sysextant.yaml")
         assert spec.uki.zstd_mode == mode
         plan = make_plan(spec, scan(spec.os.root))
         # the estimate before the build keeps to one compressor too when memory is what counts
         est = prepared_estimator(spec, plan)
-        assert est.threads == (1 if mode == "single" else zstd_threads(5))
+        single_mode = mode == "single" or (mode == "auto" and level <= 6)
+        assert est.threads == (1 if single_mode else zstd_threads(level))
         out = tmp_path / f"{mode}-{len(outs)}.zst"
         build_initrd(spec, plan, out)
-        outs[out] = out.read_bytes()
-    parallel, single, again = outs.values()
-    assert single == again and single != parallel
+        outs.append(out.read_bytes())
+    parallel, single, again, auto_low, auto_high, parallel_high = outs
+    assert single == again == auto_low and single != parallel
+    assert auto_high == parallel_high
     unpack = [subprocess.run(["zstd", "-d", "-c", "-q"], input=data, capture_output=True, check=True).stdout
-              for data in (parallel, single)]
-    assert unpack[0] == unpack[1]
+              for data in (parallel, single, auto_high)]
+    assert unpack[0] == unpack[1] == unpack[2]
 
 
 def test_zstd_mode_is_checked(tmp_path: Path) -> None:
@@ -196,4 +199,4 @@ def test_zstd_mode_is_checked(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as exc:
         load_spec(tmp_path / "sysextant.yaml")
     text = str(exc.value)
-    assert "uki.zstd_mode" in text and ":4:" in text and "parallel, single" in text
+    assert "uki.zstd_mode" in text and ":4:" in text and "auto, parallel, single" in text
