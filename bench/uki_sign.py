@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,12 @@ hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.star
 print(json.dumps({"seconds": elapsed, "peak_rss": hwm, "size": res.size}))
 """
 
+
+PEAK_OF_CHILD = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, capture_output=True)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
+"""
 
 def main() -> None:
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 256
@@ -67,13 +72,14 @@ def main() -> None:
             print(f"sysextant {label:15s}: {r['size'] / 2**20:7.1f} MiB UKI in {r['seconds']:5.2f} s, "
                   f"peak RSS {r['peak_rss'] / 2**20:6.1f} MiB ({r['peak_rss'] / r['size']:.3f}x UKI size)")
         if shutil.which("sbsign"):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            # sbsign runs under a small Python that reports its child's peak: ru_maxrss carries
+            # the forking parent's RSS across fork+exec, and our own children count here too
             t = time.perf_counter()
-            subprocess.run(["sbsign", "--key", str(d / "db.key"), "--cert", str(d / "db.crt"),
-                            "--output", str(d / "sbsign.efi"), str(d / "uki-0.efi")],
-                           check=True, capture_output=True)
+            res = subprocess.run([sys.executable, "-c", PEAK_OF_CHILD, "sbsign", "--key", str(d / "db.key"),
+                                  "--cert", str(d / "db.crt"), "--output", str(d / "sbsign.efi"),
+                                  str(d / "uki-0.efi")], check=True, capture_output=True, text=True)
             elapsed = time.perf_counter() - t
-            rss = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) * 1024
+            rss = int(res.stdout.split()[-1])
             size = (d / "sbsign.efi").stat().st_size
             print(f"sbsign (sign only)        : {size / 2**20:7.1f} MiB UKI in {elapsed:5.2f} s, "
                   f"peak RSS {rss / 2**20:6.1f} MiB ({rss / size:.3f}x UKI size)")
