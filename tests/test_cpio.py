@@ -95,6 +95,16 @@ def kept_selection(index) -> tuple[IntervalSet, IntervalSet]:
     return base, base.difference(moved)
 
 
+def scanned_tree(tmp_path: Path) -> tuple[Path, object, IntervalSet, IntervalSet]:
+    """The test tree under ``tmp_path/tree``, its index, and the base and kept selections."""
+    root = tmp_path / "tree"
+    root.mkdir()
+    make_tree(root)
+    index = scan(root)
+    base, kept = kept_selection(index)
+    return root, index, base, kept
+
+
 def extract(archive: bytes, dest: Path) -> None:
     dest.mkdir()
     subprocess.run([CPIO, "-i", "--make-directories", "--no-absolute-filenames", "--preserve-modification-time",
@@ -103,11 +113,7 @@ def extract(archive: bytes, dest: Path) -> None:
 
 @needs_cpio
 def test_extracts_to_the_tree_minus_the_moved_part(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    root.mkdir()
-    make_tree(root)
-    index = scan(root)
-    base, kept = kept_selection(index)
+    root, index, base, kept = scanned_tree(tmp_path)
     buf = io.BytesIO()
     n = write_newc(index, kept, buf, mtime=0)
     data = buf.getvalue()
@@ -136,11 +142,7 @@ def test_extracts_to_the_tree_minus_the_moved_part(tmp_path: Path) -> None:
 
 @needs_cpio
 def test_hardlinks_share_an_inode_and_data_is_stored_once(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    root.mkdir()
-    make_tree(root)
-    index = scan(root)
-    base, _ = kept_selection(index)
+    root, index, base, _ = scanned_tree(tmp_path)
     buf = io.BytesIO()
     write_newc(index, base, buf, mtime=0)
     data = buf.getvalue()
@@ -160,11 +162,7 @@ def test_hardlinks_share_an_inode_and_data_is_stored_once(tmp_path: Path) -> Non
 
 
 def test_header_fields_normalised_and_reproducible(tmp_path: Path, monkeypatch) -> None:
-    root = tmp_path / "tree"
-    root.mkdir()
-    make_tree(root)
-    index = scan(root)
-    base, kept = kept_selection(index)
+    root, index, base, kept = scanned_tree(tmp_path)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     a, b = io.BytesIO(), io.BytesIO()
     write_newc(index, kept, a)
@@ -190,11 +188,7 @@ def test_header_fields_normalised_and_reproducible(tmp_path: Path, monkeypatch) 
 
 
 def test_init_symlink_extra_is_merged_in_order_and_counted(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    root.mkdir()
-    make_tree(root)
-    index = scan(root)
-    _, kept = kept_selection(index)
+    root, index, _, kept = scanned_tree(tmp_path)
     extra = [init_entry("/usr/bin/immucore")]
     buf = io.BytesIO()
     n = write_newc(index, kept, buf, extra=extra, mtime=0)
@@ -221,11 +215,7 @@ def test_archive_order_is_bytewise_path_order(tmp_path: Path) -> None:
 
 
 def test_vanished_or_changed_file_is_a_user_error(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    root.mkdir()
-    make_tree(root)
-    index = scan(root)
-    _, kept = kept_selection(index)
+    root, index, _, kept = scanned_tree(tmp_path)
     (root / "usr/bin/tool-hardlink").unlink()
     os.unlink(root / "etc/tool-third-name")
     with pytest.raises(UserError, match="etc/tool-third-name"):
@@ -238,11 +228,7 @@ def test_vanished_or_changed_file_is_a_user_error(tmp_path: Path) -> None:
 
 
 def test_symlinked_parent_is_never_followed(tmp_path: Path) -> None:
-    root = tmp_path / "tree"
-    root.mkdir()
-    make_tree(root)
-    index = scan(root)
-    _, kept = kept_selection(index)
+    root, index, _, kept = scanned_tree(tmp_path)
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "os-release").write_text("ID=test\n")  # same size as the real one

@@ -223,6 +223,16 @@ def _section_bytes(path: Path) -> dict[str, bytes]:
     return out
 
 
+def _measured_files(secs: dict[str, bytes], folder: Path) -> dict[str, Path]:
+    """The UKI's measured sections (systemd 252's list) written to files, as systemd-measure takes them."""
+    files = {}
+    for name in MEASURED_252:
+        if name in secs:
+            files[name] = folder / name.lstrip(".")
+            files[name].write_bytes(secs[name])
+    return files
+
+
 @pytest.fixture(scope="module")
 def built(demo: Path) -> tuple[Path, object]:
     spec = load_spec(demo)
@@ -267,11 +277,7 @@ def test_pcrsig_signs_the_built_uki(built: tuple[Path, object], demo: Path, tmp_
     (.pcrpkey included), and every sig verifies with the .pcrpkey key."""
     uki, _ = built
     secs = _section_bytes(uki)
-    files = {}
-    for name in MEASURED_252:
-        if name in secs:
-            files[name] = tmp_path / name.lstrip(".")
-            files[name].write_bytes(secs[name])
+    files = _measured_files(secs, tmp_path)
     values = measure_calculate(files, "sha256")
     doc = json.loads(secs[".pcrsig"])
     public = serialization.load_pem_public_key(secs[".pcrpkey"])
@@ -287,11 +293,7 @@ def test_built_pcrsig_equals_systemd_measure_sign(built: tuple[Path, object], de
                                                   tmp_path: Path) -> None:
     uki, _ = built
     secs = _section_bytes(uki)
-    files = {}
-    for name in MEASURED_252:
-        if name in secs:
-            files[name] = tmp_path / name.lstrip(".")
-            files[name].write_bytes(secs[name])
+    files = _measured_files(secs, tmp_path)
     assert measure_sign(tpm, files, demo.parent / "keys/tpm2-pcr.key", ("sha256",)) == secs[".pcrsig"]
 
 
