@@ -52,45 +52,6 @@ class DdiResult:
     signed: bool
 
 
-class _PaddedReader(io.RawIOBase):
-    """Read-only view of a file followed by zeros up to ``size`` (the 4 KiB-aligned partition)."""
-
-    def __init__(self, f: BinaryIO, real_size: int, size: int) -> None:
-        self._f, self._real, self._size, self._pos = f, real_size, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else (self._pos + pos if whence == 1 else self._size + pos)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        view = memoryview(b).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        got = 0
-        if self._pos < self._real:
-            self._f.seek(self._pos)
-            n = min(want, self._real - self._pos)
-            while got < n:
-                k = self._f.readinto(view[got:n])
-                if not k:
-                    raise UserError(f"the filesystem image shrank while it was being read "
-                                    f"(at byte {self._pos + got}); do not modify it during a build")
-                got += k
-        view[got:want] = bytes(want - got)
-        self._pos += want
-        return want
-
-
 def _copy(src: BinaryIO, dst: BinaryIO, dst_offset: int, size: int, reporter: Reporter | None,
           task: str) -> None:
     """Copy ``size`` bytes from the start of ``src`` to ``dst_offset``, in the kernel when it can."""
@@ -184,8 +145,10 @@ def assemble(fs_image: Path, out: BinaryIO | Path, *, arch: str, signer: Signer 
                 fh.seek(data_off + fs_size)
                 fh.write(bytes(data_size - fs_size))
             fh.seek(hash_off)
-            res = verity.hash_tree(_PaddedReader(src, fs_size, data_size), 0, data_size, fh,
-                                   salt=salt, uuid=vuuid, reporter=reporter, task=f"{task}: verity")
+            # hash the copy in the image itself (padding included): the tree covers exactly the
+            # bytes the image holds, and the source is read once
+            res = verity.hash_tree(fh, data_off, data_size, fh, salt=salt, uuid=vuuid, reporter=reporter,
+                                   task=f"{task}: verity")
             assert res.hash_size == hash_size
             rh = res.root_hash
             parts = [
