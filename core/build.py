@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .atomic import write_atomic
-from .errors import MissingToolError, UserError
+from .errors import UserError
 from .index import TreeIndex, scan
 from .keys import Signer, load_signer
 from .model import Spec
@@ -67,14 +66,17 @@ class BuildReport:
 
 
 def _needed_tools(spec: Spec, names: Sequence[str]) -> None:
+    """Fail before any work when an extension needs a tool this machine lacks (same lookup as the build)."""
+    from .mkfs import find_tool
+
     for ext in spec.extensions:
         if ext.name not in names:
             continue
-        if ext.filesystem == "squashfs" and not shutil.which("mksquashfs"):
-            raise MissingToolError("mksquashfs", "squashfs-tools", f"for the squashfs image of extension {ext.name}")
-        if ext.filesystem == "erofs" and ext.compression != "none" and not shutil.which("mkfs.erofs"):
-            raise MissingToolError("mkfs.erofs", "erofs-utils", f"for the {ext.compression}-compressed EROFS image "
-                                   f"of extension {ext.name} (or set compression: none)")
+        if ext.filesystem == "squashfs":
+            find_tool("mksquashfs", "squashfs-tools", f"for the squashfs image of extension {ext.name}")
+        if ext.filesystem == "erofs" and ext.compression != "none":
+            find_tool("mkfs.erofs", "erofs-utils", f"for the {ext.compression}-compressed EROFS image "
+                      f"of extension {ext.name} (or set compression: none)")
 
 
 def _load_state(out: Path) -> dict:

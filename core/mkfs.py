@@ -233,7 +233,9 @@ def _run(cmd: list[str], out_path: Path, log: Path, reporter: Reporter | None, t
         raise UserError(f"{cmd[0]} failed (exit {rc}) building {out_path}: {tail}")
 
 
-def _tool(name: str, package: str, why: str) -> str:
+def find_tool(name: str, package: str, why: str) -> str:
+    """The path of tool ``name`` (PATH, then the sbin folders a non-login shell may lack), or
+    :class:`MissingToolError` naming the Debian ``package``."""
     path = shutil.which(name)
     if path is None:
         for d in ("/usr/sbin", "/sbin", "/usr/bin"):
@@ -284,7 +286,7 @@ def write_squashfs(
     """
     if compression not in SQUASHFS_COMPRESSIONS:
         raise UserError(f"squashfs compression {compression!r} is not one of {', '.join(SQUASHFS_COMPRESSIONS)}")
-    exe = _tool("mksquashfs", "squashfs-tools", "for squashfs extension images")
+    exe = find_tool("mksquashfs", "squashfs-tools", "for squashfs extension images")
 
     def cmd(src: str, pseudo: Path | None) -> list[str]:
         args = [exe, src, os.fspath(out_path), "-noappend", "-reproducible", "-quiet", "-no-progress",
@@ -310,7 +312,7 @@ def write_erofs_tool(
         raise UserError(f"EROFS compression {compression!r} is not one of {', '.join(EROFS_COMPRESSIONS)}")
     if len(uuid) != 16:
         raise ValueError("the EROFS UUID must be 16 bytes")
-    exe = _tool("mkfs.erofs", "erofs-utils", "for EROFS extension images")
+    exe = find_tool("mkfs.erofs", "erofs-utils", "for EROFS extension images")
 
     def cmd(src: str, pseudo: Path | None) -> list[str]:
         assert pseudo is None

@@ -197,7 +197,7 @@ def test_cancel_terminates_the_child(tree: Path, tmp_path: Path, private_tmp: Pa
     slow = tmp_path / "slow-mksquashfs"
     slow.write_text("#!/bin/sh\nexec sleep 60\n")
     slow.chmod(0o755)
-    monkeypatch.setattr(mkfs, "_tool", lambda *a: os.fspath(slow))
+    monkeypatch.setattr(mkfs, "find_tool", lambda *a: os.fspath(slow))
     children: list[subprocess.Popen] = []
     real_popen = subprocess.Popen
 
