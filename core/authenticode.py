@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from . import der
 from .errors import UserError
-from .keys import Signer
+from .keys import Signer, load_certificate
 from .pe import PeChecksum, PeFile, parse_pe, round_up
 from .progress import Reporter
 
@@ -243,11 +243,9 @@ def sign_pe(fh: BinaryIO, signer: Signer, *, reporter: Reporter | None = None,
 def _load_cert(cert: x509.Certificate | Path | str | bytes) -> x509.Certificate:
     if isinstance(cert, x509.Certificate):
         return cert
-    data = Path(cert).read_bytes() if isinstance(cert, str | Path) else cert
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
-        return x509.load_der_x509_certificate(data)
+    if isinstance(cert, str | Path):
+        return load_certificate(Path(cert).read_bytes(), cert)
+    return load_certificate(cert, "given")
 
 
 def _attr_values(signer_info_attrs: der.Node) -> dict[str, list[der.Node]]:

@@ -72,18 +72,22 @@ def _passphrase(key_path: Path, env: str | None) -> bytes | None:
     )
 
 
+def load_certificate(data: bytes, where: object) -> x509.Certificate:
+    """An X.509 certificate in PEM or DER; ``where`` (usually its path) names it in the error."""
+    for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
+        try:
+            return loader(data)
+        except ValueError:
+            continue
+    raise UserError(f"certificate {where} is not a PEM or DER X.509 certificate")
+
+
 def load_signer(key_path: Path, cert_path: Path, *, passphrase_env: str | None = None,
                 now: _dt.datetime | None = None) -> Signer:
     """Load and check a PEM RSA key and PEM certificate; raise UserError on any problem."""
     key_pem = read_pem_file(key_path, "signing.key", "signing key")
     cert_pem = read_pem_file(cert_path, "signing.cert", "certificate")
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        try:
-            cert = x509.load_der_x509_certificate(cert_pem)
-        except ValueError:
-            raise UserError(f"certificate {cert_path} is not a PEM or DER X.509 certificate") from None
+    cert = load_certificate(cert_pem, cert_path)
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except TypeError:  # encrypted

@@ -29,6 +29,7 @@ from cryptography import x509
 from . import gpt, pkcs7, verity
 from .atomic import private_tempdir
 from .errors import UserError
+from .keys import load_certificate
 
 EROFS_MAGIC = 0xE0F5E1E2
 EROFS_SB_OFFSET = 1024
@@ -265,12 +266,7 @@ def _load_cert(path: Path) -> x509.Certificate:
         raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read the certificate {path}: {exc.strerror}") from None
-    for loader in (x509.load_pem_x509_certificate, x509.load_der_x509_certificate):
-        try:
-            return loader(raw)
-        except ValueError:
-            continue
-    raise UserError(f"certificate {path} is not a PEM or DER X.509 certificate")
+    return load_certificate(raw, path)
 
 
 def _layout(report: VerifyReport, parts: list[gpt.Partition]) -> dict[str, gpt.Partition] | None:
