@@ -213,8 +213,7 @@ class Estimator:
         self.span_bytes = span_bytes
         self.sample_bytes = sample_bytes
         # one compressor per worker; at zstd's high levels no more than fit in half the free memory
-        cap = zstd_threads(level if compression == "zstd" else None)
-        self.threads = cap if threads is None else max(1, threads)
+        self.threads = zstd_threads(level if compression == "zstd" else None) if threads is None else max(1, threads)
         self.sums = Sums(index)
         self.groups: list[_Group] = []
         self.order: list[int] = []

@@ -5,8 +5,9 @@ decoders (``lib/decompress_unzstd.c``, ``lib/decompress_inflate.c``, ``lib/decom
 
 - zstd: python-zstandard (the binding of libzstd). ``threads`` >= 1 selects libzstd's
   multi-threaded mode, whose output is the same for any worker count (checked in
-  tests/test_initrd.py) but differs from single-threaded mode (``threads=0``), so the build
-  always uses >= 1 worker and is reproducible across machines. The frame records the content
+  tests/test_initrd.py) but differs from single-threaded mode (``threads=0``); which mode a
+  build uses follows from the spec alone (``uki.zstd_mode``), so it is reproducible across
+  machines. The frame records the content
   size and an XXH64 checksum, as the ``zstd`` CLI writes by default.
 - gzip: RFC 1952 with mtime 0 and no file name, so the output depends on the data only.
 - xz: LZMA2 with ``--check=crc32``; the kernel's XZ decoder is built for CRC32 (see
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .atomic import atomic_output
-from .cpio import extra_bytes, init_entry, write_newc
+from .cpio import archive_size, init_entry, write_newc
 from .errors import UserError
 from .fsentry import FsEntry
-from .index import TRAILER_BYTES, TreeIndex
+from .index import TreeIndex
 from .model import UKI_COMPRESSIONS
 from .progress import Reporter
-from .selection import IntervalSet, Sums
+from .selection import IntervalSet
 
 LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9), "none": (0, 0)}
 
@@ -228,7 +229,7 @@ def write_initrd(index: TreeIndex, selection: IntervalSet, out_path: Path, *, co
     is a bug in the model or a tree changed under us, and the output is not kept).
     """
     if expected is None:
-        expected = Sums(index).cpio_bytes(selection) + TRAILER_BYTES + extra_bytes(extra)
+        expected = archive_size(index, selection, extra)
     open_sink = compressor(compression, level, threads=threads)
     start = time.monotonic()
     out_path = Path(out_path)

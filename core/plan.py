@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from .cpio import extra_bytes
 from .fsentry import host_path_in_tree
-from .index import TRAILER_BYTES, TreeIndex, cpio_entry_bytes, scan
+from .index import TRAILER_BYTES, TreeIndex, scan
+from .initrd import initrd_extra
 from .model import INITRD_SKIP_TOP, Spec
 from .selection import IntervalSet, Sums, match, subtree_set
 from .units import format_size
@@ -88,8 +90,9 @@ def render(plan: Plan) -> str:
 
 
 def init_entry_bytes(spec: Spec) -> int:
-    """newc bytes of the ``init -> uki.init`` symlink Kairos adds, 0 when not configured."""
-    return cpio_entry_bytes(len(b"init"), len(os.fsencode(spec.uki.init))) if spec.uki.init else 0
+    """newc bytes of the ``init -> uki.init`` symlink Kairos adds, 0 when not configured (the
+    very entries the build writes, :func:`.initrd.initrd_extra`)."""
+    return extra_bytes(initrd_extra(spec))
 
 
 def initrd_base(spec: Spec, index: TreeIndex) -> IntervalSet:
