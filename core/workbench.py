@@ -155,6 +155,8 @@ class Session:
         self.disk_problems: list[Any] = []
         self._layout: UkiLayout | None = None  # see layout()
         self._fig_cache: tuple[Plan, Any, Figures] | None = None  # (plan, estimator, figures)
+        #: compressed figure per entry for (initrd base, estimator): the tree list asks per row
+        self._squeezed: tuple[IntervalSet, Any, dict[int, int]] | None = None
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -205,6 +207,7 @@ class Session:
         """The estimator learnt more (a group compressed at the target level, a calibration):
         figures are computed afresh."""
         self._fig_cache = None
+        self._squeezed = None
 
     def figures(self) -> Figures | None:
         """The gauge figures for the current plan (None until the tree is scanned)."""
@@ -277,10 +280,16 @@ class Session:
         plan, index, est = self.plan, self.index, self.estimator
         if plan is None or index is None or est is None:
             return None
-        kept = IntervalSet(self._spans(i)).intersection(plan.initrd_base)
-        if not kept:
-            return 0
-        return max(0, est.estimate(kept).bytes - est.estimate(IntervalSet()).bytes)
+        cached = self._squeezed
+        if cached is None or cached[0] is not plan.initrd_base or cached[1] is not est:
+            # the figure depends on the initrd base and the estimator only, not on the marks
+            cached = self._squeezed = (plan.initrd_base, est, {-1: est.estimate(IntervalSet()).bytes})
+        figures = cached[2]
+        value = figures.get(i)
+        if value is None:
+            kept = IntervalSet(self._spans(i)).intersection(plan.initrd_base)
+            value = figures[i] = max(0, est.estimate(kept).bytes - figures[-1]) if kept else 0
+        return value
 
     def kept_cpio(self, i: int) -> int:
         """newc bytes of entry ``i`` and its subtree that are still in the initrd (display only:
