@@ -131,7 +131,6 @@ class WorkbenchApp(App[int]):
         self.scan_seconds: float | None = None
         self.entries_seen = 0
         self.estimator_note = ""
-        self.spec_problems: list = []
         self._last_progress = 0.0
 
     # -- setup --------------------------------------------------------------------------------
@@ -363,7 +362,6 @@ class WorkbenchApp(App[int]):
                 self.set_status("the spec loads again; edits are saved again", "ok")
             return
         if not result.ok:
-            self.spec_problems = result.problems
             lines = [f"[b]{self.session.path}[/b] has errors; the workbench keeps the last good version:"]
             for p in result.problems[:6]:
                 where = f"line {p.line}:{p.column}" if p.line else "file"
@@ -375,7 +373,6 @@ class WorkbenchApp(App[int]):
             problems.display = True
             self.set_status(f"spec not reloaded: {len(result.problems)} problem(s); fix the file and save", "refused")
             return
-        self.spec_problems = []
         problems.display = False
         names = [e.name for e in self.session.spec.extensions]
         if self.current_ext not in names:

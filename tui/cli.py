@@ -122,7 +122,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
         prepared_estimator,
     )
     from sysextant.core.plan import plan_spec
-    from sysextant.core.units import format_size
 
     spec = _load(args.spec)
     result = plan_spec(spec)

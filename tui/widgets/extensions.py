@@ -18,7 +18,7 @@ from textual.widgets.option_list import Option
 from sysextant.core.units import format_size
 from sysextant.core.workbench import ExtensionFigures
 
-EXT_COLOURS = 6
+from .tree_list import EXT_COLOURS  # one colour per extension, by spec order, in both widgets
 
 
 class ExtensionList(OptionList):
