@@ -28,10 +28,11 @@ from pathlib import Path
 from .atomic import private_tempdir
 from .errors import MissingToolError, UserError
 from .fsentry import FsEntry, open_entry
+from .model import FS_COMPRESSIONS
 from .progress import Reporter
 
-SQUASHFS_COMPRESSIONS = ("none", "gzip", "xz", "zstd", "lz4", "lzo")
-EROFS_COMPRESSIONS = ("none", "lz4", "lz4hc")
+SQUASHFS_COMPRESSIONS = FS_COMPRESSIONS["squashfs"]  # one list for the spec checker and the packers
+EROFS_COMPRESSIONS = FS_COMPRESSIONS["erofs"]
 _CHUNK = 1 << 20
 _POLL = 0.1
 
