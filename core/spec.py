@@ -304,7 +304,7 @@ class _Reader:
     def text(self, node: Node, keys: KeyPath, *, null_ok: bool = False) -> str | None:
         """A scalar's text exactly as written (``1.0`` stays ``"1.0"``, never a float)."""
         if isinstance(node, ScalarNode):
-            if node.tag == _NULL_TAG and node.style is None:
+            if is_null(node):
                 if not null_ok:
                     self.problem(node, f"{dotted(keys)} has no value", "write a value after the ':'")
                 return None
@@ -328,7 +328,7 @@ class _Reader:
 
     def text_list(self, node: Node, keys: KeyPath, example: str) -> list[tuple[str, Node]] | None:
         """A list of text items (with their nodes); a lone text or wrong items reported."""
-        if isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None:
+        if is_null(node):
             return []
         if not isinstance(node, SequenceNode):
             hint = f"write {keys[-1]}: [{node.value}]" if isinstance(node, ScalarNode) else f"for example {example}"
@@ -400,7 +400,7 @@ def _kind(node: Node) -> str:
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
-    if node.tag == _NULL_TAG and node.style is None:
+    if is_null(node):
         return "empty"
     return f"the value {node.value!r}"
 
@@ -467,7 +467,7 @@ def _read_globs(r: _Reader, node: Node | None, keys: KeyPath) -> list[str] | Non
 
 def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
     uki = UkiSpec(output=r.base / "build" / "uki.efi")
-    if node is None or (isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None):
+    if node is None or is_null(node):
         return uki
     entries = r.mapping(node, ("uki",), UKI_KEYS)
     if entries is None:
@@ -479,7 +479,7 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
         if key not in entries:
             return None
         value = r.host_path(entries[key], ("uki", key), null_ok=null_ok)
-        if value is None and not _is_null(entries[key]):
+        if value is None and not is_null(entries[key]):
             ok = False
         return value
 
@@ -496,7 +496,7 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
         ok = False
     if "cmdline" in entries:
         cmdline = r.text(entries["cmdline"], ("uki", "cmdline"), null_ok=True)
-        if cmdline is None and not _is_null(entries["cmdline"]):
+        if cmdline is None and not is_null(entries["cmdline"]):
             ok = False
         uki.cmdline = " ".join((cmdline or "").split())
     if "init" in entries:
@@ -505,7 +505,7 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
             r.problem(entries["init"], f"uki.init {init!r} must be an absolute path inside the OS",
                       "for example /usr/bin/immucore")
             ok = False
-        elif init is None and not _is_null(entries["init"]):
+        elif init is None and not is_null(entries["init"]):
             ok = False
         uki.init = init
     if "uname" in entries:
@@ -569,13 +569,14 @@ def _read_limit(r: _Reader, node: Node) -> tuple[int, str] | None:
     return value, text.strip()
 
 
-def _is_null(node: Node) -> bool:
+def is_null(node: Node) -> bool:
+    """An empty YAML value (``key:`` or ``~``/``null`` unquoted)."""
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None
 
 
 def _read_signing(r: _Reader, node: Node | None) -> tuple[bool, SigningSpec | None]:
     """(ok, signing); no section or ``signing: null`` means unsigned."""
-    if node is None or _is_null(node):
+    if node is None or is_null(node):
         return True, None
     entries = r.mapping(node, ("signing",), SIGNING_KEYS)
     if entries is None:
@@ -761,7 +762,7 @@ def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -
 
 
 def _read_extensions(r: _Reader, node: Node | None) -> list[ExtensionSpec] | None:
-    if node is None or _is_null(node):
+    if node is None or is_null(node):
         return []
     if not isinstance(node, SequenceNode):
         r.problem(node, f"extensions must be a list of '- name: ...' items, not {_kind(node)}")

@@ -38,6 +38,7 @@ from .spec import (
     extension_lines,
     extension_name_problem,
     flow_text,
+    is_null,
     scalar_text,
 )
 
@@ -114,7 +115,7 @@ class SpecEditor:
             splices = [self._lines_at(len(self._text), lines)]
         else:
             key, seq = entry
-            if _is_null(seq):
+            if is_null(seq):
                 colon = self._colon_after(key)
                 splices = [(colon + 1, self._content_end(seq), ""),
                            self._lines_at(self._line_end(seq.start_mark.index), extension_lines(ext, unit, unit))]
@@ -196,7 +197,7 @@ class SpecEditor:
         for depth, key in enumerate(keys):
             child = _child(parent, key)
             rest = keys[depth + 1:]
-            if child is None or (rest and _is_null(child)):
+            if child is None or (rest and is_null(child)):
                 if not isinstance(parent, MappingNode) or not all(isinstance(k, str) for k in keys[depth:]):
                     raise SpecEditError(f"{self.path}: there is no {dotted(keys[: depth + 1])} to change")
                 tree: object = value
@@ -473,6 +474,3 @@ def _child(node: Node, key: Key) -> Node | None:
         return entry[1] if entry else None
     return None
 
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null" and node.style is None
