@@ -73,12 +73,6 @@ def explicit(number: int, inner: bytes) -> bytes:
     return tlv(0xA0 | number, inner)
 
 
-def implicit(number: int, encoded: bytes, constructed: bool = True) -> bytes:
-    """[number] IMPLICIT: replace the tag of an already encoded element."""
-    node = parse(encoded)
-    return tlv((0xA0 if constructed else 0x80) | number, node.content)
-
-
 @dataclass(frozen=True)
 class Node:
     """One decoded TLV; ``raw`` is the whole encoding, ``content`` its value octets."""
@@ -86,10 +80,6 @@ class Node:
     tag: int
     content: bytes
     raw: bytes
-
-    @property
-    def constructed(self) -> bool:
-        return bool(self.tag & 0x20)
 
     def children(self) -> list[Node]:
         out = []
@@ -146,8 +136,3 @@ def parse(data: bytes) -> Node:
     if end != len(data):
         raise ValueError("trailing bytes after DER element")
     return node
-
-
-def parse_prefix(data: bytes) -> Node:
-    """Decode the first DER element of ``data`` (trailing padding allowed)."""
-    return _read(data, 0)[0]
