@@ -574,13 +574,14 @@ def is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == _NULL_TAG and node.style is None
 
 
-def _read_signing(r: _Reader, node: Node | None) -> tuple[bool, SigningSpec | None]:
-    """(ok, signing); no section or ``signing: null`` means unsigned."""
+def _read_signing(r: _Reader, node: Node | None) -> SigningSpec | None:
+    """The signing section; None when there is none (``signing: null`` too: unsigned) or it has
+    problems (each reported)."""
     if node is None or is_null(node):
-        return True, None
+        return None
     entries = r.mapping(node, ("signing",), SIGNING_KEYS)
     if entries is None:
-        return False, None
+        return None
     ok = True
     found: dict[str, Path] = {}
     for key in ("key", "cert"):
@@ -602,8 +603,8 @@ def _read_signing(r: _Reader, node: Node | None) -> tuple[bool, SigningSpec | No
                       "name the variable that holds the passphrase, e.g. DB_KEY_PASSPHRASE; never the passphrase itself")
             ok = False
     if not ok:
-        return False, None
-    return True, SigningSpec(key=found["key"], cert=found["cert"], passphrase_env=env)
+        return None
+    return SigningSpec(key=found["key"], cert=found["cert"], passphrase_env=env)
 
 
 def _read_release(r: _Reader, node: Node, keys: KeyPath) -> dict[str, str] | None:
@@ -832,7 +833,7 @@ def loads_spec(text: str, path: Path) -> Spec:
         r.problem(node, "the spec has no 'os' section", "add 'os:' with 'root: DIR', the OS tree to slim")
     os_spec = _read_os(r, entries.get("os"))
     uki = _read_uki(r, entries.get("uki"))
-    _, signing = _read_signing(r, entries.get("signing"))
+    signing = _read_signing(r, entries.get("signing"))
     extensions = _read_extensions(r, entries.get("extensions"))
     output = r.base / "build"
     if "output" in entries:
