@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def _size_of(content: Content, name: str) -> int:
         raise UserError(f"{content} (for the UKI's {name} section) does not exist") from None
     except PermissionError:
         raise UserError(f"{content} (for the UKI's {name} section) is not readable") from None
-    if not os.path.isfile(content):
+    if not stat.S_ISREG(st.st_mode):
         raise UserError(f"{content} (for the UKI's {name} section) is not a regular file")
     return st.st_size
 
