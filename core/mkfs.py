@@ -208,9 +208,13 @@ def _stage(entries: Iterable[FsEntry], stage: _Stage, mtime: int, reporter: Repo
 
 
 def _run(cmd: list[str], out_path: Path, log: Path, reporter: Reporter | None, task: str) -> None:
-    """Run ``cmd``; terminate it on cancellation, Ctrl-C or any error; raise on failure."""
+    """Run ``cmd``; terminate it on cancellation, Ctrl-C or any error; raise on failure.
+
+    The tool gets every timestamp on its command line (already taken from ``SOURCE_DATE_EPOCH``),
+    so the variable itself is withheld: mksquashfs refuses to run when both are given."""
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     with open(log, "wb") as logf:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env)
     try:
         if reporter is not None:
             reporter.log(task, " ".join(cmd))

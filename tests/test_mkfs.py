@@ -104,6 +104,16 @@ def test_squashfs_is_reproducible_and_sensitive(tree: Path, tmp_path: Path) -> N
 
 
 @needs_squashfs
+def test_squashfs_with_source_date_epoch_set(tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reproducible-build environments set SOURCE_DATE_EPOCH; mksquashfs refuses it next to the
+    -mkfs-time/-all-time options we pass, so the variable must not reach it."""
+    squash(tree, tmp_path / "1", "gzip")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    squash(tree, tmp_path / "2", "gzip")
+    assert (tmp_path / "1").read_bytes() == (tmp_path / "2").read_bytes()
+
+
+@needs_squashfs
 def test_squashfs_uncompressed(tree: Path, tmp_path: Path) -> None:
     img = tmp_path / "n.squashfs"
     squash(tree, img, "none")
