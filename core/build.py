@@ -10,59 +10,27 @@ cancelled or failed build leaves the previous good outputs in place.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
-import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_atomic
+from .artefacts import Artefact, BuildReport, load_state, owned_file, record, reusable, save_state
+from .atomic import disk_error, ensure_folder, folder_error, stale_temps
 from .errors import UserError
 from .index import TreeIndex, scan
 from .keys import Signer, load_signer
 from .model import Spec
+from .outputs import LOCK_FILE, output_problems
 from .pcr import load_pcr_key
 from .plan import Plan, make_plan
 from .progress import Reporter
 from .units import THRESHOLDS, format_size
 
-STATE_FILE = ".sysextant-state.json"
-
-
-@dataclass
-class Artefact:
-    kind: str  # "sysext" | "uki"
-    name: str
-    path: str
-    size: int
-    reused: bool
-    signed: bool
-    digest: str  # verity root hash (sysext) or sha256 of the file (uki)
-    verified: bool = False
-    checks: list[dict] = field(default_factory=list)
-    predicted_size: int | None = None  # uki: the estimate made before the build
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class BuildReport:
-    spec: str
-    output: str
-    artefacts: list[Artefact]
-    seconds: float
-    limit_bytes: int
-    verdict: str | None  # the UKI against the firmware limits, when the UKI was built
-    deploy: list[str]
-
-    @property
-    def ok(self) -> bool:
-        return all(a.verified for a in self.artefacts)
-
-    def to_json(self) -> dict:
-        return {"ok": self.ok, **asdict(self)}
+__all__ = ["Artefact", "BuildReport", "build", "render", "deploy_notes", "build_lock", "remove_stale_temps"]
 
 
 def _needed_tools(spec: Spec, names: Sequence[str]) -> None:
@@ -77,31 +45,6 @@ def _needed_tools(spec: Spec, names: Sequence[str]) -> None:
         if ext.filesystem == "erofs" and ext.compression != "none":
             find_tool("mkfs.erofs", "erofs-utils", f"for the {ext.compression}-compressed EROFS image "
                       f"of extension {ext.name} (or set compression: none)")
-
-
-def _load_state(out: Path) -> dict:
-    try:
-        return json.loads((out / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _save_state(out: Path, state: dict) -> None:
-    """Record the inputs of what is built (losing this only costs a rebuild next time)."""
-    with contextlib.suppress(UserError):
-        write_atomic(out / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
-
-
-def _reusable(state: dict, key: str, inputs: str, path: Path) -> dict | None:
-    entry = state.get(key)
-    if not entry or entry.get("inputs") != inputs:
-        return None
-    try:
-        if path.stat().st_size != entry.get("size"):
-            return None
-    except OSError:
-        return None
-    return entry
 
 
 def deploy_notes(spec: Spec, artefacts: Sequence[Artefact]) -> list[str]:
@@ -127,12 +70,98 @@ def deploy_notes(spec: Spec, artefacts: Sequence[Artefact]) -> list[str]:
     return notes
 
 
+def _same_tree(old: TreeIndex, new: TreeIndex) -> str | None:
+    """None when ``new`` (scanned for the build) matches ``old`` (what the front end showed), else
+    one line saying what changed."""
+    a, b = old.counts(), new.counts()
+    if a == b:
+        return None
+    delta = b["apparent_bytes"] - a["apparent_bytes"]
+    return (f"the OS tree changed since it was scanned: {b['entries']:,} entries now (was {a['entries']:,}), "
+            f"{format_size(delta, signed=True)} apparent; the build packs the tree as it is now and the "
+            "figures shown before it are out of date")
+
+
+@contextlib.contextmanager
+def build_lock(out: Path, *, wait: bool = True, reporter: Reporter | None = None) -> Iterator[None]:
+    """Hold the output folder's lock for a build: a second build of the same folder waits (saying
+    so, and still cancellable) or, with ``wait=False``, refuses. The lock file keeps the holder's
+    pid for the message; the lock itself is flock(2), released by the kernel if the holder dies."""
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise folder_error(out, exc, path, label="output folder") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise UserError(f"another build (pid {holder}) is writing {out}; wait for it to finish, "
+                                "or run without --no-wait to queue behind it") from None
+            if reporter is not None:
+                reporter.log("lock", f"waiting for the build (pid {holder}) writing {out} to finish")
+            while True:
+                if reporter is not None:
+                    reporter.check()
+                time.sleep(0.1)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_dropped(spec: Spec, state: dict, reporter: Reporter) -> list[str]:
+    """Remove the artefacts an earlier build wrote that no longer belong to the spec (an extension
+    removed or renamed, the UKI given another path): left in the output folder they would be
+    shipped by mistake. Only files that are still exactly what that build wrote are removed."""
+    wanted = {e.name: spec.output / e.image_name for e in spec.extensions}
+    wanted["uki"] = spec.uki.output
+    removed: list[str] = []
+    for key in sorted(state):
+        entry = state[key]
+        if not isinstance(entry, dict):
+            del state[key]
+            continue
+        if key in wanted and entry.get("path") in (None, os.fspath(wanted[key])):
+            continue
+        path = owned_file(entry)
+        if path is None and entry.get("path") is None and key != "uki":  # a state file from before paths were kept
+            legacy = spec.output / f"{key}.sysext.raw"
+            with contextlib.suppress(OSError):
+                if legacy.stat().st_size == entry.get("size"):
+                    path = legacy
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise disk_error(path, exc) from None
+            why = ("the UKI now goes to " + str(spec.uki.output)) if key == "uki" else \
+                f"extension {key} is no longer in {spec.path.name}"
+            reporter.log("clean", f"removed {path} ({why})")
+            removed.append(str(path))
+        del state[key]
+    return removed
+
+
 def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False, uki: bool | None = None,
-          reporter: Reporter | None = None, index: TreeIndex | None = None, estimator: Any = None) -> BuildReport:
+          reporter: Reporter | None = None, index: TreeIndex | None = None, estimator: Any = None,
+          wait: bool = True) -> BuildReport:
     """Build the spec's artefacts. ``only`` names extensions (and/or ``uki``) to build; by default
-    all extensions and the UKI. ``force`` rebuilds what is unchanged. ``index`` and a prepared
-    ``estimator`` of that index (the workbench has both) save the rescan and the estimate's pass;
-    the estimator is calibrated with the UKI's real size afterwards."""
+    all extensions and the UKI. ``force`` rebuilds what is unchanged. ``index`` is the tree as the
+    front end last showed it: the build always packs the tree as it is on disk (it rescans), and
+    says so in ``tree_changed`` when that differs. A prepared ``estimator`` of an unchanged index
+    saves the estimate's pass, and is calibrated with the UKI's real size afterwards. ``wait``:
+    queue behind another build of the same output folder (else refuse)."""
     reporter = reporter or Reporter()
     t0 = time.monotonic()
     names = [e.name for e in spec.extensions]
@@ -143,7 +172,12 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
                         f"(extensions: {', '.join(names) or 'none'}; 'uki' means the UKI)")
     build_uki = ("uki" in wanted) if uki is None else uki
 
-    # Everything that can fail cheaply fails before any work starts.
+    # Everything that can fail cheaply fails before any work starts; first of all an output that
+    # would destroy an input (a key, the spec, the tree) or another output.
+    clashes = output_problems(spec)
+    if clashes:
+        raise UserError(f"{spec.path}: refusing to build, an output would overwrite what it must not:\n  "
+                        + "\n  ".join(clashes))
     signer: Signer | None = None
     if spec.signing:
         signer = load_signer(spec.signing.key, spec.signing.cert, passphrase_env=spec.signing.passphrase_env)
@@ -153,57 +187,91 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
     if build_uki and not spec.uki.stub.is_file():
         raise UserError(f"UKI stub {spec.uki.stub} does not exist; install systemd-boot-efi or set uki.stub")
 
-    if index is None:
-        reporter.log("scan", f"scanning {spec.os.root}")
-        index = scan(spec.os.root, check=reporter.check)
-    plan = make_plan(spec, index)
-    if plan.problems:
-        raise UserError(f"{spec.path} has problems; fix them before building:\n  " + "\n  ".join(plan.problems))
-
     out = spec.output
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)
-    state = _load_state(out)
-    fingerprint = signer.fingerprint if signer else "unsigned"
-    artefacts: list[Artefact] = []
+    ensure_folder(out)
+    with build_lock(out, wait=wait, reporter=reporter):
+        for folder in {out, spec.uki.output.parent}:
+            remove_stale_temps(folder)
+        reporter.log("scan", f"scanning {spec.os.root}")
+        shown, index = index, scan(spec.os.root, check=reporter.check)
+        changed = _same_tree(shown, index) if shown is not None else None
+        if changed:
+            reporter.log("scan", changed)
+            estimator = None  # prepared for the tree as it was
+        plan = make_plan(spec, index)
+        for warning in plan.warnings:
+            reporter.log("plan", warning)
+        if plan.problems:
+            raise UserError(f"{spec.path} has problems; fix them before building:\n  " + "\n  ".join(plan.problems))
+        state = load_state(out)
+        removed = _remove_dropped(spec, state, reporter)
+        if removed:
+            save_state(out, state)
+        artefacts = _build_all(spec, index, plan, wanted, build_uki, signer, state, force, reporter, estimator)
+        save_state(out, state)
+    art = next((a for a in artefacts if a.kind == "uki"), None)
+    verdict = THRESHOLDS.verdict(art.size, spec.uki.limit) if art is not None else None
+    report = BuildReport(str(spec.path), str(out), artefacts, time.monotonic() - t0, spec.uki.limit, verdict, [],
+                         removed, changed)
+    if report.ok:
+        report.deploy = deploy_notes(spec, artefacts)
+    return report
 
-    from .sysext import build_extension, collect_entries, inputs_digest
 
+def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], build_uki: bool,
+               signer: Signer | None, state: dict, force: bool, reporter: Reporter, estimator: Any) -> list[Artefact]:
+    """Build (or reuse) each wanted artefact, then verify them all; a reused artefact that fails
+    verification (corrupted on disk since) is rebuilt and verified again."""
+    out = spec.output
+    jobs: list[tuple[Any, Any]] = []
     for ext, ext_plan in zip(spec.extensions, plan.extensions, strict=True):
         if ext.name not in wanted:
             continue
-        reporter.check()
         if not ext_plan.entries:
             reporter.log(ext.name, "selects nothing yet: no image built")
             continue
-        entries = collect_entries(index, ext_plan, ext)
-        inputs = hashlib.sha256(inputs_digest(ext, entries, with_times=True) + fingerprint.encode()).hexdigest()
-        path = out / ext.image_name
-        previous = None if force else _reusable(state, ext.name, inputs, path)
-        if previous:
-            reporter.log(ext.name, f"unchanged since the last build: reusing {path.name}")
-            art = Artefact("sysext", ext.name, str(path), previous["size"], True, bool(signer), previous["digest"])
-        else:
-            reporter.log(ext.name, f"building {path.name} ({len(entries):,} entries, {ext.filesystem})")
-            img = build_extension(index, ext_plan, ext, out, signer=signer, reporter=reporter, entries=entries)
-            art = Artefact("sysext", ext.name, str(img.path), img.size, False, img.signed, img.root_hash)
-        art.extra = {"entries": ext_plan.entries, "bytes": ext_plan.bytes, "initrd_saves_cpio_bytes": ext_plan.initrd_bytes}
-        state[ext.name] = {"inputs": inputs, "size": art.size, "digest": art.digest}
-        artefacts.append(art)
+        jobs.append((ext, ext_plan))
+
+    def make(job: tuple[Any, Any] | None, force_it: bool) -> Artefact:
+        reporter.check()
+        if job is None:
+            return _build_uki(spec, index, plan, signer, state, force_it, reporter, estimator)
+        art = _build_extension(spec, index, *job, signer, state, force_it, reporter)
         if not art.reused:  # a later failure or cancel must not forget what is already built
-            _save_state(out, state)
+            save_state(out, state)
+        return art
 
-    verdict = None
-    if build_uki:
-        art = _build_uki(spec, index, plan, signer, state, force, reporter, estimator)
-        verdict = THRESHOLDS.verdict(art.size, spec.uki.limit)
-        artefacts.append(art)
-
+    todo: list[tuple[Any, Any] | None] = [*jobs, *([None] if build_uki else [])]
+    artefacts = [make(job, force) for job in todo]
     _verify_all(artefacts, spec, reporter)
-    _save_state(out, state)
-    report = BuildReport(str(spec.path), str(out), artefacts, time.monotonic() - t0, spec.uki.limit, verdict,
-                         deploy_notes(spec, artefacts))
-    return report
+    for k, (job, art) in enumerate(zip(todo, artefacts, strict=True)):
+        if art.reused and not art.verified:
+            reporter.log(art.name, f"{Path(art.path).name} was reused but fails verification now "
+                                   "(changed on disk since it was built): rebuilding it")
+            artefacts[k] = make(job, True)
+            _verify_all([artefacts[k]], spec, reporter)
+    return artefacts
+
+
+def _build_extension(spec: Spec, index: TreeIndex, ext: Any, ext_plan: Any, signer: Signer | None, state: dict,
+                     force: bool, reporter: Reporter) -> Artefact:
+    from .sysext import build_extension, collect_entries, inputs_digest
+
+    fingerprint = signer.fingerprint if signer else "unsigned"
+    entries = collect_entries(index, ext_plan, ext)
+    inputs = hashlib.sha256(inputs_digest(ext, entries, with_times=True) + fingerprint.encode()).hexdigest()
+    path = spec.output / ext.image_name
+    previous = None if force else reusable(state, ext.name, inputs, path)
+    if previous:
+        reporter.log(ext.name, f"unchanged since the last build: reusing {path.name}")
+        art = Artefact("sysext", ext.name, str(path), previous["size"], True, bool(signer), previous["digest"])
+    else:
+        reporter.log(ext.name, f"building {path.name} ({len(entries):,} entries, {ext.filesystem})")
+        img = build_extension(index, ext_plan, ext, spec.output, signer=signer, reporter=reporter, entries=entries)
+        art = Artefact("sysext", ext.name, str(img.path), img.size, False, img.signed, img.root_hash)
+        record(state, ext.name, path, inputs, size=art.size, digest=art.digest)
+    art.extra = {"entries": ext_plan.entries, "bytes": ext_plan.bytes, "initrd_saves_cpio_bytes": ext_plan.initrd_bytes}
+    return art
 
 
 def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, state: dict, force: bool,
@@ -215,7 +283,7 @@ def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, 
 
     predicted = None
     key = inputs_digest(spec, plan, signer)
-    previous = None if force else _reusable(state, "uki", key, spec.uki.output)
+    previous = None if force else reusable(state, "uki", key, spec.uki.output)
     if previous is None:
         signature_len = None
         if signer is not None:
@@ -255,7 +323,20 @@ def _verify_all(artefacts: Sequence[Artefact], spec: Spec, reporter: Reporter) -
 
 
 def render(report: BuildReport) -> str:
+    """The build's text report: a failure verdict first when there is one, deploy advice only for a
+    build that can ship."""
     lines = []
+    uki = next((a for a in report.artefacts if a.kind == "uki"), None)
+    if report.over_limit and uki is not None:
+        over = uki.size - report.limit_bytes
+        lines.append(f"FAILED: the UKI is {format_size(uki.size)} ({uki.size:,} bytes), "
+                     f"{report.verdict} the limit {format_size(report.limit_bytes)}"
+                     + (f" by {format_size(over)}; move about that much more (compressed) out of it" if over > 0 else "")
+                     + ". Do not deploy it.")
+    if report.tree_changed:
+        lines.append(f"note: {report.tree_changed}")
+    for path in report.removed:
+        lines.append(f"removed {path}: it no longer belongs to the spec")
     for a in report.artefacts:
         state = "reused" if a.reused else "built"
         mark = "ok" if a.verified else "FAILED"
@@ -270,19 +351,21 @@ def render(report: BuildReport) -> str:
                          f"({a.size:,} bytes; estimate off by {err:+.2f}%)")
     if report.verdict:
         lines.append(f"UKI against the limit {format_size(report.limit_bytes)}: {report.verdict}")
-    lines.append(f"{'all artefacts verified' if report.ok else 'VERIFICATION FAILED'} in {report.seconds:.1f} s "
-                 f"-> {report.output}")
+    verified = all(a.verified for a in report.artefacts)
+    outcome = ("build FAILED: the UKI is over its limit" if verified and report.over_limit
+               else "all artefacts verified" if verified else "VERIFICATION FAILED")
+    lines.append(f"{outcome} in {report.seconds:.1f} s -> {report.output}")
     lines.extend(report.deploy)
     return "\n".join(lines)
 
 
-def remove_stale_temps(out: Path, *, older_than: float = 3600) -> None:
-    """Remove temp files a killed build (SIGKILL, power loss) left in the output folder. Only
-    old ones: a fresh one may be another writer's (the workbench's estimate) in progress."""
-    from .atomic import TEMP_PREFIX
-
-    limit = time.time() - older_than
-    for p in out.glob(f"{TEMP_PREFIX}*"):
+def remove_stale_temps(folder: Path, *, older_than: float = 3600) -> list[Path]:
+    """Remove temp files a killed build (SIGKILL, power loss) left in ``folder``: those whose
+    process is gone (temps of a live build or of the workbench's estimate stay), and nameless old
+    ones from before pids were recorded. Returns what was removed."""
+    removed = []
+    for p in stale_temps(folder, older_than=older_than):
         with contextlib.suppress(OSError):
-            if p.lstat().st_mtime < limit:
-                os.unlink(p)
+            os.unlink(p)
+            removed.append(p)
+    return removed

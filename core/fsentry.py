@@ -45,6 +45,9 @@ class FsEntry:
     data: bytes | None = None
     target: bytes | None = None  # symlink target
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    #: (inode, ctime in ns) of the tree's file: unlike mtime, no tool can set them back, so a
+    #: rewrite with the same size and a clamped mtime still shows (build reuse only, not in images)
+    stamp: tuple[int, int] = (0, 0)
 
     @property
     def is_dir(self) -> bool:
@@ -127,6 +130,7 @@ def entry_from_lstat(root: bytes, rel: bytes, st: os.stat_result, *, xattrs: boo
         mtime=int(st.st_mtime),
         nlink=st.st_nlink,
         rdev=st.st_rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0,
+        stamp=(st.st_ino, st.st_ctime_ns),
     )
     if stat.S_ISREG(mode):
         entry.size = st.st_size

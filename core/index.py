@@ -72,6 +72,11 @@ class TreeIndex:
     hardlinks: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     #: first name of each hardlinked inode's real size, for entries whose own size was zeroed
     link_size: dict[int, int] = field(default_factory=dict)
+    #: (dev, ino) -> that inode's links (st_nlink) the scan has not met: more than 0 once the scan
+    #: is done means names outside the tree (or in folders it could not read)
+    links_unseen: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: hardlinked inodes with links_unseen above 0, kept as the scan goes (no pass over the dict)
+    outside_inodes: int = 0
     special: list[int] = field(default_factory=list)  # devices, fifos, sockets
     problems: list[ScanProblem] = field(default_factory=list)
     complete: bool = False
@@ -157,6 +162,15 @@ class TreeIndex:
             i = found
         return i
 
+    def outside_link_example(self) -> tuple[int, int, int] | None:
+        """(first entry, its names in the tree, its links in all) of one inode with hard links
+        outside the tree, or None when there is none (a dict lookup: the scan keeps the count)."""
+        if not self.outside_inodes:
+            return None
+        key = next(k for k, unseen in self.links_unseen.items() if unseen > 0)
+        group = self.hardlinks[key]
+        return group[0], len(group), len(group) + self.links_unseen[key]
+
     # -- totals ------------------------------------------------------------------------------
     def data_bytes(self, i: int) -> int:
         """cpio data bytes this entry stores if it is the one carrying its inode's data."""
@@ -236,6 +250,19 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
         st = os.lstat(broot)
     except OSError as exc:
         raise UserError(f"cannot read the OS tree {os.fsdecode(broot)}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        # The root itself may be a link to the tree (rootfs -> /srv/images/x): it is resolved, and
+        # it alone; the walk below opens every folder with O_NOFOLLOW, so no link inside the tree
+        # is ever followed. The index names the real folder, as the spec's model does.
+        real = os.path.realpath(broot)
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            raise UserError(f"cannot read the OS tree {os.fsdecode(broot)}, a symlink to {os.fsdecode(real)}: "
+                            f"{exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise UserError(f"the OS tree {os.fsdecode(broot)} is a symlink to {os.fsdecode(real)}, which is not a folder")
+        broot = real
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(f"the OS tree {os.fsdecode(broot)} is not a folder")
     broot = os.path.normpath(broot)
@@ -245,6 +272,8 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
     first_child, nchild = idx.first_child, idx.nchild
     tot_size, tot_alloc, tot_cpio, tot_count = idx.tot_size, idx.tot_alloc, idx.tot_cpio, idx.tot_count
     hardlinks, link_size, special, problems = idx.hardlinks, idx.link_size, idx.special, idx.problems
+    links_unseen = idx.links_unseen
+    outside = 0  # inodes with links not met yet
 
     names.append(b"")
     parent.append(-1)
@@ -289,8 +318,14 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
             group = hardlinks.get(key)
             if group is None:
                 hardlinks[key] = [i]
+                links_unseen[key] = nlinks[k] - 1
+                outside += 1
             else:  # a further name of an inode already counted: no data of its own
                 group.append(i)
+                unseen = links_unseen[key] - 1
+                links_unseen[key] = unseen
+                if unseen == 0:
+                    outside -= 1
                 link_size[i] = l_size[k]
                 l_size[k] = l_alloc[k] = 0
                 l_cpio[k] = (head + len(l_name[k])) & ~3
@@ -335,11 +370,13 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
         subdirs.reverse()  # pop in name-listing order; keeps descendants contiguous either way
         stack.extend(subdirs)
         if len(names) >= next_report:
+            idx.outside_inodes = outside
             next_report = len(names) + every
             if check is not None:
                 check()
             if progress is not None:
                 progress(idx)
+    idx.outside_inodes = outside
     idx.complete = True
     if progress is not None:
         progress(idx)

@@ -233,7 +233,7 @@ def write_initrd(index: TreeIndex, selection: IntervalSet, out_path: Path, *, co
     open_sink = compressor(compression, level, threads=threads)
     start = time.monotonic()
     out_path = Path(out_path)
-    with atomic_output(out_path) as fh:
+    with atomic_output(out_path, 0o600) as fh:  # the tree's content (etc/shadow too): private until packed
         sink = open_sink(fh, size=expected)
         n = write_newc(index, selection, sink, extra=extra, reporter=reporter, task=task, total=expected)
         sink.finish()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import getpass
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import UserError
+from .model import Spec
 
 
 @dataclass(frozen=True)
@@ -58,18 +60,53 @@ def read_pem_file(path: Path, field: str, what: str) -> bytes:
         raise UserError(f"{field}: {what} {path} is not readable by this user") from None
 
 
-def _passphrase(key_path: Path, env: str | None) -> bytes | None:
+def _passphrase(key_path: Path, env: str | None) -> bytes:
+    """The passphrase of the encrypted signing key, never empty: cryptography takes an empty one
+    for none at all and raises TypeError, and no encrypted PEM has an empty passphrase anyway."""
     if env:
         value = os.environ.get(env)
         if value is None:
             raise UserError(f"the signing key {key_path} is encrypted and ${env} (signing.passphrase_env) is not set")
+        if not value:
+            raise UserError(f"the signing key {key_path} is encrypted and ${env} (signing.passphrase_env) is "
+                            "set but empty; put the key's passphrase in it")
         return value.encode()
     if sys.stdin is not None and sys.stdin.isatty():
-        return getpass.getpass(f"Passphrase for {key_path}: ").encode()
+        typed = getpass.getpass(f"Passphrase for {key_path}: ")
+        if not typed:
+            raise UserError(f"no passphrase given for the encrypted signing key {key_path}")
+        return typed.encode()
     raise UserError(
         f"the signing key {key_path} is encrypted; set signing.passphrase_env to the name of an "
         "environment variable holding its passphrase"
     )
+
+
+def key_mode_warning(path: Path, field: str, where: str) -> str | None:
+    """A warning, as ssh gives for an unprotected private key, when the key file at ``path`` (spec
+    field ``field``, at ``where``) is open to its group or to others; None when it is private or
+    cannot be examined (loading it reports that). A warning, not a refusal: the key may live on
+    a single-user machine or a CI runner where the mode is beside the point."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    if not stat.S_ISREG(mode) or not mode & 0o077:
+        return None
+    who = " and ".join(w for w, bits in (("its group", 0o070), ("others", 0o007)) if mode & bits)
+    return (f"{where}: {field} {path} is a private key open to {who} (mode {stat.S_IMODE(mode):04o}); "
+            f"run `chmod 600 {path}`")
+
+
+def private_key_warnings(spec: Spec) -> list[str]:
+    """:func:`key_mode_warning` for the spec's private keys: ``signing.key`` and ``uki.pcr_key``."""
+    keys: list[tuple[str, str, Path]] = []
+    if spec.signing is not None:
+        keys.append(("signing", "key", spec.signing.key))
+    if spec.uki.pcr_key is not None:
+        keys.append(("uki", "pcr_key", spec.uki.pcr_key))
+    found = (key_mode_warning(path, f"{section}.{name}", spec.where(section, name)) for section, name, path in keys)
+    return [w for w in found if w]
 
 
 def load_certificate(data: bytes, where: object) -> x509.Certificate:
@@ -94,7 +131,7 @@ def load_signer(key_path: Path, cert_path: Path, *, passphrase_env: str | None =
         password = _passphrase(key_path, passphrase_env)
         try:
             key = serialization.load_pem_private_key(key_pem, password=password)
-        except ValueError:
+        except (ValueError, TypeError):
             raise UserError(f"wrong passphrase for the signing key {key_path}") from None
     except ValueError:
         raise UserError(f"signing key {key_path} is not a PEM private key") from None

@@ -15,8 +15,11 @@ from .cpio import extra_bytes
 from .fsentry import host_path_in_tree
 from .index import TRAILER_BYTES, TreeIndex, scan
 from .initrd import initrd_extra
+from .keys import private_key_warnings
 from .model import INITRD_SKIP_TOP, Spec
-from .selection import IntervalSet, Sums, match, subtree_set
+from .outputs import output_problems
+from .selection import IntervalSet, Sums, match, subtree_set, with_ancestors
+from .spec import splash_problem
 from .units import format_size
 
 
@@ -116,7 +119,7 @@ def _nested_dropped(index: TreeIndex, marks: list[int]) -> list[int]:
 def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     """Resolve the spec's paths against the index and compute the exact figures."""
     sums = sums or Sums(index)
-    problems: list[str] = []
+    problems: list[str] = output_problems(spec)  # an output that would destroy a key, the spec or the tree
     warnings: list[str] = []
     root_text = os.fsdecode(index.root)
 
@@ -129,6 +132,16 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
         kernel_ok = False
     if not kernel_ok:
         problems.append(f"{spec.where('os', 'kernel')}: kernel {spec.os.kernel} does not exist")
+    splash_why = splash_problem(spec.uki.splash) if spec.uki.splash is not None else None
+    if splash_why:
+        problems.append(f"{spec.where('uki', 'splash')}: {splash_why}")
+    warnings.extend(private_key_warnings(spec))
+    outside = index.outside_link_example() if index.complete else None  # counted by the scan
+    if outside is not None:
+        first, inside, links = outside
+        warnings.append(f"{spec.where('os', 'root')}: {index.outside_inodes:,} hardlinked file(s) in the OS tree "
+                        f"also have links outside it, e.g. {os.fsdecode(index.path(first))} ({links} links, {inside} "
+                        "in the tree); their content is packed all the same")
 
     ext_plans: list[ExtensionPlan] = []
     for n, ext in enumerate(spec.extensions):
@@ -175,11 +188,11 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
 
     base = initrd_base(spec, index)
     moved = IntervalSet().union(*(e.selected for e in ext_plans)) if ext_plans else IntervalSet()
-    after = base.difference(moved)
+    after = with_ancestors(index, base.difference(moved))  # an excluded file keeps its folders
     extra = TRAILER_BYTES + init_entry_bytes(spec)
     before_bytes = sums.cpio_bytes(base) + extra
     after_bytes = sums.cpio_bytes(after) + extra
     base_bytes = before_bytes - extra
     for e in ext_plans:  # what this extension alone takes out (a hardlink kept elsewhere keeps its data)
-        e.initrd_bytes = base_bytes - sums.cpio_bytes(base.difference(e.selected))
+        e.initrd_bytes = base_bytes - sums.cpio_bytes(with_ancestors(index, base.difference(e.selected)))
     return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings)

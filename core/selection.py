@@ -94,6 +94,22 @@ class IntervalSet:
             yield from range(s, e)
 
 
+def with_ancestors(index: TreeIndex, sel: IntervalSet) -> IntervalSet:
+    """``sel`` plus every folder above its entries (the root, index 0, aside). An archive or image
+    that holds a file must hold its parent folders: the kernel's initramfs unpacker drops a file
+    whose folder is missing, silently. Only each interval's first entry needs its ancestors
+    looked up: a folder's subtree is one contiguous range, so any ancestor of a later entry of the
+    same interval lies inside the interval or above its first entry."""
+    missing: set[int] = set()
+    for start, _ in sel:
+        for a in index.ancestors(start):
+            if a == 0 or a in missing:
+                break  # the root, or a folder whose own ancestors were looked up already
+            if a not in sel:  # (a folder kept while its parent moved out still needs that parent)
+                missing.add(a)
+    return sel.union(IntervalSet((a, a + 1) for a in missing)) if missing else sel
+
+
 def subtree_set(index: TreeIndex, entries: Iterable[int]) -> IntervalSet:
     """The entries themselves plus everything below the folders among them."""
     ivs = []

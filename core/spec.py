@@ -35,8 +35,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import math
+import os
 import posixpath
 import re
+import stat
+import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +144,37 @@ def extension_name_problem(name: str) -> str | None:
                 f"and must start with a letter or digit")
     if len(name.encode()) > MAX_NAME_BYTES:
         return f"extension name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} fit a file name"
+    return None
+
+
+#: C0 controls, DEL and C1 controls: Unicode category Cc.
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_NAMES = {"\0": "NUL", "\t": "tab", "\n": "line break", "\r": "carriage return", "\x1b": "ESC",
+                  "\x7f": "DEL"}
+
+
+def control_character(text: str, *, allowed: str = "") -> str | None:
+    """``a control character (NUL) at position 15`` for the first control character in ``text``
+    not in ``allowed`` (positions count the value's characters from 1), or None."""
+    for m in _CONTROL_RE.finditer(text):
+        c = m.group()
+        if c not in allowed:
+            name = _CONTROL_NAMES.get(c, f"U+{ord(c):04X}")
+            return f"a control character ({name}) at position {m.start() + 1}"
+    return None
+
+
+def uname_problem(release: str) -> str | None:
+    """Why ``release`` cannot be a UKI's .uname (a kernel release such as 6.1.0-18-amd64), or None.
+
+    The stub compares .uname with add-ons' and systemd-boot shows it: a control character (a
+    NUL would cut it short) or a space has no place in it.
+    """
+    bad = control_character(release)
+    if bad:
+        return f"{release!r} contains {bad}; a kernel release is one word, like 6.1.0-18-amd64"
+    if not release.strip() or any(c.isspace() for c in release):
+        return f"{release!r} must be one word, like 6.1.0-18-amd64"
     return None
 
 
@@ -367,7 +401,23 @@ class _Reader:
         if "\0" in value:
             self.problem(node, f"{dotted(keys)} contains a NUL character")
             return None
-        return self.base / Path(value).expanduser()
+        path = self.expand(node, keys, value)
+        return None if path is None else self.base / path
+
+    def expand(self, node: Node, keys: KeyPath, value: str) -> Path | None:
+        """``value`` as a Path with a leading ``~`` or ``~user`` expanded; a user this machine does
+        not know (or a ``~`` with neither HOME nor a password entry) is reported, not raised."""
+        try:
+            return Path(value).expanduser()
+        except RuntimeError:  # pathlib: "Could not determine home directory."
+            user = value[1:].split("/", 1)[0]
+            if user:
+                self.problem(node, f"{dotted(keys)}: {value!r} starts with '~{user}', but this machine has "
+                                   f"no user {user!r}", "write the path out in full")
+            else:
+                self.problem(node, f"{dotted(keys)}: {value!r} starts with '~', but this user's home folder is "
+                                   "unknown (no HOME, no user entry)", "write the path out in full")
+            return None
 
     def tree_glob(self, node: Node, keys: KeyPath, value: str, what: str) -> str | None:
         """A path or glob inside the OS tree: relative, no '..', normalised (no './', '//', trailing '/')."""
@@ -444,10 +494,28 @@ def _read_os(r: _Reader, node: Node | None) -> OsSpec | None:
                       "name the kernel inside the OS tree, or give an absolute path on this machine")
             kernel_text = ""
     exclude = _read_globs(r, entries.get("exclude"), ("os", "exclude"))
-    if root is None or not kernel_text or exclude is None:
+    kpath = None
+    if kernel_text:
+        kpath = r.expand(entries.get("kernel", node), ("os", "kernel"), kernel_text)
+    if root is None or kpath is None or exclude is None:
         return None
-    kpath = Path(kernel_text).expanduser()
-    return OsSpec(root=root, kernel=kpath if kpath.is_absolute() else root / kpath, exclude=exclude)
+    real = _resolve_root_link(root)
+    if kpath.is_absolute() and kpath.is_relative_to(root):  # written through the link: still in the tree
+        kpath = real / kpath.relative_to(root)
+    return OsSpec(root=real, kernel=kpath if kpath.is_absolute() else real / kpath, exclude=exclude)
+
+
+def _resolve_root_link(root: Path) -> Path:
+    """``root`` itself resolved when it is a symlink to a folder (``rootfs -> /srv/images/x``), so
+    the model, the index and the workbench all name the folder that is scanned; anything else is
+    kept as written for the scan to report. Only the root is resolved: links inside the tree are
+    never followed."""
+    try:
+        if root.is_symlink() and root.is_dir():
+            return Path(os.path.realpath(root))
+    except OSError:
+        pass
+    return root
 
 
 def _read_globs(r: _Reader, node: Node | None, keys: KeyPath) -> list[str] | None:
@@ -498,6 +566,20 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
         cmdline = r.text(entries["cmdline"], ("uki", "cmdline"), null_ok=True)
         if cmdline is None and not is_null(entries["cmdline"]):
             ok = False
+        # Tab, line feed and carriage return are separators like a space: a folded or literal YAML
+        # scalar (``cmdline: >``) brings line breaks, the kernel's parser splits on them, and the
+        # stub's mangle_stub_cmdline() (src/boot/util.c) turns every character up to 0x20 into a
+        # space and chops trailing ones, so a trailing newline is harmless; all of them are folded
+        # into single spaces here. Any other control character is refused: a NUL ends the command
+        # line the stub passes on (what follows it would be signed and measured, never used), and
+        # the stub turns the rest into spaces, so the signed text would not be what the kernel reads.
+        bad = control_character(cmdline or "", allowed="\t\n\r")
+        if bad is not None:
+            r.problem(entries["cmdline"], f"uki.cmdline contains {bad}",
+                      "the stub ends the command line at a NUL: what follows would be signed but never used"
+                      if "(NUL)" in bad else
+                      "the stub turns control characters into spaces: the kernel would not get what is signed")
+            ok = False
         uki.cmdline = " ".join((cmdline or "").split())
     if "init" in entries:
         init = r.text(entries["init"], ("uki", "init"), null_ok=True)
@@ -510,8 +592,9 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
         uki.init = init
     if "uname" in entries:
         uname = r.text(entries["uname"], ("uki", "uname"), null_ok=True)
-        if uname is not None and (not uname.strip() or any(c.isspace() for c in uname)):
-            r.problem(entries["uname"], f"uki.uname {uname!r} must be one word, like 6.1.0-18-amd64")
+        why = uname_problem(uname) if uname is not None else None
+        if why:
+            r.problem(entries["uname"], f"uki.uname {why}")
             ok = False
         uki.uname = uname
     if "compression" in entries:
@@ -847,15 +930,48 @@ def loads_spec(text: str, path: Path) -> Spec:
                 output=output, locations=r.locations)
 
 
+def _file_kind(mode: int) -> str:
+    """``a named pipe (FIFO)`` and the like, for a file that is neither regular nor a folder."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a file of an unknown kind"
+
+
 def load_spec(path: Path) -> Spec:
     """Read and check the spec file at ``path``; :class:`SpecError` lists every problem."""
+    path = Path(path)
+    return loads_spec(read_spec_text(path), path)
+
+
+def read_spec_text(path: Path) -> str:
+    """The text of the spec file at ``path``; one :class:`SpecError` when it is missing, not a
+    regular file (never waiting on a FIFO), unreadable, too big or not UTF-8. Meant for whoever
+    reads the spec file, so that none of them can hang on a FIFO put in its place."""
     path = Path(path)
 
     def fail(message: str, hint: str = "") -> SpecError:
         return SpecError([Problem(path, 0, 0, message, hint)])
 
+    def refuse_kind(mode: int) -> None:
+        if stat.S_ISDIR(mode):
+            raise fail("is a folder, not a spec file", "name the YAML file, e.g. sysextant.yaml")
+        if not stat.S_ISREG(mode):
+            raise fail(f"is {_file_kind(mode)}, not a spec file", "name the YAML file itself, e.g. sysextant.yaml")
+
+    # A FIFO would block open() until a writer comes (forever, for a stray one) and a device may
+    # act on being opened: the kind is checked before opening, and again on the open descriptor
+    # (O_NONBLOCK never waits for a FIFO's writer) in case the path was swapped in between.
     try:
-        with open(path, "rb") as fh:
+        refuse_kind(os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            refuse_kind(os.fstat(fh.fileno()).st_mode)
             data = fh.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise fail("the spec file does not exist", "create one with `sysextant init`") from None
@@ -875,7 +991,75 @@ def load_spec(path: Path) -> Spec:
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError([Problem(path, line, col, f"byte 0x{data[exc.start]:02x} is not UTF-8 text",
                                  "save the spec as UTF-8")]) from None
-    return loads_spec(text, path)
+    return text
+
+
+# --------------------------------------------------------------------------------------------
+# Files the spec names, checked when the spec is applied (the plan), not when it is read
+
+#: BITMAPFILEHEADER (14 bytes) plus the BITMAPINFOHEADER fields systemd-stub reads (40 bytes).
+_BMP_HEAD = struct.Struct("<2sIHHIIiiHHIIiiII")
+#: Pixel data systemd-stub agrees to draw (src/boot/splash.c ``bmp_parse_header``).
+_BMP_MAX_PIXELS = 64 * 1024 * 1024
+
+
+def splash_problem(path: Path) -> str | None:
+    """Why systemd-stub would not show ``path`` as the UKI's .splash, or None.
+
+    The stub draws only uncompressed Windows BMPs and silently skips anything else (the section
+    is still measured and signed). The checks are the main ones of ``bmp_parse_header()`` in
+    systemd's src/boot/splash.c: the ``BM`` magic, a file size field equal to the file's size,
+    an info header of at least 40 bytes, a depth of 1, 4, 8 or 24 bits (uncompressed) or 16 or
+    32 (also BI_BITFIELDS), pixel rows that fit the file and at most 64 MiB of them, a full
+    colour table at 8 bits and fewer. Only the header is read; a FIFO or a device is refused
+    without being opened.
+    """
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return f"uki.splash {path} is a folder, not a BMP image"
+        if not stat.S_ISREG(st.st_mode):
+            return f"uki.splash {path} is {_file_kind(st.st_mode)}, not a BMP image"
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            head = fh.read(_BMP_HEAD.size)
+            size = os.fstat(fh.fileno()).st_size
+    except FileNotFoundError:
+        return f"uki.splash {path} does not exist"
+    except PermissionError:
+        return f"uki.splash {path} is not readable by this user"
+    except OSError as exc:
+        return f"cannot read uki.splash {path}: {exc.strerror or exc}"
+    if not size:
+        return f"uki.splash {path} is empty, not a BMP image"
+    if head[:2] != b"BM":
+        return (f"uki.splash {path} is not a BMP image (it starts with {head[:4]!r}, not 'BM'); "
+                "systemd-stub shows only BMP splashes: convert it, e.g. with ImageMagick `convert IN BMP3:OUT.bmp`")
+    if len(head) < _BMP_HEAD.size:
+        return f"uki.splash {path} is a truncated BMP ({size} bytes, less than its 54-byte header)"
+    (_, file_size, _, _, offset, dib_size, width, height, _, depth, compression, *_rest) = _BMP_HEAD.unpack(head)
+    cannot = f"uki.splash {path} is a BMP systemd-stub cannot show"
+    if file_size != size:
+        return f"{cannot}: its header says {file_size} bytes, the file has {size}"
+    if dib_size < 40:
+        return f"{cannot}: an old {dib_size}-byte info header (save it as a Windows BMP, version 3 or later)"
+    if depth not in (1, 4, 8, 16, 24, 32):
+        return f"{cannot}: {depth} bits per pixel (1, 4, 8, 16, 24 or 32 work)"
+    if compression not in ((0, 3) if depth in (16, 32) else (0,)):
+        return f"{cannot}: it is compressed (method {compression}); save it uncompressed"
+    if height < 0:  # the stub reads it unsigned: a top-down BMP would be read as a huge one
+        return f"{cannot}: it is stored top-down (a negative height); save it as an ordinary bottom-up BMP"
+    if width <= 0 or height == 0:
+        return f"{cannot}: it has no pixels to show ({width}x{height})"
+    rows, columns = height, width
+    pixels = (depth * columns + 31) // 32 * 4 * rows
+    if not 14 + dib_size <= offset <= size or pixels > size - offset:
+        return f"{cannot}: its pixel data does not fit the file ({columns}x{rows} at {depth} bits)"
+    if depth <= 8 and offset - (14 + dib_size) < 4 << depth:
+        return f"{cannot}: its colour table is shorter than {1 << depth} colours for {depth} bits per pixel"
+    if pixels > _BMP_MAX_PIXELS:
+        return f"{cannot}: {columns}x{rows} pixels are more than the 64 MiB of pixel data it draws"
+    return None
 
 
 # --------------------------------------------------------------------------------------------

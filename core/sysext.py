@@ -100,7 +100,7 @@ def collect_entries(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec) -
 
 def inputs_digest(ext: ExtensionSpec, entries: list[FsEntry], *, with_times: bool) -> bytes:
     """A digest of everything that decides the image bytes. ``with_times`` adds the tree's own
-    mtimes (for recognising an unchanged extension between builds)."""
+    mtimes, inodes and ctimes (for recognising an unchanged extension between builds)."""
     h = hashlib.sha256()
     h.update(repr((FORMAT_VERSION, ext.name, ext.version, ext.filesystem, ext.compression,
                    sorted(ext.release.items()), source_date_epoch())).encode())
@@ -108,7 +108,7 @@ def inputs_digest(ext: ExtensionSpec, entries: list[FsEntry], *, with_times: boo
         h.update(repr((e.path, e.mode, e.uid, e.gid, e.size, e.rdev, e.target, sorted(e.xattrs.items()),
                        e.data, e.link_id is not None)).encode())
         if with_times:
-            h.update(str(e.mtime).encode())
+            h.update(f"{e.mtime}:{e.stamp[0]}:{e.stamp[1]}".encode())
     return h.digest()
 
 

@@ -23,6 +23,7 @@ from .model import Spec
 from .pcr import PcrKey, load_pcr_key, measured_sections, pcr_sections, stub_version
 from .plan import Plan
 from .progress import Reporter
+from .spec import uname_problem
 
 FORMAT_VERSION = "sysextant-uki-1"
 
@@ -73,7 +74,11 @@ def uname(spec: Spec, index: TreeIndex, kernel: Path) -> str | None:
     if mods is not None:
         versions = [index.names[c] for c in index.children(mods) if index.is_dir(c)]
         if len(versions) == 1:
-            return os.fsdecode(versions[0])
+            try:
+                release = versions[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return None  # not a kernel release: no .uname rather than bytes the stub would mangle
+            return release if uname_problem(release) is None else None
     return None
 
 
@@ -108,8 +113,9 @@ def sections(spec: Spec, index: TreeIndex, initrd: Path, *, pcr_key: PcrKey | No
 
 
 def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
-    """What decides the UKI's bytes: the kept entries (path, type, size, mtime), the kernel, stub,
-    os-release and the uki settings. One lstat per kept entry."""
+    """What decides the UKI's bytes: the kept entries (path, type, size, mtime, and inode and ctime:
+    a file rewritten with the same size and a clamped mtime still counts as changed), the kernel,
+    stub, os-release and the uki settings. One lstat per kept entry."""
     h = hashlib.sha256()
     u = spec.uki
     h.update(repr((FORMAT_VERSION, u.cmdline, u.init, u.compression, u.level, u.zstd_single(), str(u.stub), str(u.splash),
@@ -120,14 +126,15 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
     for path in (u.stub, kernel_path(spec), u.splash):
         if path is not None:
             st = os.stat(path)
-            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
     h.update(os_release(spec))
     index = plan.index
     paths = sorted(index.path(i) for i in plan.initrd_after.indices())
     for rel in paths:
         try:
             st = os.lstat(os.path.join(index.root, rel))
-            h.update(b"%s\0%d\0%d\0%d\n" % (rel, st.st_mode, st.st_size, st.st_mtime_ns))
+            h.update(b"%s\0%d\0%d\0%d\0%d\0%d\n" % (rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                     st.st_ino))
         except OSError:
             h.update(rel + b"\0gone\n")
     return h.hexdigest()
@@ -138,14 +145,14 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
                    inputs: str | None = None):
     """Build (or reuse) ``uki.output``; returns a :class:`.build.Artefact`. ``inputs`` is
     :func:`inputs_digest` when the caller has it already."""
-    from .build import Artefact, _reusable
+    from .artefacts import Artefact, record, reusable
     from .initrd import build_initrd
     from .uki import build_uki, predict_size
 
     out = spec.uki.output
     if inputs is None:
         inputs = inputs_digest(spec, plan, signer)
-    previous = None if force else _reusable(state, "uki", inputs, out)
+    previous = None if force else reusable(state, "uki", inputs, out)
     if previous:
         if reporter:
             reporter.log("uki", f"unchanged since the last build: reusing {out.name}")
@@ -170,8 +177,7 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
              "exact_formula_bytes": exact, "sections": [list(s) for s in result.sections]}
     art = Artefact("uki", "uki", str(out), result.size, False, result.signed, result.sha256,
                    predicted_size=predicted, extra=extra)
-    state["uki"] = {"inputs": inputs, "size": result.size, "digest": result.sha256, "predicted": predicted,
-                    "extra": extra}
+    record(state, "uki", out, inputs, size=result.size, digest=result.sha256, predicted=predicted, extra=extra)
     return art
 
 

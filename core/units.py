@@ -48,6 +48,13 @@ class Thresholds:
 
 
 THRESHOLDS = Thresholds()
+#: verdicts that mean the UKI will not boot where the spec says it must: a failed build or plan
+FAILING_VERDICTS = ("over", "fails", "impossible")
+
+
+def failing_verdict(verdict: str | None) -> bool:
+    """Whether a :meth:`Thresholds.verdict` word is a failure (exit 1, no deploy advice)."""
+    return verdict in FAILING_VERDICTS
 
 #: Named firmware limits a spec may use instead of a number (`uki.limit: ovmf`).
 LIMIT_PRESETS: dict[str, int] = {

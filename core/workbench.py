@@ -162,12 +162,11 @@ class Session:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Session:
         """Read the spec at ``path``; raises ``SpecError`` (a UserError listing problems)."""
-        from .spec import load_spec
+        from .spec import loads_spec, read_spec_text
 
         path = Path(path)
-        spec = load_spec(path)
-        text = path.read_text(encoding="utf-8")
-        return cls(path, text, spec)
+        text = read_spec_text(path)  # never waits on a FIFO put in the spec's place
+        return cls(path, text, loads_spec(text, path))
 
     @property
     def root(self) -> Path:
@@ -559,16 +558,16 @@ class Session:
         Our own saves come back as change events with identical text: those are ignored. A text
         that fails to load keeps the last good spec and returns the problems.
         """
-        from .spec import Problem, SpecError, loads_spec
+        from .spec import Problem, SpecError, loads_spec, read_spec_text
 
         if text is None:
-            try:
-                text = self.path.read_text(encoding="utf-8")
-            except FileNotFoundError:
+            if not self.path.exists() and not self.path.is_symlink():
                 return Reload(True, False, problems=[Problem(self.path, 0, 0, "the spec file was removed",
                                                              "the workbench keeps the last good spec")])
-            except (OSError, UnicodeDecodeError) as exc:
-                return Reload(True, False, problems=[Problem(self.path, 0, 0, f"cannot read the spec: {exc}")])
+            try:
+                text = read_spec_text(self.path)  # a FIFO swapped in is refused, not waited on
+            except SpecError as exc:
+                return Reload(True, False, problems=list(exc.problems))
         if text == self.text:
             self.disk_problems = []
             return Reload(False, True)

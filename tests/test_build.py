@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.build import build
+from sysextant.core.build import build, render
 from sysextant.core.demo import create_demo
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.gpt import read_gpt
@@ -186,7 +186,7 @@ def test_full_disk_is_one_clear_error_and_leaves_nothing(demo: Path, tmp_path: P
     assert "rc=2" in proc.stdout, proc.stdout + proc.stderr
     assert "no space left" in proc.stderr and "Traceback" not in proc.stderr
     leftovers = proc.stdout.split("rc=2", 1)[1].split()
-    assert leftovers == [], leftovers  # no image, no temp file
+    assert leftovers == [".sysextant.lock"], leftovers  # no image, no temp file (the lock file stays, empty of data)
 
 
 def test_ctrl_c_mid_build_leaves_previous_outputs(demo: Path, tmp_path: Path) -> None:
@@ -215,16 +215,28 @@ def test_ctrl_c_mid_build_leaves_previous_outputs(demo: Path, tmp_path: Path) ->
     assert no_temp_files(spec_path.parent)
 
 
-def test_file_vanished_since_the_scan(demo: Path, tmp_path: Path) -> None:
+def test_a_build_packs_the_tree_as_it_is_now(demo: Path, tmp_path: Path) -> None:
+    """The workbench hands over the index it scanned when it opened; the build must not trust it:
+    a file removed and one added since are what the image holds, and the report says the tree
+    changed (the figures shown before the build are out of date)."""
     from sysextant.core.index import scan
+    from sysextant.core.verify import verify_image
 
     spec = load_spec(copy_project(demo, tmp_path / "p"))
     index = scan(spec.os.root)  # the workbench builds from the index it already has
-    victim = next((spec.os.root / "usr/lib/firmware").rglob("*.bin"))
+    firmware = spec.os.root / "usr/lib/firmware"
+    victim = next(firmware.rglob("*.bin"))
     victim.unlink()
-    with pytest.raises(UserError, match=r"vanished"):
-        build(spec, only=["firmware"], index=index)
-    assert not (spec.output / "firmware.sysext.raw").exists()
+    (firmware / "added-since.bin").write_bytes(b"new" * 1000)
+    report = build(spec, only=["firmware"], index=index)
+    assert report.ok and report.tree_changed and "changed since it was scanned" in report.tree_changed
+    assert "changed since it was scanned" in render(report)
+    image = spec.output / "firmware.sysext.raw"
+    assert verify_image(image).ok
+    listing = subprocess.run(["systemd-dissect", "--list", str(image)], capture_output=True, text=True)
+    if listing.returncode == 0:  # systemd-dissect needs root and loop devices
+        assert "usr/lib/firmware/added-since.bin" in listing.stdout
+        assert str(victim.relative_to(spec.os.root)) not in listing.stdout
     assert no_temp_files(spec.base)
 
 

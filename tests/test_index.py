@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sysextant.core.errors import UserError
 from sysextant.core.index import TRAILER_BYTES, cpio_entry_bytes, scan
 from sysextant.core.selection import IntervalSet, Sums, match, subtree_set
 
@@ -87,6 +88,43 @@ def test_counts_and_sizes(tmp_path: Path) -> None:
     host_root = index.lookup("usr/bin/to-host-root")
     assert not index.is_dir(host_root) and len(index.subtree(host_root)) == 0
     assert index.size[index.lookup("usr/bin/abs-link")] == len("/usr/bin/tool")
+
+
+def test_hard_links_outside_the_tree_are_counted(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    make_tree(root)
+    index = scan(root)
+    assert index.outside_inodes == 0 and index.outside_link_example() is None  # all 3 names inside
+    (root / "usr/bin/solo").write_bytes(b"solo")
+    os.link(root / "usr/bin/tool", tmp_path / "tool-outside")
+    os.link(root / "usr/bin/solo", tmp_path / "solo-outside")
+    os.link(root / "usr/bin/solo", tmp_path / "solo-outside-2")
+    index = scan(root)
+    assert index.outside_inodes == 2
+    first, inside, links = index.outside_link_example()
+    tool = {b"usr/bin/tool", b"usr/bin/tool-hardlink", b"etc/tool-third-name"}
+    assert (inside, links) == ((1, 3) if index.path(first) == b"usr/bin/solo" else (3, 4))
+    assert index.path(first) in tool | {b"usr/bin/solo"}
+    assert index.counts()["apparent_bytes"] == scan(root).counts()["apparent_bytes"]  # content still counted once
+
+
+def test_root_may_be_a_symlink_to_a_folder(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    make_tree(real)
+    (tmp_path / "link").symlink_to("real")
+    index = scan(tmp_path / "link")
+    assert index.root == os.fsencode(real)  # the real folder, as the spec's model names it
+    assert index.counts() == scan(real).counts()
+    # only the root is resolved: the links inside are still entries, never followed
+    assert len(index.subtree(index.lookup("usr/bin/to-host-root"))) == 0
+    (tmp_path / "to-file").symlink_to("real/etc/os-release")
+    with pytest.raises(UserError, match=r"the OS tree .*to-file is a symlink to .*os-release, which is not a folder"):
+        scan(tmp_path / "to-file")
+    (tmp_path / "dangling").symlink_to("nowhere")
+    with pytest.raises(UserError, match=r"cannot read the OS tree .*dangling, a symlink to .*nowhere: No such file"):
+        scan(tmp_path / "dangling")
 
 
 def test_odd_names_round_trip(tmp_path: Path) -> None:
@@ -201,7 +239,8 @@ def test_scan_is_the_same_with_the_python_listing(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(index_mod, "listdir_lstat", index_mod._listdir_lstat_py)
     slow = scan(tmp_path)
     for column in ("names", "parent", "mode", "size", "alloc", "cpio", "first_child", "nchild", "tot_size",
-                   "tot_alloc", "tot_cpio", "tot_count", "hardlinks", "link_size", "special"):
+                   "tot_alloc", "tot_cpio", "tot_count", "hardlinks", "link_size", "links_unseen", "outside_inodes",
+                   "special"):
         assert getattr(fast, column) == getattr(slow, column), column
     assert [str(p) for p in fast.problems] == [str(p) for p in slow.problems]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -200,3 +201,35 @@ def test_zstd_mode_is_checked(tmp_path: Path) -> None:
         load_spec(tmp_path / "sysextant.yaml")
     text = str(exc.value)
     assert "uki.zstd_mode" in text and ":4:" in text and "auto, parallel, single" in text
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="GNU cpio not installed")
+def test_excluded_entries_keep_their_folders_in_the_initrd(tree: Path, tmp_path: Path) -> None:
+    """An extension that takes usr/lib/modules but excludes the block and md drivers (the obvious
+    way to keep boot modules in the UKI) must leave those files in the initrd WITH their parent
+    folders: the kernel's unpacker silently drops a file whose folder is missing. Extracted by GNU
+    cpio, every kept entry has its parents, and the plan's byte count is the archive's."""
+    release = next((tree / "usr/lib/modules").iterdir()).name
+    spec = make_spec(tree, "none", 0)
+    spec.extensions = [ExtensionSpec(name="modules", paths=["usr/lib/modules"],
+                                     exclude=["usr/lib/modules/*/kernel/drivers/block", "usr/lib/modules/*/kernel/drivers/md"])]
+    plan = make_plan(spec, scan(tree))
+    assert not plan.problems
+    result = build_initrd(spec, plan, tmp_path / "initrd")
+    assert result.uncompressed_bytes == plan.initrd_cpio_after == (tmp_path / "initrd").stat().st_size
+    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(tmp_path / "initrd", "rb"), capture_output=True,
+                             text=True, check=True).stdout.split("\n")
+    names = {n for n in listing if n}
+    kept = [n for n in names if "/kernel/drivers/block/" in n]
+    assert kept, "the excluded block drivers must stay in the initrd"
+    for name in names:
+        parent = os.path.dirname(name)
+        assert parent in ("", ".") or parent in names, f"{name} is in the initrd without its folder {parent}"
+    assert f"usr/lib/modules/{release}/kernel/drivers" in names
+    assert not any("/kernel/sound/" in n for n in names)  # the rest did move out
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], stdin=open(tmp_path / "initrd", "rb"),
+                   cwd=out, check=True, capture_output=True)
+    for name in kept:
+        assert (out / name).exists() or (out / name).is_symlink()

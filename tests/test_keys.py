@@ -11,7 +11,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sysextant.core.errors import UserError
-from sysextant.core.keys import generate_demo_pair, load_signer
+from sysextant.core.keys import (
+    generate_demo_pair,
+    key_mode_warning,
+    load_signer,
+    private_key_warnings,
+)
 
 
 def write_pair(folder: Path, key_pem: bytes, cert_pem: bytes) -> tuple[Path, Path]:
@@ -111,6 +116,46 @@ def test_encrypted_key_uses_the_named_variable(tmp_path: Path, monkeypatch: pyte
     # without a variable and without a terminal: say how to provide it, never hang on a prompt
     with pytest.raises(UserError, match="passphrase_env"):
         load_signer(key, cert)
+
+
+def test_encrypted_key_with_an_empty_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cryptography takes an empty passphrase for none and raises TypeError: one clear error instead."""
+    k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key, cert = write_pair(tmp_path, pem(k, b"s3cret"), make_cert(k))
+    monkeypatch.setenv("DB_PASS", "")
+    with pytest.raises(UserError, match=rf"signing key {key} is encrypted and \$DB_PASS .* is set but empty"):
+        load_signer(key, cert, passphrase_env="DB_PASS")
+
+
+@pytest.mark.parametrize(("mode", "who"), [
+    (0o600, None), (0o400, None), (0o644, "its group and others"), (0o640, "its group"), (0o604, "others"),
+    (0o620, "its group"),
+])
+def test_key_mode_warning_like_ssh(tmp_path: Path, mode: int, who: str | None) -> None:
+    key = tmp_path / "db.key"
+    key.write_bytes(b"key")
+    key.chmod(mode)
+    got = key_mode_warning(key, "signing.key", "spec.yaml:20:8")
+    if who is None:
+        assert got is None
+    else:
+        assert got == (f"spec.yaml:20:8: signing.key {key} is a private key open to {who} (mode {mode:04o}); "
+                       f"run `chmod 600 {key}`")
+    assert key_mode_warning(tmp_path / "missing.key", "signing.key", "x") is None  # loading reports that
+
+
+def test_private_key_warnings_name_both_keys(tmp_path: Path) -> None:
+    from sysextant.core.spec import loads_spec
+
+    for name, mode in (("db.key", 0o644), ("pcr.key", 0o640), ("db.pem", 0o644)):
+        (tmp_path / name).write_bytes(b"x")
+        (tmp_path / name).chmod(mode)
+    spec = loads_spec("version: 1\nos: {root: rootfs}\nuki:\n  pcr_key: pcr.key\n"
+                      "signing:\n  key: db.key\n  cert: db.pem\n", tmp_path / "spec.yaml")
+    warnings = private_key_warnings(spec)
+    assert [w.split(" is ")[0] for w in warnings] == [f"{tmp_path}/spec.yaml:6:8: signing.key {tmp_path}/db.key",
+                                                      f"{tmp_path}/spec.yaml:4:12: uki.pcr_key {tmp_path}/pcr.key"]
+    assert "(mode 0640)" in warnings[1] and "db.pem" not in "".join(warnings)  # a certificate is public
 
 
 def test_demo_key_is_private(tmp_path: Path) -> None:

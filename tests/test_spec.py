@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
@@ -242,6 +244,23 @@ CASES = [
     ("output: images\n", "output: images\n---\nx: 1\n", (36, 1), "expected a single document", ""),
     ("output: images\n", "output: a: b\n", (35, 10), "mapping values are not allowed", "quote"),
     ("output: images\n", "output: images\x07\n", (35, 15), "character '\\x07' is not allowed", ""),
+    # '~user' of a user this machine does not have (pathlib raises RuntimeError)
+    ("  root: rootfs\n", "  root: ~nosuchuser-x/rootfs\n", (3, 9),
+     "os.root: '~nosuchuser-x/rootfs' starts with '~nosuchuser-x', but this machine has no user 'nosuchuser-x'",
+     "in full"),
+    ("  kernel: boot/vmlinuz-6.1\n", "  kernel: ~nosuchuser-x/vmlinuz\n", (4, 11), "os.kernel: '~nosuchuser-x/vmlinuz'", ""),
+    ("  splash: splash.bmp\n", "  splash: ~nosuchuser-x/s.bmp\n", (14, 11), "uki.splash: '~nosuchuser-x/s.bmp'", ""),
+    ("  key: keys/db.key\n", "  key: ~nosuchuser-x/db.key\n", (20, 8), "no user 'nosuchuser-x'", ""),
+    # control characters in what the stub reads as text
+    ('  cmdline: "console=ttyS0 rd.immucore.debug"\n', '  cmdline: "console=ttyS0\\0 init=/bin/sh"\n', (8, 12),
+     "uki.cmdline contains a control character (NUL) at position 14", "ends the command line at a NUL"),
+    ('  cmdline: "console=ttyS0 rd.immucore.debug"\n', '  cmdline: "quiet \\e[2J"\n', (8, 12),
+     "control character (ESC) at position 7", "into spaces"),
+    ('  cmdline: "console=ttyS0 rd.immucore.debug"\n', '  cmdline: "a\\x7fb"\n', (8, 12), "(DEL) at position 2", ""),
+    ('  cmdline: "console=ttyS0 rd.immucore.debug"\n', '  cmdline: "a\\x9bb"\n', (8, 12), "(U+009B) at position 2", ""),
+    ("  uname: 6.1.0-18-amd64\n", '  uname: "6.1.0\\0-amd64"\n', (16, 10),
+     "uki.uname '6.1.0\\x00-amd64' contains a control character (NUL) at position 6", ""),
+    ("  uname: 6.1.0-18-amd64\n", '  uname: "6.1.0-18-amd64\\n"\n', (16, 10), "(line break) at position 15", ""),
 ]
 
 
@@ -257,6 +276,31 @@ def test_each_problem_is_reported_where_it_is(old: str, new: str, where: tuple[i
     assert (p.line, p.column) == where, str(p)
     assert hint in p.hint, str(p)
     assert str(p).startswith(f"/srv/proj/spec.yaml:{where[0]}:{where[1]}: ")
+
+
+def test_cmdline_line_breaks_and_tabs_are_spaces() -> None:
+    """What the stub (and the kernel) treat as spaces is folded, not refused: a block scalar's
+    line breaks, a trailing newline, tabs."""
+    for written in ('"console=ttyS0\\tquiet\\r\\n"', "|\n    console=ttyS0\n    quiet\n", ">-\n    console=ttyS0\n\n    quiet"):
+        spec = load(FULL.replace('"console=ttyS0 rd.immucore.debug"', written))
+        assert spec.uki.cmdline == "console=ttyS0 quiet", written
+
+
+def test_root_symlink_is_resolved_but_only_the_root(tmp_path: Path) -> None:
+    real = tmp_path / "images/rootfs"
+    (real / "boot").mkdir(parents=True)
+    (tmp_path / "rootfs").symlink_to("images/rootfs")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "to-file").symlink_to("file")
+    spec = loads_spec(MINIMAL, tmp_path / "spec.yaml")
+    assert spec.os.root == real.resolve() and spec.os.kernel == real.resolve() / "boot/vmlinuz"
+    through_link = MINIMAL.replace("root: rootfs", f"root: rootfs\n  kernel: {tmp_path}/rootfs/boot/vmlinuz-6")
+    assert loads_spec(through_link, tmp_path / "spec.yaml").os.kernel == real.resolve() / "boot/vmlinuz-6"
+    # a link to something else stays as written: the scan names it and says what is wrong
+    spec = loads_spec(MINIMAL.replace("root: rootfs", "root: to-file"), tmp_path / "spec.yaml")
+    assert spec.os.root == tmp_path / "to-file"
+    spec = loads_spec(MINIMAL.replace("root: rootfs", "root: plain"), tmp_path / "spec.yaml")
+    assert spec.os.root == tmp_path / "plain"
 
 
 def test_every_problem_is_reported_not_only_the_first() -> None:
@@ -310,6 +354,85 @@ def test_file_problems_name_the_file(tmp_path: Path) -> None:
     bom = tmp_path / "bom.yaml"
     bom.write_bytes(b"\xef\xbb\xbf" + MINIMAL.encode())
     assert load_spec(bom).extensions[0].name == "firmware"
+
+
+def test_spec_that_is_not_a_regular_file(tmp_path: Path) -> None:
+    """A device or a FIFO is refused before it is opened (a FIFO would block open() for good;
+    the command line test checks that no hang happens)."""
+    with pytest.raises(SpecError, match=r"^/dev/null: is a character device, not a spec file"):
+        load_spec(Path("/dev/null"))
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("load_spec blocked on a FIFO")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(10)  # a blocking open() is interrupted: the test fails instead of hanging the suite
+    try:
+        with pytest.raises(SpecError, match=r"spec\.yaml: is a named pipe \(FIFO\), not a spec file"):
+            load_spec(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    (tmp_path / "link.yaml").symlink_to("/dev/null")
+    with pytest.raises(SpecError, match="character device"):
+        load_spec(tmp_path / "link.yaml")
+
+
+def bmp(width: int = 2, height: int = 2, depth: int = 24, compression: int = 0, *, palette: int | None = None,
+        dib: int = 40, size_field: int | None = None, pixels: bytes | None = None) -> bytes:
+    """A Windows BMP (file header, info header, colour table, pixel rows padded to 4 bytes)."""
+    import struct
+
+    colours = (1 << depth if depth <= 8 else 0) if palette is None else palette
+    rows = (depth * width + 31) // 32 * 4 * abs(height) if pixels is None else len(pixels)
+    offset = 14 + dib + 4 * colours
+    size = offset + rows
+    info = struct.pack("<IiiHHIIiiII", dib, width, height, 1, depth, compression, rows, 0, 0, 0, 0)
+    return (struct.pack("<2sIHHI", b"BM", size if size_field is None else size_field, 0, 0, offset)
+            + info + bytes(dib - 40) + bytes(4 * colours) + (bytes(rows) if pixels is None else pixels))
+
+
+@pytest.mark.parametrize(("data", "why"), [
+    (bmp(), None),
+    (bmp(3, 5, 8), None),
+    (bmp(7, 3, 1), None),
+    (bmp(4, 4, 32, compression=3, dib=56), None),
+    (bmp(4, 4, 16), None),
+    (b"\x89PNG\r\n\x1a\n" + bytes(100), "is not a BMP image (it starts with b'\\x89PNG', not 'BM')"),
+    (b"", "is empty"),
+    (b"BM" + bytes(20), "truncated BMP (22 bytes"),
+    (bmp(size_field=10_000), "its header says 10000 bytes, the file has 70"),
+    (bmp(depth=2), "2 bits per pixel"),
+    (bmp(compression=1), "compressed (method 1)"),
+    (bmp(4, 4, 16, compression=4), "compressed (method 4)"),
+    (bmp(100, 100, pixels=bytes(64)), "pixel data does not fit the file (100x100 at 24 bits)"),
+    (bmp(4, -4), "stored top-down (a negative height)"),  # the stub reads the height unsigned
+    (bmp(0, 4), "no pixels to show (0x4)"),
+    (bmp(3, 5, 8, palette=16), "colour table is shorter than 256 colours"),
+    (bmp(5000, 5000, 24, pixels=b""), "pixel data does not fit"),
+])
+def test_splash_must_be_a_bmp_the_stub_draws(tmp_path: Path, data: bytes, why: str | None) -> None:
+    path = tmp_path / "splash.bmp"
+    path.write_bytes(data)
+    got = S.splash_problem(path)
+    if why is None:
+        assert got is None, got
+    else:
+        assert got is not None and got.startswith(f"uki.splash {path} ") and why in got, got
+
+
+def test_splash_that_is_no_file(tmp_path: Path) -> None:
+    assert S.splash_problem(tmp_path / "nope.bmp") == f"uki.splash {tmp_path}/nope.bmp does not exist"
+    assert S.splash_problem(tmp_path) == f"uki.splash {tmp_path} is a folder, not a BMP image"
+    os.mkfifo(tmp_path / "fifo.bmp")  # refused from its stat: never opened, so never waited on
+    assert S.splash_problem(tmp_path / "fifo.bmp") == f"uki.splash {tmp_path}/fifo.bmp is a named pipe (FIFO), not a BMP image"
+    rows = 4096 * 4 * 4097  # 64 MiB and a row: more than the stub draws
+    big = tmp_path / "big.bmp"
+    big.write_bytes(bmp(4096, 4097, 32, pixels=b"", size_field=54 + rows))
+    os.truncate(big, 54 + rows)  # sparse
+    assert "more than the 64 MiB" in S.splash_problem(big)
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

@@ -324,7 +324,9 @@ EDITS = st.one_of(
     st.tuples(st.just("rename"), st.integers(0, 9), NAMES),
     st.tuples(st.just("remove"), st.integers(0, 9)),
     st.tuples(st.just("limit"), st.sampled_from(["1GiB", "800 MiB", "ovmf", "2GB"])),
-    st.tuples(st.just("cmdline"), st.text(max_size=20)),
+    # any command line the spec accepts: no control characters but the tab and line breaks it folds
+    st.tuples(st.just("cmdline"), st.text(st.characters(blacklist_categories=("Cs", "Cc")) | st.sampled_from("\t\n\r"),
+                                          max_size=20)),
 )
 
 

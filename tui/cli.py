@@ -8,8 +8,10 @@ workbench is opened, so headless commands start fast and run where no terminal U
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter
-from sysextant.core.units import format_size
+from sysextant.core.units import failing_verdict, format_size
 
 COMMANDS = ("scan", "plan", "demo", "open", "build", "uki", "verify")
 
@@ -144,17 +146,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
             "initrd_bytes": fig.initrd_bytes, "estimated": fig.estimated, "method": fig.method,
             "layout_exact": layout.exact,
         }
+        if result.problems:  # no verdict while a problem stands (a missing kernel is not "ok, 8 MiB")
+            data["uki"]["verdict"] = None
         _emit_json(data)
     else:
         print(result.render())
         for name, saved in saves.items():
             print(f"  {name} takes {format_size(saved)} off the UKI" + (" (estimate)" if estimator else " (uncompressed)"))
-        print(describe(fig))
-        if fig.estimated:
-            print(f"  initrd {format_size(fig.initrd_bytes)} compressed ({fig.method})")
+        if result.problems:
+            print(f"UKI: no verdict while the {len(result.problems)} problem(s) above stand")
+        else:
+            if failing_verdict(fig.verdict):
+                print(f"FAILED: the UKI would be {fig.verdict} its limit {fig.limit_text}")
+            print(describe(fig))
+            if fig.estimated:
+                print(f"  initrd {format_size(fig.initrd_bytes)} compressed ({fig.method})")
         for note in layout.notes:
             print(f"  note: {note}")
-    return 1 if result.problems else 0
+    return 1 if result.problems or failing_verdict(fig.verdict) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -177,6 +186,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _open_workbench(spec: Path) -> int:
+    # the workbench runs its builds in worker threads and cancels them itself when it quits; a
+    # SIGTERM raised into its event loop would only tear the terminal down half-way
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     try:
         from sysextant.tui.app import run_workbench
     except ImportError as exc:  # the workbench lands after the engine
@@ -199,7 +212,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from sysextant.core.build import build, render
 
     spec = _load(args.spec)
-    report = build(spec, only=args.only or None, force=args.force, reporter=_reporter(args))
+    report = build(spec, only=args.only or None, force=args.force, reporter=_reporter(args), wait=not args.no_wait)
     if args.json:
         _emit_json(report.to_json())
     else:
@@ -211,7 +224,7 @@ def cmd_uki(args: argparse.Namespace) -> int:
     from sysextant.core.build import build, render
 
     spec = _load(args.spec)
-    report = build(spec, only=["uki"], force=args.force, reporter=_reporter(args))
+    report = build(spec, only=["uki"], force=args.force, reporter=_reporter(args), wait=not args.no_wait)
     art = report.artefacts[-1]
     if args.json:
         _emit_json({"path": art.path, "predicted_bytes": art.predicted_size, "actual_bytes": art.size,
@@ -275,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="what each extension takes and the UKI size that results",
                        description="Apply a spec to its OS tree: per extension entries and bytes, the initrd "
                                    "before and after, the predicted UKI size against the firmware limit, "
-                                   "and every problem found. Exit code 1 when the spec has problems.")
+                                   "and every problem found. Exit code 1 when the spec has problems or the "
+                                   "UKI would be over its limit.")
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-estimate", action="store_true",
@@ -297,17 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build, sign and verify the extension images and the slimmed UKI",
                        description="Build every extension image (EROFS/squashfs, dm-verity, signature) and the "
                                    "slimmed signed UKI into the spec's output folder, then verify each artefact. "
-                                   "Unchanged artefacts are reused. Exit code 1 if any check fails.")
+                                   "Unchanged artefacts are reused; artefacts of extensions no longer in the spec "
+                                   "are removed. Exit code 1 if any check fails or the UKI is over its limit.")
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("--only", action="append", metavar="NAME",
                    help="build only this extension (repeatable); 'uki' names the UKI")
     p.add_argument("--force", action="store_true", help="rebuild even what is unchanged")
+    p.add_argument("--no-wait", action="store_true",
+                   help="refuse at once if another build is writing the same output folder (default: wait)")
     p.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("uki", help="build only the slimmed, signed UKI and compare it with the prediction")
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("--force", action="store_true", help="rebuild even if unchanged")
+    p.add_argument("--no-wait", action="store_true",
+                   help="refuse at once if another build is writing the same output folder (default: wait)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_uki)
 
@@ -331,13 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         argv.insert(0, "open")  # `sysextant SPEC`
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "command", None):
-        parser.print_help()
-        return 2
+    previous = _terminate_like_ctrl_c()
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help()
+            return 2
         return args.func(args)
+    except Terminated as exc:
+        print(f"sysextant: stopped by {exc}; no partial output was left behind", file=sys.stderr)
+        return 128 + exc.signum
     except UserError as exc:
         print(f"sysextant: error: {exc}", file=sys.stderr)
         return 2
@@ -346,6 +369,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class Terminated(Cancelled):
+    """SIGTERM or SIGHUP arrived: handled like Ctrl-C (temps removed, earlier outputs kept)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminate_like_ctrl_c() -> dict[int, object]:
+    """Make SIGTERM (a service manager, CI's timeout, `kill`) and SIGHUP (a closed terminal) unwind
+    the build as Ctrl-C does, instead of dying with temp files behind. Returns the old handlers."""
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError):  # not the main thread (an embedding program)
+            previous[signum] = signal.signal(signum, stop)
+    return previous
 
 
 if __name__ == "__main__":

@@ -89,6 +89,11 @@ def compress_rate(compression: str, level: int) -> float:
 # -- the model of a running build: plain data, no Textual ----------------------------------------
 
 
+#: log-only tasks of the build as a whole (the fresh scan, its plan's warnings, the output lock,
+#: removing dropped artefacts)
+BUILD_STEPS = frozenset({"scan", "plan", "lock", "clean"})
+
+
 @dataclass
 class Stage:
     """One task's latest progress."""
@@ -219,6 +224,8 @@ class BuildTracker:
 
     def apply(self, ev: Progress, now: float) -> Group:
         """Take one event; returns its group."""
+        if ev.task in BUILD_STEPS:  # the build's own steps show in the log, not as artefact rows
+            return Group(ev.task, "other")
         group, stage_name = self.group_of(ev.task)
         self._start(group, now)
         if ev.message and stage_name is None:
@@ -491,6 +498,22 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
     ok_style, bad_style, warn_style = style("result--ok"), style("result--bad"), style("result--warn")
     dim, head = style("result--dim"), style("result--head")
     out = Text()
+    uki = next((a for a in r.artefacts if a.kind == "uki"), None)
+    if r.over_limit and uki is not None:  # the verdict that decides comes first, before any ✓
+        over = uki.size - r.limit_bytes
+        out.append("✗ BUILD FAILED: ", bad_style)
+        out.append(f"the UKI is {format_size(uki.size)}, {r.verdict} the limit {format_size(r.limit_bytes)}"
+                   + (f" by {format_size(over)}: move about that much more (compressed) out of it" if over > 0 else "")
+                   + ". Do not deploy it.\n\n")
+    if r.tree_changed:
+        out.append("! ", warn_style)
+        out.append(f"{r.tree_changed}\n", warn_style)
+    for path in r.removed:
+        out.append("  removed ", dim)
+        out.append(f"{path}", head)
+        out.append(": it no longer belongs to the spec\n", dim)
+    if r.tree_changed or r.removed:
+        out.append("\n")
     for a in r.artefacts:
         mark, mstyle = ("✓", ok_style) if a.verified else ("✗", bad_style)
         out.append(f"{mark} ", mstyle)
@@ -535,9 +558,10 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         out.append("UKI against the limit ", head)
         out.append(f"{format_size(r.limit_bytes)}: ")
         out.append(f"{r.verdict} ({words})\n", vstyle)
-    out.append("\nDeploy on Kairos\n", head)
-    for line in r.deploy:
-        out.append(f"  {line}\n")
+    if r.deploy:  # only for a build that can ship
+        out.append("\nDeploy on Kairos\n", head)
+        for line in r.deploy:
+            out.append(f"  {line}\n")
     out.append("\ns saves the JSON summary · l shows the stages · esc/q back to the workbench", dim)
     return out
 
@@ -705,9 +729,12 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         if self.kind == "ok" and self.report is not None:
             arts = self.report.artefacts
             reused = sum(a.reused for a in arts)
-            if not self.report.ok:
-                bad = ", ".join(a.name for a in arts if not a.verified)
+            bad = ", ".join(a.name for a in arts if not a.verified)
+            if bad:
                 return "refused", f"build finished but verification FAILED for {bad}"
+            if self.report.over_limit:
+                return "refused", (f"build FAILED: the UKI is {self.report.verdict} the limit "
+                                   f"{format_size(self.report.limit_bytes)}; do not deploy it")
             return "ok", (f"build ok: {len(arts)} artefacts verified ({len(arts) - reused} built, {reused} reused) "
                           f"in {format_seconds(self.report.seconds)} → {self.report.output}")
         if self.kind == "cancelled":
