@@ -12,25 +12,29 @@ The signed attributes are contentType, SpcSpOpusInfo (empty) and messageDigest, 
 the value octets of SpcIndirectDataContent (without its outer tag and length), as Authenticode
 requires. No signingTime, so the same inputs give the same bytes (RSA PKCS#1 v1.5 is
 deterministic).
+
+Checking (:func:`verify_authenticode`) reads the PKCS#7 with :mod:`.pkcs7`'s strict reader and
+shares its certificate and trust checks; tests/test_signature_flips.py holds its verdicts to
+sbverify's and osslsigncode's, byte flip by byte flip.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding
 
-from . import der
+from . import der, pkcs7
 from .errors import UserError
 from .keys import Signer, load_certificate
-from .pe import PeChecksum, PeFile, parse_pe, round_up
+from .pe import DIR_SECURITY, PeChecksum, PeFile, parse_pe, round_up
 from .progress import Reporter
 
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
@@ -41,6 +45,7 @@ OID_CONTENT_TYPE = "1.2.840.113549.1.9.3"
 OID_MESSAGE_DIGEST = "1.2.840.113549.1.9.4"
 OID_SHA256 = "2.16.840.1.101.3.4.2.1"
 OID_RSA_ENCRYPTION = "1.2.840.113549.1.1.1"
+OID_SHA256_RSA = "1.2.840.113549.1.1.11"
 
 WIN_CERT_REVISION_2_0 = 0x0200
 WIN_CERT_TYPE_PKCS_SIGNED_DATA = 0x0002
@@ -244,90 +249,156 @@ def _load_cert(cert: x509.Certificate | Path | str | bytes) -> x509.Certificate:
     if isinstance(cert, x509.Certificate):
         return cert
     if isinstance(cert, str | Path):
-        return load_certificate(Path(cert).read_bytes(), cert)
+        try:
+            return load_certificate(Path(cert).read_bytes(), cert)
+        except OSError as exc:
+            raise UserError(f"cannot read the certificate {cert}: {exc.strerror}") from None
     return load_certificate(cert, "given")
 
 
-def _attr_values(signer_info_attrs: der.Node) -> dict[str, list[der.Node]]:
-    out: dict[str, list[der.Node]] = {}
-    for attr in signer_info_attrs.children():
-        kids = attr.children()
-        out[kids[0].as_oid()] = kids[1].children()
-    return out
+#: Signature algorithm OIDs taken in an Authenticode SignerInfo: both mean RSA PKCS#1 v1.5 here
+#: (sbsign and osslsigncode write rsaEncryption; RFC 4055 allows sha256WithRSAEncryption).
+SIGNATURE_OIDS = (OID_RSA_ENCRYPTION, OID_SHA256_RSA)
 
 
-def verify_authenticode(path: str | Path, cert: x509.Certificate | Path | str | bytes) -> list[str]:
-    """Check the Authenticode signature of ``path`` against ``cert``; return the problems found.
+def promised_size(fh: BinaryIO) -> int | None:
+    """The file size a PE's own headers promise, read leniently from whatever bytes are there:
+    where SizeOfHeaders, the last section's raw data or the certificate table ends, whichever is
+    last. None when the headers up to the section count cannot be read (then :func:`.pe.parse_pe`
+    says what is wrong)."""
+    fh.seek(0)
+    head = fh.read(1 << 16)
 
-    An empty list means: exactly the image digest we compute is signed, the signed attributes are
-    consistent, and the RSA signature verifies with ``cert``'s key (direct signer; no chain).
+    def field(at: int, fmt: str = "<I") -> int | None:
+        """A little-endian field at ``at``, None if the bytes are not there."""
+        return struct.unpack_from(fmt, head, at)[0] if at >= 0 and at + struct.calcsize(fmt) <= len(head) else None
+
+    pe = field(0x3C)
+    if head[:2] != b"MZ" or pe is None or head[pe:pe + 4] != b"PE\0\0":
+        return None
+    count, opt_size, opt = field(pe + 6, "<H"), field(pe + 20, "<H"), pe + 24
+    magic = field(opt, "<H")
+    headers = field(opt + 60)  # SizeOfHeaders
+    if count is None or opt_size is None or magic not in (0x10B, 0x20B) or headers is None:
+        return None
+    ends = [headers]
+    dirs = opt + (96 if magic == 0x10B else 112)  # the data directories, PE32 or PE32+
+    n_dirs = min(field(dirs - 4) or 0, (opt_size - (dirs - opt)) // 8)
+    if n_dirs > DIR_SECURITY:
+        cert_offset, cert_size = field(dirs + 8 * DIR_SECURITY), field(dirs + 8 * DIR_SECURITY + 4)
+        if cert_offset is not None and cert_size:
+            ends.append(cert_offset + cert_size)
+    table = opt + opt_size
+    for i in range(count):
+        raw_size, raw_offset = field(table + 40 * i + 16), field(table + 40 * i + 20)
+        if raw_size is None or raw_offset is None:
+            break  # the section table itself is cut: what could be read still counts
+        if raw_size:
+            ends.append(raw_offset + raw_size)
+    return max(ends)
+
+
+def verify_authenticode(path: str | Path, cert: x509.Certificate | Path | str | bytes | None) -> list[str]:
+    """Check the Authenticode signature of ``path``; return the problems found (``[]``: good).
+
+    With ``cert`` the signer must be that certificate or chain to it; with None the signature is
+    checked against its own embedded signer certificate (integrity, not trust). An unreadable
+    ``cert`` is a UserError; anything wrong with the file itself is a problem in the list.
+
+    Besides what sbverify and osslsigncode check (the image digest, the signed attributes, the
+    signer certificate, the RSA signature, the WIN_CERTIFICATE header), the PKCS#7 must be
+    strict DER with nothing after it inside its WIN_CERTIFICATE, SignedData and SignerInfo
+    version 1, and the signature algorithm rsaEncryption or sha256WithRSAEncryption.
     """
-    problems: list[str] = []
-    trusted = _load_cert(cert)
-    with open(path, "rb") as fh:
-        pe = parse_pe(fh, str(path))
-        offset, size = pe.security
-        if not size:
-            return [f"{path} is not signed (no certificate table)"]
-        if offset + size > pe.file_size or offset % 8:
-            return [f"{path}: the certificate table at {offset:#x} (+{size}) is misplaced"]
-        if offset + size != pe.file_size:
-            problems.append(f"{path}: {pe.file_size - offset - size} bytes follow the certificate table")
-        fh.seek(offset)
-        table = fh.read(size)
-        digest = image_digest(fh, pe)
+    trusted = _load_cert(cert) if cert is not None else None
+    try:
+        with open(path, "rb") as fh:
+            expected, actual = promised_size(fh), os.fstat(fh.fileno()).st_size
+            if expected is not None and actual < expected:
+                return [f"{path}: truncated at {actual} of {expected} bytes"]
+            pe = parse_pe(fh, str(path))
+            offset, size = pe.security
+            if not size:
+                return [f"{path} is not signed (no certificate table)"]
+            if offset + size > pe.file_size or offset % 8 or size < 8:
+                return [f"{path}: the certificate table at {offset:#x} (+{size}) is misplaced"]
+            problems: list[str] = []
+            if offset + size != pe.file_size:
+                problems.append(f"{path}: {pe.file_size - offset - size} bytes follow the certificate table")
+            fh.seek(offset)
+            table = fh.read(size)
+            digest = image_digest(fh, pe)
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    except UserError as exc:  # not a PE, or its headers contradict the file
+        return [str(exc)]
     length, revision, ctype = struct.unpack_from("<IHH", table, 0)
     if revision != WIN_CERT_REVISION_2_0 or ctype != WIN_CERT_TYPE_PKCS_SIGNED_DATA:
         return problems + [f"{path}: WIN_CERTIFICATE revision {revision:#x} type {ctype:#x} is not PKCS#7"]
-    if length > size or length < 8:
+    if length > size or length <= 8:
         return problems + [f"{path}: WIN_CERTIFICATE length {length} does not fit its table"]
+    if round_up(length, 8) != size:  # one signature, padded to 8 bytes, is all we write or take
+        problems.append(f"{path}: the certificate table is {size} bytes, its WIN_CERTIFICATE of {length} "
+                        f"bytes padded to 8 makes {round_up(length, 8)}")
+    return problems + [f"{path}: {p}" for p in check_pkcs7(table[8:length], digest, trusted)]
+
+
+def check_pkcs7(blob: bytes, digest: bytes, trusted: x509.Certificate | None) -> list[str]:
+    """Problems with an Authenticode PKCS#7 over the image digest ``digest`` (``[]``: good)."""
     try:
-        problems += _check_pkcs7(table[8:length], digest, trusted, str(path))
-    except (ValueError, IndexError) as exc:
-        problems.append(f"{path}: malformed PKCS#7 signature ({exc})")
+        sd = pkcs7.parse_signed_data(blob)
+        if sd.content_type != OID_SPC_INDIRECT_DATA or sd.content is None:
+            return ["the signed content is not SpcIndirectDataContent"]
+        content = sd.content
+        digest_alg, signed_digest = _indirect_data(content)
+        if len(sd.signers) != 1:
+            return [f"{len(sd.signers)} signers, expected 1"]
+        si = sd.signers[0]
+        if si.signed_attrs is None:
+            return ["the signer has no signed attributes"]
+        attrs = si.attributes()
+        ct = attrs.get(OID_CONTENT_TYPE, [[]])[0]
+        content_type = ct[0].as_oid() if len(ct) == 1 and ct[0].tag == der.OID else None
+        md = attrs.get(OID_MESSAGE_DIGEST, [[]])[0]
+        message_digest = md[0].content if len(md) == 1 and md[0].tag == der.OCTET_STRING else None
+    except ValueError as exc:
+        return [f"malformed PKCS#7 signature ({exc})"]
+    problems = pkcs7.version_problems(sd, si, allow_ski=False)
+    problems += pkcs7.digest_problems(sd, si)
+    if digest_alg != OID_SHA256:
+        problems.append(f"image digest algorithm {digest_alg} is not SHA-256")
+    elif signed_digest != digest:
+        problems.append("the image digest does not match the signed one (file modified after signing)")
+    if si.signature_alg.oid not in SIGNATURE_OIDS:
+        problems.append(f"signature algorithm {si.signature_alg.oid} is not RSA "
+                        f"({' or '.join(SIGNATURE_OIDS)})")
+    repeated = [oid for oid, found in attrs.items() if len(found) > 1]
+    if repeated:
+        problems.append(f"signed attributes repeated: {', '.join(repeated)}")
+    if content_type != OID_SPC_INDIRECT_DATA:
+        problems.append("the contentType attribute is missing or wrong")
+    if message_digest != hashlib.sha256(content.content).digest():
+        problems.append("the messageDigest attribute does not match the signed content")
+    found, signer = pkcs7.check_signer(sd, si, trusted)
+    if found and trusted is not None and signer is not None:
+        # Not the given certificate: say so, and that the signature does not verify with it.
+        return problems + [f"signed by a different certificate than {trusted.subject.rfc4514_string()}"] + \
+            pkcs7.verify_rsa(trusted, si.signature, si.signed_bytes())
+    problems += found
+    if signer is not None:
+        problems += pkcs7.verify_rsa(signer.cert, si.signature, si.signed_bytes())
     return problems
 
 
-def _check_pkcs7(blob: bytes, digest: bytes, trusted: x509.Certificate, name: str) -> list[str]:
-    problems = []
-    top = der.parse(blob).children()
-    if top[0].as_oid() != OID_SIGNED_DATA:
-        return [f"{name}: the signature is not PKCS#7 SignedData"]
-    signed_data = top[1].children()[0].children()
-    content_info = signed_data[2].children()
-    if content_info[0].as_oid() != OID_SPC_INDIRECT_DATA:
-        return [f"{name}: the signed content is not SpcIndirectDataContent"]
-    content = content_info[1].children()[0]
-    digest_info = content.children()[1].children()
-    alg = digest_info[0].children()[0].as_oid()
-    if alg != OID_SHA256:
-        return [f"{name}: image digest algorithm {alg} is not SHA-256"]
-    if digest_info[1].content != digest:
-        problems.append(f"{name}: the image digest does not match the signed one (file modified after signing)")
-    signer_infos = signed_data[-1].children()
-    if len(signer_infos) != 1:
-        return problems + [f"{name}: {len(signer_infos)} signers, expected 1"]
-    si = signer_infos[0].children()
-    issuer, serial = si[1].children()
-    attrs_node = si[3]
-    if attrs_node.tag != 0xA0:
-        return problems + [f"{name}: the signer has no signed attributes"]
-    attrs = _attr_values(attrs_node)
-    ct = attrs.get(OID_CONTENT_TYPE)
-    if not ct or ct[0].as_oid() != OID_SPC_INDIRECT_DATA:
-        problems.append(f"{name}: the contentType attribute is missing or wrong")
-    md = attrs.get(OID_MESSAGE_DIGEST)
-    if not md or md[0].content != hashlib.sha256(content.content).digest():
-        problems.append(f"{name}: the messageDigest attribute does not match the signed content")
-    if issuer.raw != trusted.issuer.public_bytes() or serial.as_int() != trusted.serial_number:
-        problems.append(f"{name}: signed by a different certificate than {trusted.subject.rfc4514_string()}")
-    signature = si[5].content
-    signed_bytes = der.tlv(der.SET, attrs_node.content)
-    key = trusted.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        return problems + [f"{name}: the given certificate has no RSA key"]
-    try:
-        key.verify(signature, signed_bytes, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        problems.append(f"{name}: the RSA signature does not verify with {trusted.subject.rfc4514_string()}")
-    return problems
+def _indirect_data(content: der.Node) -> tuple[str, bytes]:
+    """(digest algorithm OID, digest) of a SpcIndirectDataContent; ValueError if malformed."""
+    kids = content.children() if content.tag == der.SEQUENCE else []
+    if len(kids) != 2 or kids[0].tag != der.SEQUENCE or kids[1].tag != der.SEQUENCE:
+        raise ValueError("SpcIndirectDataContent is not SEQUENCE { data, messageDigest }")
+    data = kids[0].children()
+    if not 1 <= len(data) <= 2 or data[0].as_oid() != OID_SPC_PE_IMAGE_DATA:
+        raise ValueError("SpcIndirectDataContent does not describe a PE image")
+    info = kids[1].children()
+    if len(info) != 2 or info[1].tag != der.OCTET_STRING:
+        raise ValueError("SpcIndirectDataContent DigestInfo is malformed")
+    return pkcs7.algorithm(info[0], "the image digest algorithm").oid, info[1].content

@@ -3,6 +3,10 @@
 Reference: ITU-T X.690 (DER: definite lengths, minimal encodings, SET OF sorted by encoding).
 python-cryptography parses certificates and does the RSA/SHA-256 work; it cannot build a PKCS#7
 SignedData whose content type is SpcIndirectDataContent, hence this small module.
+
+The reader is strict, since it reads signatures that an attacker may have shaped: definite and
+minimal lengths only, every constructed element filled exactly by its children, INTEGERs and
+OBJECT IDENTIFIERs minimally encoded. Anything else is a ValueError naming the rule broken.
 """
 
 from __future__ import annotations
@@ -81,7 +85,14 @@ class Node:
     content: bytes
     raw: bytes
 
+    @property
+    def constructed(self) -> bool:
+        return bool(self.tag & 0x20)
+
     def children(self) -> list[Node]:
+        """The elements inside a constructed node; they must fill its content exactly."""
+        if not self.constructed:
+            raise ValueError(f"element with tag {self.tag:#04x} is primitive, not constructed")
         out = []
         pos = 0
         while pos < len(self.content):
@@ -90,25 +101,38 @@ class Node:
         return out
 
     def as_oid(self) -> str:
+        """The dotted OBJECT IDENTIFIER; ValueError unless it is one, minimally encoded."""
         if self.tag != OID or not self.content:
             raise ValueError("not an OBJECT IDENTIFIER")
-        first = self.content[0]
-        parts = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
+        body = self.content
+        if body[-1] & 0x80:
+            raise ValueError("OBJECT IDENTIFIER ends inside a sub-identifier")
+        arcs: list[int] = []
         value = 0
-        for b in self.content[1:]:
+        start = True
+        for b in body:
+            if start and b == 0x80:
+                raise ValueError("OBJECT IDENTIFIER sub-identifier has a leading 0x80 (not DER)")
             value = (value << 7) | (b & 0x7F)
-            if not b & 0x80:
-                parts.append(value)
+            start = not b & 0x80
+            if start:
+                arcs.append(value)
                 value = 0
-        return ".".join(map(str, parts))
+        first = min(arcs[0] // 40, 2)
+        return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
 
     def as_int(self) -> int:
-        if self.tag != INTEGER:
+        """The INTEGER's value; ValueError unless it is one, minimally encoded (X.690 8.3.2)."""
+        if self.tag != INTEGER or not self.content:
             raise ValueError("not an INTEGER")
-        return int.from_bytes(self.content, "big", signed=True)
+        c = self.content
+        if len(c) > 1 and ((c[0] == 0x00 and not c[1] & 0x80) or (c[0] == 0xFF and c[1] & 0x80)):
+            raise ValueError("INTEGER is not minimally encoded (not DER)")
+        return int.from_bytes(c, "big", signed=True)
 
 
 def _read(data: bytes, pos: int) -> tuple[Node, int]:
+    """One TLV at ``pos``: DER only (definite, minimal lengths; X.690 10.1), single-byte tags."""
     if pos + 2 > len(data):
         raise ValueError("truncated DER")
     start = pos
@@ -121,9 +145,15 @@ def _read(data: bytes, pos: int) -> tuple[Node, int]:
         n = first
     else:
         count = first & 0x7F
-        if count == 0 or count > 4 or pos + count > len(data):
+        if count == 0:
+            raise ValueError("indefinite length (BER, not DER)")
+        if count > 4 or pos + count > len(data):
             raise ValueError("bad DER length")
+        if data[pos] == 0:
+            raise ValueError("DER length with a leading zero byte (not minimal)")
         n = int.from_bytes(data[pos:pos + count], "big")
+        if n < 0x80:
+            raise ValueError("long-form DER length below 128 (not minimal)")
         pos += count
     if pos + n > len(data):
         raise ValueError("DER element runs past its container")

@@ -18,8 +18,10 @@ import os
 import re
 import shutil
 import stat
+import struct
 import subprocess
 import uuid
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -265,8 +267,49 @@ def _load_cert(path: Path) -> x509.Certificate:
     return load_certificate(raw, path)
 
 
-def _layout(report: VerifyReport, parts: list[gpt.Partition]) -> dict[str, gpt.Partition] | None:
-    """Find root, root-verity and root-verity-sig of one architecture; record the check."""
+def _promised_size(f: BinaryIO) -> int | None:
+    """The image size the primary GPT header promises: its backup header sits on the last LBA.
+
+    None when LBA 1 holds no valid header (signature, size and CRC32 as UEFI 5.3.2 has them):
+    then nothing says how long the image should be.
+    """
+    f.seek(gpt.LBA)
+    raw = f.read(gpt.LBA)
+    if len(raw) < gpt.HEADER_SIZE or raw[:8] != gpt.SIGNATURE:
+        return None
+    hsize, crc = struct.unpack_from("<II", raw, 12)
+    check = bytearray(raw[:hsize])
+    check[16:20] = bytes(4)
+    if not gpt.HEADER_SIZE <= hsize <= gpt.LBA or zlib.crc32(check) != crc:
+        return None
+    backup_lba = struct.unpack_from("<Q", raw, 32)[0]
+    return (backup_lba + 1) * gpt.LBA if backup_lba > 1 else None
+
+
+class _CutFile:
+    """A file read as if it were ``size`` bytes long: reads past its real end give nothing, and
+    never seek there (an offset a corrupt header promises may be beyond what a file can have)."""
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f, self._end, self._pos = f, size, 0
+        self._real = os.fstat(f.fileno()).st_size
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self._pos = pos if whence == 0 else self._pos + pos if whence == 1 else self._end + pos
+        return self._pos
+
+    def read(self, n: int = -1) -> bytes:
+        if self._pos >= self._real:
+            return b""
+        self._f.seek(self._pos)
+        data = self._f.read(n)
+        self._pos += len(data)
+        return data
+
+
+def _layout(report: VerifyReport, parts: list[gpt.Partition], size: int) -> dict[str, gpt.Partition] | None:
+    """Find root, root-verity and root-verity-sig of one architecture, each inside the file's
+    ``size`` bytes; record the check (once). None when root and root-verity are not usable."""
     found: dict[str, gpt.Partition] = {}
     arches: set[str] = set()
     problems: list[str] = []
@@ -286,6 +329,9 @@ def _layout(report: VerifyReport, parts: list[gpt.Partition]) -> dict[str, gpt.P
         found[role] = p
         if p.attributes & gpt.ATTR_NO_AUTO:
             problems.append(f"{role} partition has the no-auto flag (bit 63): systemd would ignore it")
+        if p.offset + p.size > size:
+            problems.append(f"{role} partition {p.name!r} (bytes {p.offset}-{p.offset + p.size - 1}) "
+                            f"runs past the end of the file at {size} bytes")
     if len(arches) > 1:
         problems.append(f"partitions for several architectures: {', '.join(sorted(arches))}")
     for role in ("root", "root-verity"):
@@ -296,7 +342,9 @@ def _layout(report: VerifyReport, parts: list[gpt.Partition]) -> dict[str, gpt.P
     report.signed = "root-verity-sig" in found
     roles = ", ".join(found)
     report.add("layout", problems, f"root layout for {report.architecture}: {roles}")
-    return found if "root" in found and "root-verity" in found else None
+    if "root" not in found or "root-verity" not in found or any(p.offset + p.size > size for p in found.values()):
+        return None
+    return found
 
 
 def verify_image(path: Path, cert: Path | None = None) -> VerifyReport:
@@ -309,19 +357,25 @@ def verify_image(path: Path, cert: Path | None = None) -> VerifyReport:
         raise UserError(f"cannot read the image {path}: {exc.strerror}") from None
     with f:
         size = os.fstat(f.fileno()).st_size
-        table = gpt.read_gpt(f, size)
-        report.add("gpt", table.problems,
+        promised = _promised_size(f)
+        if promised is not None and size < promised:
+            # Cut short: read the primary table as if the file were whole. What that says about
+            # the backup (which lived at the missing end) is the truncation itself, said once.
+            table = gpt.read_gpt(_CutFile(f, promised), promised)
+            problems = [f"truncated at {size} of {promised} bytes (the backup GPT header belongs "
+                        f"on LBA {promised // gpt.LBA - 1})"]
+            problems += [p for p in table.problems if not p.startswith("backup ")]
+        else:
+            table = gpt.read_gpt(f, size)
+            problems = table.problems
+        report.add("gpt", problems,
                    f"protective MBR, both headers and entry arrays valid; {len(table.partitions)} partitions")
         if not table.partitions:
             return report
-        found = _layout(report, table.partitions)
+        found = _layout(report, table.partitions, size)
         if found is None:
             return report
         root, hashp = found["root"], found["root-verity"]
-        for p in found.values():
-            if p.offset + p.size > size:
-                report.add("layout", [f"partition {p.name!r} runs past the end of the image"], "")
-                return report
 
         # The root hash as systemd pairs partitions: the two UUID halves.
         rh = root.part_guid.bytes + hashp.part_guid.bytes

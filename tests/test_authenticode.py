@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -211,3 +212,110 @@ def test_der_long_lengths() -> None:
         node = der.parse(der.octets(bytes(n)))
         assert len(node.content) == n
     assert der.oid("1.2.840.113549").hex() == "06062a864886f70d"
+
+
+# --- verify_uki on damaged files: failed checks, never a traceback or "bad input" ----------------
+
+
+@pytest.fixture(scope="module")
+def uki(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Path:
+    """A signed UKI: the stub, small metadata sections and a 64 KiB bzImage-shaped stand-in kernel."""
+    import random
+    import struct
+
+    from sysextant.core.uki import build_uki
+
+    work = tmp_path_factory.mktemp("uki")
+    kernel = bytearray(random.Random(3).randbytes(64 << 10))
+    kernel[:2], kernel[0x202:0x206] = b"MZ", b"HdrS"
+    struct.pack_into("<H", kernel, 0x20E, 0)  # no version string
+    (work / "vmlinuz").write_bytes(bytes(kernel))
+    sections = [(".osrel", b"ID=kairos\n"), (".cmdline", b"quiet"), (".initrd", bytes(range(256)) * 40),
+                (".linux", work / "vmlinuz")]
+    return build_uki(STUB, sections, work / "uki.efi", signer=signer).path
+
+
+def _verify_cli(path: Path, cert: Path | None, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    from sysextant.tui.cli import main
+
+    code = main(["verify", str(path), "--json"] + (["--cert", str(cert)] if cert else []))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err and not err, err
+    return code, json.loads(out)
+
+
+def test_good_uki_verifies(uki: Path, signer: Signer, capsys: pytest.CaptureFixture[str]) -> None:
+    code, data = _verify_cli(uki, signer.cert_path, capsys)
+    assert code == 0 and [c["name"] for c in data["checks"]] == ["pe", "sections", "signature"]
+    code, data = _verify_cli(uki, None, capsys)  # no --cert: its own signer, trust not checked
+    assert code == 0 and "trust NOT checked" in data["checks"][-1]["detail"]
+
+
+@pytest.mark.parametrize("where", ["certificate table", ".linux", "section table"])
+def test_truncated_uki_says_so_once(uki: Path, signer: Signer, tmp_path: Path, where: str,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    raw = uki.read_bytes()
+    pe = parse_pe(uki)
+    at = {"certificate table": len(raw) - 100, ".linux": pe.section(".linux").raw_offset + 1000,
+          "section table": pe.section_table_offset + 3 * 40 + 7}[where]
+    short = tmp_path / "short.efi"
+    short.write_bytes(raw[:at])
+    for cert in (signer.cert_path, None):
+        code, data = _verify_cli(short, cert, capsys)
+        assert code == 1, data
+        assert data["checks"] == [{"name": "pe", "ok": False, "detail": f"truncated at {at} of {len(raw)} bytes"}]
+    assert verify_authenticode(short, signer.cert_path) == [f"{short}: truncated at {at} of {len(raw)} bytes"]
+
+
+def test_corrupt_uki_is_a_failed_verify_not_bad_input(uki: Path, signer: Signer, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import struct
+
+    raw = bytearray(uki.read_bytes())
+    pe = parse_pe(uki)
+    # The second section's data made to start inside the first's: the digest cannot be computed.
+    entry = pe.section_table_offset + 40 + 20
+    struct.pack_into("<I", raw, entry, pe.sections[0].raw_offset + 16)
+    bad = tmp_path / "bad.efi"
+    bad.write_bytes(bytes(raw))
+    code, data = _verify_cli(bad, signer.cert_path, capsys)
+    failed = [c for c in data["checks"] if not c["ok"]]
+    assert code == 1 and [c["name"] for c in failed] == ["signature"] and "overlaps" in failed[0]["detail"]
+    junk = tmp_path / "junk.efi"
+    junk.write_bytes(b"MZ" + bytes(range(256)) * 8)
+    code, data = _verify_cli(junk, signer.cert_path, capsys)
+    assert code == 1 and data["checks"][0]["name"] == "pe" and "not a PE/EFI image" in data["checks"][0]["detail"]
+
+
+@pytest.mark.parametrize("version", [3, 0x7F])
+def test_malformed_certificate_in_the_uki(uki: Path, signer: Signer, tmp_path: Path, version: int,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """python-cryptography raises InvalidVersion on such a certificate: a one-line failed check."""
+    raw = uki.read_bytes()
+    offset, _ = parse_pe(uki).security
+    at = raw.index(b"\xa0\x03\x02\x01\x02", offset) + 4  # the embedded certificate's version (v3 = 2)
+    bad = tmp_path / "bad.efi"
+    bad.write_bytes(raw[:at] + bytes([version]) + raw[at + 1:])
+    problems = verify_authenticode(bad, signer.cert_path)
+    assert len(problems) == 1 and "embedded certificate 1 is malformed" in problems[0]
+    code, data = _verify_cli(bad, signer.cert_path, capsys)
+    assert code == 1 and "\n" not in data["checks"][-1]["detail"]
+    if shutil.which("sbverify"):
+        assert not sbverify(bad, signer.cert_path)
+
+
+@pytest.mark.parametrize(("what", "old", "new", "words"), [
+    ("SignerInfo version", b"\x02\x01\x01\x30", b"\x02\x01\x00\x30", "SignerInfo version 0"),
+    ("signature algorithm", bytes.fromhex("06092a864886f70d01010105000482"),
+     bytes.fromhex("06092a864886f70d01010005000482"), "is not RSA"),
+])
+def test_fields_sbverify_lets_pass(tmp_path: Path, signer: Signer, what: str, old: bytes, new: bytes,
+                                   words: str) -> None:
+    """Fields sbverify and osslsigncode do not check, but RFC 2315 and the kernel's PE verifier do."""
+    out = signed_copy(tmp_path, signer)
+    raw = out.read_bytes()
+    assert raw.count(old) == 1, what
+    out.write_bytes(raw.replace(old, new))
+    assert any(words in p for p in verify_authenticode(out, signer.cert_path))
+    if shutil.which("sbverify"):
+        assert sbverify(out, signer.cert_path)  # the reason these checks are ours

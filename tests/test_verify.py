@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -230,3 +231,151 @@ def test_garbage_file_fails_cleanly(tmp_path: Path) -> None:
     junk.write_bytes(b"\xff" * 100000)
     report = verify_image(junk)
     assert not report.ok and report.check("gpt") and not report.check("gpt").ok
+
+
+# --- truncation, malformed certificates, certificate chains ------------------------------------
+
+
+def _cli_verify(image: Path, cert: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    """`sysextant verify --json`: exit code and the report; never a traceback."""
+    from sysextant.tui.cli import main
+
+    code = main(["verify", str(image), "--cert", str(cert), "--json"])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, json.loads(out)
+
+
+@pytest.mark.parametrize("cut", ["backup GPT", "signature partition", "data partition", "MBR"])
+def test_truncated_image_says_so_once(good, tmp_path: Path, cut: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    _, signer, image, res = good
+    raw = image.read_bytes()
+    at = {"backup GPT": len(raw) - 700, "signature partition": res.partitions[2].offset + 5000,
+          "data partition": res.partitions[0].offset + 123457, "MBR": 300}[cut]
+    short = tmp_path / "foo.sysext.raw"
+    short.write_bytes(raw[:at])
+    code, data = _cli_verify(short, signer.cert_path, capsys)
+    names = [c["name"] for c in data["checks"]]
+    assert code == 1 and not data["ok"]
+    assert len(names) == len(set(names)), names  # one verdict per check
+    if cut == "MBR":  # nothing says how long it should be: just a broken GPT
+        assert names == ["gpt"]
+        return
+    gpt_check = data["checks"][0]
+    assert gpt_check["name"] == "gpt" and not gpt_check["ok"]
+    assert gpt_check["detail"].startswith(f"truncated at {at} of {len(raw)} bytes")
+    assert "backup" not in gpt_check["detail"].split(")", 1)[1]  # no echo of the missing backup
+    if cut == "backup GPT":  # all partitions are whole: they are still checked, and pass
+        assert [c["name"] for c in data["checks"] if not c["ok"]] == ["gpt"]
+    else:
+        assert names == ["gpt", "layout"]
+        assert "runs past the end of the file" in data["checks"][1]["detail"]
+
+
+def _resigned(res, signer, der: bytes, image: Path, out: Path) -> Path:
+    """``image`` with its signature partition holding ``der`` instead."""
+    raw = bytearray(image.read_bytes())
+    sp = res.partitions[2]
+    part = pkcs7.signature_json(res.root_hash, signer.fingerprint, der)
+    raw[sp.offset:sp.offset + sp.size] = part + bytes(sp.size - len(part))
+    out.write_bytes(bytes(raw))
+    return out
+
+
+def _der_of(image: Path, res) -> bytes:
+    sp = res.partitions[2]
+    obj = pkcs7.parse_signature_partition(image.read_bytes()[sp.offset:sp.offset + sp.size])
+    return base64.b64decode(obj["signature"])
+
+
+@pytest.mark.parametrize("version", [3, 0x7F])
+def test_malformed_embedded_certificate_is_a_failed_check(good, tmp_path: Path, version: int,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """python-cryptography raises InvalidVersion on such a certificate: a failed check, not a crash."""
+    _, signer, image, res = good
+    der = _der_of(image, res)
+    at = der.index(b"\xa0\x03\x02\x01\x02") + 4  # the embedded certificate's version (v3 = 2)
+    bad = _resigned(res, signer, der[:at] + bytes([version]) + der[at + 1:], image, tmp_path / "foo.sysext.raw")
+    code, data = _cli_verify(bad, signer.cert_path, capsys)
+    failed = [c for c in data["checks"] if not c["ok"]]
+    assert code == 1 and [c["name"] for c in failed] == ["signature"]
+    assert "embedded certificate 1 is malformed" in failed[0]["detail"]
+    assert "\n" not in failed[0]["detail"]
+    assert not verify_image(bad).check("signature").ok  # without --cert as well
+
+
+def _ca_and_leaf(tmp_path: Path):
+    """A CA certificate (the one given to verify) and a leaf it issued, with the leaf's key."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ca = demo_signer(tmp_path / "ca")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    now = dt.datetime.now(dt.UTC)
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "leaf")]))
+            .issuer_name(ca.cert.subject).public_key(key.public_key()).serial_number(7)
+            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+            .sign(ca.key, hashes.SHA256()))
+    return ca, leaf, key
+
+
+def _leaf_signature(leaf, key, root_hash: str, extra=()) -> bytes:
+    builder = cpkcs7.PKCS7SignatureBuilder().set_data(root_hash.encode()).add_signer(leaf, key, hashes.SHA256())
+    for cert in extra:
+        builder = builder.add_certificate(cert)
+    return builder.sign(serialization.Encoding.DER, [cpkcs7.PKCS7Options.DetachedSignature,
+                                                     cpkcs7.PKCS7Options.NoAttributes, cpkcs7.PKCS7Options.Binary])
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl missing")
+def test_signer_chaining_to_the_given_certificate(good, tmp_path: Path) -> None:
+    """A signer issued by the given certificate passes, as with openssl cms -CAfile; the same
+    signature checked against an unrelated certificate does not."""
+    _, signer, _, res = good
+    ca, leaf, key = _ca_and_leaf(tmp_path)
+    der = _leaf_signature(leaf, key, res.root_hash)
+    blob = pkcs7.signature_json(res.root_hash, leaf.fingerprint(hashes.SHA256()).hex(), der)
+    assert pkcs7.check_signature(blob, res.root_hash, ca.cert) == []
+    problems = pkcs7.check_signature(blob, res.root_hash, signer.cert)
+    assert len(problems) == 1 and "does not chain to it" in problems[0]
+    (tmp_path / "sig.der").write_bytes(der)
+    (tmp_path / "hash").write_text(res.root_hash)
+    for anchor, ok in ((ca.cert_path, True), (signer.cert_path, False)):
+        run = subprocess.run(["openssl", "cms", "-verify", "-binary", "-inform", "DER", "-in", str(tmp_path / "sig.der"),
+                              "-content", str(tmp_path / "hash"), "-CAfile", str(anchor), "-partial_chain",
+                              "-purpose", "any", "-no_check_time", "-out", os.devnull], capture_output=True)
+        assert (run.returncode == 0) == ok
+
+
+def test_signature_without_its_certificate_fails(good) -> None:
+    """The kernel would look the key up in its keyring; verify wants the signer embedded."""
+    _, signer, _, res = good
+    der = (cpkcs7.PKCS7SignatureBuilder().set_data(res.root_hash.encode())
+           .add_signer(signer.cert, signer.key, hashes.SHA256())
+           .sign(serialization.Encoding.DER, [cpkcs7.PKCS7Options.DetachedSignature, cpkcs7.PKCS7Options.NoAttributes,
+                                              cpkcs7.PKCS7Options.Binary, cpkcs7.PKCS7Options.NoCerts]))
+    problems = pkcs7.check_signature(pkcs7.signature_json(res.root_hash, signer.fingerprint, der),
+                                     res.root_hash, signer.cert)
+    assert problems == ["PKCS#7 signer certificate is not embedded (no certificate has the SignerInfo's "
+                        "issuer and serial)"]
+
+
+@pytest.mark.parametrize(("what", "old", "new", "words"), [
+    ("SignedData version", b"\x02\x01\x01\x31", b"\x02\x01\x00\x31", "SignedData version 0"),
+    ("signature algorithm", bytes.fromhex("06092a864886f70d01010105000482"),  # then the signature
+     bytes.fromhex("06092a864886f70d01010b05000482"), "expected rsaEncryption"),
+    ("digest parameters", bytes.fromhex("06096086480165030402010500300b"),  # then encapContentInfo
+     bytes.fromhex("06096086480165030402010400300b"), "parameters other than NULL"),
+])
+def test_fields_openssl_lets_pass(good, what: str, old: bytes, new: bytes, words: str) -> None:
+    """Fields openssl cms -verify does not check but the kernel (or the standard) does."""
+    _, signer, image, res = good
+    der = _der_of(image, res)
+    assert der.count(old) == 1, what
+    blob = pkcs7.signature_json(res.root_hash, signer.fingerprint, der.replace(old, new))
+    problems = pkcs7.check_signature(blob, res.root_hash, signer.cert)
+    assert any(words in p for p in problems), (what, problems)

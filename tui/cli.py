@@ -242,8 +242,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UserError(f"{image} does not exist or is not a file")
     if cert is not None and not cert.is_file():
         raise UserError(f"certificate {cert} does not exist")
-    with open(image, "rb") as fh:
-        is_pe = fh.read(2) == b"MZ"
+    try:
+        with open(image, "rb") as fh:
+            is_pe = fh.read(2) == b"MZ"
+    except OSError as exc:
+        raise UserError(f"cannot read {image}: {exc.strerror}") from None
     if is_pe:
         from sysextant.core.ukibuild import verify_uki
 
