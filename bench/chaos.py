@@ -109,6 +109,8 @@ def main() -> int:
             if not finished_first:
                 proc.send_signal(signum)
             _, err = proc.communicate(timeout=300)
+            # exit 0 after the signal: the build ended between the poll and the kill
+            finished_first = finished_first or proc.returncode == 0
             name = "finished" if finished_first else signal.Signals(signum).name
             counts[f"tried {name}"] += 1
             if not finished_first and signum != signal.SIGKILL:
