@@ -174,10 +174,11 @@ class _DirCache:
         return self.fd
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-        self.fd = -1
-        self.parent = -1
+        # forget the descriptor before closing it: Ctrl-C or SIGTERM raised in between must not
+        # make the caller's ``finally`` close the same number again (by then maybe another file's)
+        fd, self.fd, self.parent = self.fd, -1, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 class NewcWriter:
