@@ -26,6 +26,26 @@ class Progress:
     message: str = ""  # a log line worth showing, or ""
 
 
+#: signals that asked this whole process to stop (set by the CLI's handlers, read by every
+#: Reporter): a build then stops at its next cancel check, where every temp file is removed by the
+#: code that made it, instead of unwinding from wherever a signal happened to land
+_stop_signals: list[int] = []
+
+
+def request_stop(signum: int) -> None:
+    """Ask every running operation of this process to stop at its next cancel check."""
+    _stop_signals.append(signum)
+
+
+def stop_requested() -> int | None:
+    """The first signal that asked the process to stop, or None."""
+    return _stop_signals[0] if _stop_signals else None
+
+
+def clear_stop() -> None:
+    _stop_signals.clear()
+
+
 class Reporter:
     """Forwards progress to a callback and carries the cancel flag."""
 
@@ -51,9 +71,10 @@ class Reporter:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancel.is_set() or (self._cancelled is not None and self._cancelled())
+        return (self._cancel.is_set() or bool(_stop_signals)
+                or (self._cancelled is not None and self._cancelled()))
 
     def check(self) -> None:
-        """Raise Cancelled if the user asked to stop."""
-        if self._cancel.is_set() or (self._cancelled is not None and self._cancelled()):
+        """Raise Cancelled if the user (or a signal to the process) asked to stop."""
+        if self.cancelled:
             raise Cancelled("cancelled by the user")

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.progress import Progress, Reporter
+from sysextant.core.progress import Progress, Reporter, clear_stop, request_stop, stop_requested
 from sysextant.core.units import failing_verdict, format_size
 
 COMMANDS = ("scan", "plan", "demo", "open", "build", "uki", "verify")
@@ -188,6 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _open_workbench(spec: Path) -> int:
     # the workbench runs its builds in worker threads and cancels them itself when it quits; a
     # SIGTERM raised into its event loop would only tear the terminal down half-way
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     try:
@@ -353,7 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         argv.insert(0, "open")  # `sysextant SPEC`
-    previous = _terminate_like_ctrl_c()
+    cooperative = bool(argv) and argv[0] in COOPERATIVE
+    previous = _handle_stop_signals(cooperative)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -361,13 +363,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return args.func(args)
-    except Terminated as exc:
-        print(f"sysextant: stopped by {exc}; no partial output was left behind", file=sys.stderr)
-        return 128 + exc.signum
+    except (Terminated, Cancelled) as exc:
+        signum = exc.signum if isinstance(exc, Terminated) else stop_requested()
+        if signum is None or signum == signal.SIGINT:
+            print("sysextant: cancelled; no partial output was left behind", file=sys.stderr)
+            return 130
+        print(f"sysextant: stopped by {signal.Signals(signum).name}; no partial output was left behind",
+              file=sys.stderr)
+        return 128 + signum
     except UserError as exc:
         print(f"sysextant: error: {exc}", file=sys.stderr)
         return 2
-    except (Cancelled, KeyboardInterrupt):
+    except KeyboardInterrupt:
         print("sysextant: cancelled; no partial output was left behind", file=sys.stderr)
         return 130
     except BrokenPipeError:
@@ -378,21 +385,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 class Terminated(Cancelled):
-    """SIGTERM or SIGHUP arrived: handled like Ctrl-C (temps removed, earlier outputs kept)."""
+    """A stop signal that must act at once (a second one, or a command with no cancel checks)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-def _terminate_like_ctrl_c() -> dict[int, object]:
-    """Make SIGTERM (a service manager, CI's timeout, `kill`) and SIGHUP (a closed terminal) unwind
-    the build as Ctrl-C does, instead of dying with temp files behind. Returns the old handlers."""
+#: commands whose long work polls a Reporter's cancel check: a first Ctrl-C, SIGTERM or SIGHUP asks
+#: them to stop there (where every temp file is removed by the code that made it); a second one
+#: stops at once. Other commands stop at once on the first.
+COOPERATIVE = ("build", "uki", "plan", "demo")
+
+
+def _handle_stop_signals(cooperative: bool) -> dict[int, object]:
+    """SIGINT (Ctrl-C), SIGTERM (a service manager, CI's timeout, `kill`) and SIGHUP (a closed
+    terminal) all stop a command cleanly. Returns the old handlers."""
     def stop(signum: int, frame: object) -> None:
+        if cooperative and stop_requested() is None:
+            request_stop(signum)
+            print(f"sysextant: {signal.Signals(signum).name}: stopping at the next safe point "
+                  "(send it again to stop at once)", file=sys.stderr, flush=True)
+            return
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise Terminated(signum)
 
+    clear_stop()
     previous = {}
-    for signum in (signal.SIGTERM, signal.SIGHUP):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError):  # not the main thread (an embedding program)
             previous[signum] = signal.signal(signum, stop)
     return previous
