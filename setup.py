@@ -1,7 +1,7 @@
-"""The one native part: core/_listdir.c, the scan's per-folder listing and lstat (optional: the
+"""The one native part: core/tree/_listdir.c, the scan's per-folder listing and lstat (optional: the
 index falls back to os.scandir when it is not built, e.g. without a C compiler)."""
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("sysextant.core._listdir", ["core/_listdir.c"], optional=True,
+setup(ext_modules=[Extension("sysextant.core.tree._listdir", ["core/tree/_listdir.c"], optional=True,
                              extra_compile_args=["-O2", "-Wall", "-Wextra"])])

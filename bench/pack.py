@@ -18,7 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from sysextant.core import erofs, fsentry
+from sysextant.core.formats import erofs
+from sysextant.core.tree import fsentry
 
 UUID = bytes(range(16))
 

@@ -19,7 +19,7 @@ import tracemalloc
 from pathlib import Path
 
 from sysextant.core.demo import generate_tree
-from sysextant.core.index import scan
+from sysextant.core.tree.index import scan
 
 
 def best(fn, runs: int) -> float:

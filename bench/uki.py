@@ -24,13 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sysextant.core.cpio import write_newc
 from sysextant.core.demo import generate_tree
-from sysextant.core.estimate import Estimator
-from sysextant.core.index import scan
-from sysextant.core.initrd import write_initrd
-from sysextant.core.model import INITRD_SKIP_TOP
-from sysextant.core.selection import IntervalSet, Sums, subtree_set
+from sysextant.core.formats.cpio import write_newc
+from sysextant.core.formats.initrd import write_initrd
+from sysextant.core.sizing.estimate import Estimator
+from sysextant.core.spec.model import INITRD_SKIP_TOP
+from sysextant.core.tree.index import scan
+from sysextant.core.tree.selection import IntervalSet, Sums, subtree_set
 
 ROOTFS_CACHE = Path.home() / ".cache/sysextant/bench-rootfs"
 KERNEL_CACHE = Path.home() / ".cache/sysextant/vmlinuz"  # fetched by .ci/setup
@@ -65,7 +65,7 @@ def uki_rss(spec: Path) -> dict:
 
 
 def set_uki(spec: Path, key: str, value: int | str) -> None:
-    from sysextant.core.specedit import SpecEditor, save_text_atomic
+    from sysextant.core.spec.edit import SpecEditor, save_text_atomic
 
     editor = SpecEditor(spec.read_text(), spec)
     editor.set_value(("uki", key), value)
@@ -73,7 +73,7 @@ def set_uki(spec: Path, key: str, value: int | str) -> None:
 
 
 def auto_mode(level: int) -> str:
-    from sysextant.core.model import AUTO_SINGLE_MAX_LEVEL
+    from sysextant.core.spec.model import AUTO_SINGLE_MAX_LEVEL
 
     return "single" if level <= AUTO_SINGLE_MAX_LEVEL else "parallel"
 
@@ -122,9 +122,9 @@ def bench_rss_debian(work: Path, root: Path, level: int) -> None:
 BUILD_CHILD = """
 import json, sys
 from pathlib import Path
-from sysextant.core.index import scan
-from sysextant.core.selection import IntervalSet
-from sysextant.core.initrd import write_initrd
+from sysextant.core.tree.index import scan
+from sysextant.core.tree.selection import IntervalSet
+from sysextant.core.formats.initrd import write_initrd
 args = json.loads(sys.argv[1])
 index = scan(args["root"])
 sel = IntervalSet(tuple(iv) for iv in args["sel"])

@@ -26,7 +26,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from sysextant.core.keys import load_signer
-from sysextant.core.uki import build_uki
+from sysextant.core.formats.uki import build_uki
 stub, kernel, initrd, out, key, cert, sign = sys.argv[1:8]
 signer = load_signer(Path(key), Path(cert)) if sign == "1" else None
 t = time.perf_counter()

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from sysextant.core import verity
+from sysextant.core.formats import verity
 
 
 def make_data(path: Path, size: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import getpass
+import hashlib
 import os
 import stat
 import sys
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import UserError
-from .model import Spec
+from .spec.model import Spec
 
 
 @dataclass(frozen=True)
@@ -177,3 +178,77 @@ def generate_demo_pair(common_name: str = "Sysextant demo db (NOT for production
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return key_pem, cert.public_bytes(serialization.Encoding.PEM)
+
+
+# -- the PCR key (uki.pcr_key): signs the expected PCR 11 values in .pcrsig ------------------------
+def public_key_pem(public_key: rsa.RSAPublicKey) -> bytes:
+    """The ``.pcrpkey`` section: PEM SubjectPublicKeyInfo, as ukify writes it."""
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def public_key_fingerprint(public_key: rsa.RSAPublicKey) -> str:
+    """``pkfp``: SHA-256 (hex) of the PKCS#1 RSAPublicKey DER (OpenSSL ``i2d_PublicKey``)."""
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    return hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class PcrKey:
+    """The RSA key pair that signs the expected PCR 11 policies (``uki.pcr_key``, ``uki.pcr_cert``)."""
+
+    private_key: rsa.RSAPrivateKey
+    public_key: rsa.RSAPublicKey
+    key_path: Path
+    public_path: Path | None = None
+
+    def __repr__(self) -> str:  # never show key material
+        return f"PcrKey(key={self.key_path}, public={self.public_path})"
+
+    @property
+    def public_pem(self) -> bytes:
+        return public_key_pem(self.public_key)
+
+    @property
+    def fingerprint(self) -> str:
+        return public_key_fingerprint(self.public_key)
+
+
+def _load_public(path: Path) -> rsa.RSAPublicKey | None:
+    data = read_pem_file(path, "uki.pcr_cert", "PCR public key")
+    loaders = (serialization.load_pem_public_key, serialization.load_der_public_key,
+               lambda d: x509.load_pem_x509_certificate(d).public_key(),
+               lambda d: x509.load_der_x509_certificate(d).public_key())
+    for load in loaders:
+        try:
+            key = load(data)
+        except ValueError:
+            continue
+        return key if isinstance(key, rsa.RSAPublicKey) else None
+    raise UserError(f"uki.pcr_cert: {path} is not a PEM public key or an X.509 certificate")
+
+
+def load_pcr_key(spec: Spec) -> PcrKey | None:
+    """Load and check ``uki.pcr_key`` (unencrypted PEM RSA private key, as systemd-measure and
+    ukify read it) and the optional ``uki.pcr_cert`` (its public key or a certificate for it).
+    None when the spec has no PCR key; one clear UserError for any problem."""
+    key_path = spec.uki.pcr_key
+    if key_path is None:
+        return None
+    data = read_pem_file(key_path, "uki.pcr_key", "PCR signing key")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        raise UserError(f"uki.pcr_key: {key_path} is encrypted; systemd-measure and ukify read the PCR key "
+                        "without a passphrase, so give an unencrypted PEM key") from None
+    except ValueError:
+        raise UserError(f"uki.pcr_key: {key_path} is not a PEM private key "
+                        "(make one with: openssl genrsa -out tpm2-pcr.key 2048)") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UserError(f"uki.pcr_key: {key_path} is not an RSA key; TPM2 PCR signatures need RSA")
+    public = key.public_key()
+    public_path = spec.uki.pcr_cert
+    if public_path is not None:
+        given = _load_public(public_path)
+        if given is None or given.public_numbers() != public.public_numbers():
+            raise UserError(f"uki.pcr_cert: {public_path} does not hold the public key of uki.pcr_key {key_path}")
+    return PcrKey(private_key=key, public_key=public, key_path=key_path, public_path=public_path)

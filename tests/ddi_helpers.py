@@ -65,7 +65,7 @@ def demo_signer(folder: Path) -> keys.Signer:
 
 def erofs_reader_available() -> bool:
     try:
-        from sysextant.core import erofs  # noqa: F401
+        from sysextant.core.formats import erofs  # noqa: F401
     except ImportError:
         return False
     return True

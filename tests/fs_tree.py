@@ -18,9 +18,10 @@ import stat
 import struct
 from pathlib import Path
 
-from sysextant.core import erofs
+from sysextant.core.formats import (
+    erofs,  # VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, permitted = 1 << CAP_NET_RAW(13), inheritable 0
+)
 
-# VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, permitted = 1 << CAP_NET_RAW(13), inheritable 0
 CAP_NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 PATHS = [b"usr", b"opt"]
 

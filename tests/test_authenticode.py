@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core import der
-from sysextant.core.authenticode import (
+from sysextant.core.errors import UserError
+from sysextant.core.formats import der
+from sysextant.core.formats.authenticode import (
     image_digest,
     pkcs7_signature,
     sign_pe,
@@ -20,9 +21,8 @@ from sysextant.core.authenticode import (
     spc_indirect_data,
     verify_authenticode,
 )
-from sysextant.core.errors import UserError
+from sysextant.core.formats.pe import parse_pe, pe_checksum
 from sysextant.core.keys import Signer, generate_demo_pair, load_signer
-from sysextant.core.pe import parse_pe, pe_checksum
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 pytestmark = pytest.mark.skipif(not STUB.is_file(), reason=f"{STUB} missing (Debian package systemd-boot-efi)")
@@ -223,7 +223,7 @@ def uki(tmp_path_factory: pytest.TempPathFactory, signer: Signer) -> Path:
     import random
     import struct
 
-    from sysextant.core.uki import build_uki
+    from sysextant.core.formats.uki import build_uki
 
     work = tmp_path_factory.mktemp("uki")
     kernel = bytearray(random.Random(3).randbytes(64 << 10))

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.build import build, render
+from sysextant.core.build.pipeline import build, render
 from sysextant.core.demo import create_demo
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.gpt import read_gpt
+from sysextant.core.formats.gpt import read_gpt
 from sysextant.core.progress import Progress, Reporter
-from sysextant.core.spec import load_spec
+from sysextant.core.spec.load import load_spec
 from sysextant.tui.cli import main as cli
 
 FSCK_EROFS = shutil.which("fsck.erofs")
@@ -219,8 +219,8 @@ def test_a_build_packs_the_tree_as_it_is_now(demo: Path, tmp_path: Path) -> None
     """The workbench hands over the index it scanned when it opened; the build must not trust it:
     a file removed and one added since are what the image holds, and the report says the tree
     changed (the figures shown before the build are out of date)."""
-    from sysextant.core.index import scan
-    from sysextant.core.verify import verify_image
+    from sysextant.core.build.verify import verify_image
+    from sysextant.core.tree.index import scan
 
     spec = load_spec(copy_project(demo, tmp_path / "p"))
     index = scan(spec.os.root)  # the workbench builds from the index it already has
@@ -257,8 +257,8 @@ def test_what_was_built_before_a_cancel_is_reused(demo: Path, tmp_path: Path) ->
 
 
 def test_an_empty_extension_builds_no_image(demo: Path, tmp_path: Path) -> None:
-    from sysextant.core.model import ExtensionSpec
-    from sysextant.core.specedit import SpecEditor, save_text_atomic
+    from sysextant.core.spec.edit import SpecEditor, save_text_atomic
+    from sysextant.core.spec.model import ExtensionSpec
 
     spec_path = copy_project(demo, tmp_path / "p")
     editor = SpecEditor(spec_path.read_text(), spec_path)

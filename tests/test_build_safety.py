@@ -6,6 +6,7 @@ Each test drives the real CLI or :func:`build` on a small copy of the demo proje
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -15,16 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_build import copy_project, no_temp_files, sha
 
 from sysextant.core.atomic import TEMP_PREFIX
-from sysextant.core.build import build, build_lock
+from sysextant.core.build.pipeline import build, build_lock
+from sysextant.core.build.verify import verify_image
 from sysextant.core.demo import create_demo
 from sysextant.core.errors import UserError
-from sysextant.core.spec import load_spec
-from sysextant.core.verify import verify_image
+from sysextant.core.spec.load import load_spec
 from sysextant.tui.cli import main as cli
-
-from test_build import copy_project, no_temp_files, sha
 
 
 @pytest.fixture(scope="module")
@@ -260,10 +260,8 @@ def test_an_initrd_temp_is_private(demo: Path, tmp_path: Path) -> None:
 
     def look(ev) -> None:
         for p in out.glob(f"{TEMP_PREFIX}*"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 seen.add(oct(p.stat().st_mode & 0o777))
-            except FileNotFoundError:
-                pass
 
     build(load_spec(spec_path), only=["uki"], reporter=Reporter(look))
     assert seen and seen <= {"0o600"}, seen

@@ -100,8 +100,8 @@ def _import_everything() -> None:
     import sysextant.core
     import sysextant.tui.cli  # noqa: F401
 
-    for module in pkgutil.iter_modules(sysextant.core.__path__):
-        importlib.import_module(f"sysextant.core.{module.name}")
+    for module in pkgutil.walk_packages(sysextant.core.__path__, "sysextant.core."):
+        importlib.import_module(module.name)
 
 
 def _cli_in_child(argv: list[str]) -> tuple[int, str]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.cpio import (
+from sysextant.core.errors import UserError
+from sysextant.core.formats.cpio import (
     archive_entries,
     archive_order,
     archive_size,
@@ -21,9 +22,8 @@ from sysextant.core.cpio import (
     trailer,
     write_newc,
 )
-from sysextant.core.errors import UserError
-from sysextant.core.index import TRAILER_BYTES, scan
-from sysextant.core.selection import IntervalSet, Sums, subtree_set
+from sysextant.core.tree.index import TRAILER_BYTES, scan
+from sysextant.core.tree.selection import IntervalSet, Sums, subtree_set
 
 CPIO = shutil.which("cpio")
 needs_cpio = pytest.mark.skipif(CPIO is None, reason="GNU cpio not installed (apt-get install cpio)")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from ddi_helpers import MKFS_EROFS, MKSQUASHFS, demo_signer, make_erofs, make_squashfs, stage
 
-from sysextant.core import ddi, gpt, pkcs7, verity
 from sysextant.core.errors import Cancelled, UserError
+from sysextant.core.formats import ddi, gpt, pkcs7, verity
 from sysextant.core.progress import Reporter
 
 pytestmark = pytest.mark.skipif(MKFS_EROFS is None, reason="mkfs.erofs (erofs-utils) not installed")

@@ -36,10 +36,11 @@ from fs_tree import (
     snapshot,
 )
 
-from sysextant.core import erofs, fsentry
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.fsentry import FsEntry
+from sysextant.core.formats import erofs
 from sysextant.core.progress import Reporter
+from sysextant.core.tree import fsentry
+from sysextant.core.tree.fsentry import FsEntry
 
 EPOCH = 1_700_000_000
 UUID = bytes(range(16))

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from sysextant.core.demo import generate_tree
-from sysextant.core.estimate import CALIBRATION_FILE, Estimate, Estimator, uki_size_estimate
-from sysextant.core.index import scan
-from sysextant.core.initrd import write_initrd
-from sysextant.core.model import INITRD_SKIP_TOP
-from sysextant.core.selection import IntervalSet, subtree_set
+from sysextant.core.formats.initrd import write_initrd
+from sysextant.core.sizing.estimate import CALIBRATION_FILE, Estimate, Estimator, uki_size_estimate
+from sysextant.core.spec.model import INITRD_SKIP_TOP
+from sysextant.core.tree.index import scan
+from sysextant.core.tree.selection import IntervalSet, subtree_set
 from sysextant.core.units import MiB
 
 KV = "usr/lib/modules/6.6.60-kairos-demo/kernel"
@@ -136,7 +136,7 @@ def test_uki_size_estimate_adds_the_exact_pe_layout(tmp_path: Path) -> None:
     stub = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
     if not stub.exists():
         pytest.skip("systemd-boot-efi stub not installed")
-    from sysextant.core.uki import predict_size
+    from sysextant.core.formats.uki import predict_size
 
     initrd = Estimate(50_000_000, 49_000_000, 51_000_000, "test", False)
     others = {".linux": 12_345_678, ".osrel": 300, ".cmdline": 20, ".uname": 18}

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sysextant.core import gpt
+from sysextant.core.formats import gpt
 
 SFDISK = shutil.which("sfdisk")
 DISK_GUID = uuid.UUID("11111111-2222-4333-8444-555555555555")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from sysextant.core.errors import UserError
-from sysextant.core.index import TRAILER_BYTES, cpio_entry_bytes, scan
-from sysextant.core.selection import IntervalSet, Sums, match, subtree_set
+from sysextant.core.tree.index import TRAILER_BYTES, cpio_entry_bytes, scan
+from sysextant.core.tree.selection import IntervalSet, Sums, match, subtree_set
 
 CPIO = shutil.which("cpio")
 
@@ -177,7 +177,7 @@ def test_unreadable_folder_is_reported_not_fatal(tmp_path: Path) -> None:
 
 def test_the_native_listing_is_built() -> None:
     """CI installs with a C compiler, so scans take the native path the benchmark measures."""
-    from sysextant.core import _listdir, index
+    from sysextant.core.tree import _listdir, index
 
     assert index.listdir_lstat is _listdir.listdir_lstat
 
@@ -194,8 +194,8 @@ def _listings(folders: list[str], fn) -> dict[str, tuple]:
 
 def test_native_and_python_listings_agree(tmp_path: Path) -> None:
     """Same names, same packed lstat figures, same failures, same errors, for both twins."""
-    from sysextant.core._listdir import listdir_lstat
-    from sysextant.core.index import _listdir_lstat_py
+    from sysextant.core.tree._listdir import listdir_lstat
+    from sysextant.core.tree.index import _listdir_lstat_py
 
     base = Path(tempfile.mkdtemp(prefix="sysextant-listing-"))
     try:
@@ -232,7 +232,7 @@ def test_native_and_python_listings_agree(tmp_path: Path) -> None:
 
 
 def test_scan_is_the_same_with_the_python_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sysextant.core import index as index_mod
+    from sysextant.core.tree import index as index_mod
 
     make_tree(tmp_path)
     fast = scan(tmp_path)

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.cpio import write_newc
 from sysextant.core.demo import generate_tree
 from sysextant.core.errors import UserError
-from sysextant.core.index import scan
-from sysextant.core.initrd import build_initrd, compressor, initrd_extra, write_initrd
-from sysextant.core.model import ExtensionSpec, OsSpec, Spec, UkiSpec
-from sysextant.core.plan import make_plan
+from sysextant.core.formats.cpio import write_newc
+from sysextant.core.formats.initrd import build_initrd, compressor, initrd_extra, write_initrd
 from sysextant.core.progress import Reporter
-from sysextant.core.selection import IntervalSet
+from sysextant.core.sizing.plan import make_plan
+from sysextant.core.spec.model import ExtensionSpec, OsSpec, Spec, UkiSpec
+from sysextant.core.tree.index import scan
+from sysextant.core.tree.selection import IntervalSet
 
 DECODERS = {"zstd": ["zstd", "-d", "-c", "-q"], "gzip": ["gzip", "-d", "-c"], "xz": ["xz", "-d", "-c"],
             "none": ["cat"]}
@@ -99,7 +99,7 @@ def test_bad_levels_are_user_errors() -> None:
 
 
 def test_zstd_workers_fit_in_half_the_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sysextant.core import initrd
+    from sysextant.core.formats import initrd
 
     monkeypatch.delenv("SYSEXTANT_ZSTD_THREADS", raising=False)
     monkeypatch.setattr(initrd.os, "cpu_count", lambda: 8)
@@ -119,7 +119,7 @@ def test_zstd_workers_fit_in_half_the_available_memory(monkeypatch: pytest.Monke
 
 
 def test_memory_available_reads_this_machine() -> None:
-    from sysextant.core.initrd import memory_available
+    from sysextant.core.formats.initrd import memory_available
 
     free = memory_available()
     with open("/proc/meminfo") as fh:
@@ -129,7 +129,7 @@ def test_memory_available_reads_this_machine() -> None:
 
 MODEL_CHILD = """
 import os, sys, zstandard
-from sysextant.core.initrd import zstd_memory
+from sysextant.core.formats.initrd import zstd_memory
 def hwm():
     with open("/proc/self/status") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) * 1024
@@ -158,9 +158,9 @@ def test_zstd_memory_model_matches_libzstd(level: int, workers: int) -> None:
 def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> None:
     """uki.zstd_mode: single gives other bytes than parallel, the same archive inside, and is
     reproducible; auto is single up to level 6 and parallel above."""
-    from sysextant.core.forecast import prepared_estimator
-    from sysextant.core.initrd import zstd_threads
-    from sysextant.core.spec import load_spec
+    from sysextant.core.formats.initrd import zstd_threads
+    from sysextant.core.sizing.forecast import prepared_estimator
+    from sysextant.core.spec.load import load_spec
 
     project = tmp_path / "p"
     (project / "rootfs/etc").mkdir(parents=True)
@@ -194,7 +194,7 @@ def test_single_mode_spec_builds_a_smaller_footprint_initrd(tmp_path: Path) -> N
 
 
 def test_zstd_mode_is_checked(tmp_path: Path) -> None:
-    from sysextant.core.spec import SpecError, load_spec
+    from sysextant.core.spec.load import SpecError, load_spec
 
     (tmp_path / "sysextant.yaml").write_text("version: 1\nos: {root: .}\nuki:\n  zstd_mode: fast\n")
     with pytest.raises(SpecError) as exc:
@@ -217,8 +217,9 @@ def test_excluded_entries_keep_their_folders_in_the_initrd(tree: Path, tmp_path:
     assert not plan.problems
     result = build_initrd(spec, plan, tmp_path / "initrd")
     assert result.uncompressed_bytes == plan.initrd_cpio_after == (tmp_path / "initrd").stat().st_size
-    listing = subprocess.run(["cpio", "-it", "--quiet"], stdin=open(tmp_path / "initrd", "rb"), capture_output=True,
-                             text=True, check=True).stdout.split("\n")
+    archive = (tmp_path / "initrd").read_bytes()
+    listing = subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True,
+                             check=True).stdout.decode().split("\n")
     names = {n for n in listing if n}
     kept = [n for n in names if "/kernel/drivers/block/" in n]
     assert kept, "the excluded block drivers must stay in the initrd"
@@ -229,7 +230,7 @@ def test_excluded_entries_keep_their_folders_in_the_initrd(tree: Path, tmp_path:
     assert not any("/kernel/sound/" in n for n in names)  # the rest did move out
     out = tmp_path / "x"
     out.mkdir()
-    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], stdin=open(tmp_path / "initrd", "rb"),
-                   cwd=out, check=True, capture_output=True)
+    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=archive, cwd=out, check=True,
+                   capture_output=True)
     for name in kept:
         assert (out / name).exists() or (out / name).is_symlink()

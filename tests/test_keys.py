@@ -145,7 +145,7 @@ def test_key_mode_warning_like_ssh(tmp_path: Path, mode: int, who: str | None) -
 
 
 def test_private_key_warnings_name_both_keys(tmp_path: Path) -> None:
-    from sysextant.core.spec import loads_spec
+    from sysextant.core.spec.load import loads_spec
 
     for name, mode in (("db.key", 0o644), ("pcr.key", 0o640), ("db.pem", 0o644)):
         (tmp_path / name).write_bytes(b"x")

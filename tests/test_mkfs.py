@@ -27,10 +27,11 @@ from fs_tree import (
     snapshot,
 )
 
-from sysextant.core import fsentry, mkfs
 from sysextant.core.errors import Cancelled, MissingToolError, UserError
-from sysextant.core.fsentry import FsEntry
+from sysextant.core.formats import mkfs
 from sysextant.core.progress import Reporter
+from sysextant.core.tree import fsentry
+from sysextant.core.tree.fsentry import FsEntry
 
 EPOCH = 1_600_000_000
 UUID = bytes.fromhex("00112233445566778899aabbccddeeff")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sysextant.core.errors import UserError
-from sysextant.core.pcr import (
+from sysextant.core.formats.pcr import (
     MEASURED_252,
     MEASURED_CURRENT,
     expected_pcr11,

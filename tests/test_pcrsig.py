@@ -22,27 +22,26 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from sysextant.core.authenticode import signature_length
-from sysextant.core.build import build
+from sysextant.core.build.pipeline import build
 from sysextant.core.demo import create_demo
 from sysextant.core.errors import UserError
-from sysextant.core.forecast import UkiLayout
-from sysextant.core.index import scan
-from sysextant.core.keys import load_signer
-from sysextant.core.pcr import (
+from sysextant.core.formats.authenticode import signature_length
+from sysextant.core.formats.pcr import (
     DEFAULT_PHASES,
     MEASURED_252,
     PCR_KERNEL_IMAGE,
-    load_pcr_key,
     pcr_selection,
     pcrsig_json,
     pcrsig_size,
     policy_pcr_digest,
     public_key_fingerprint,
 )
-from sysextant.core.pe import parse_pe
+from sysextant.core.formats.pe import parse_pe
+from sysextant.core.keys import load_pcr_key, load_signer
 from sysextant.core.progress import Reporter
-from sysextant.core.spec import load_spec
+from sysextant.core.sizing.forecast import UkiLayout
+from sysextant.core.spec.load import load_spec
+from sysextant.core.tree.index import scan
 
 MEASURE = Path("/usr/lib/systemd/systemd-measure")
 SWTPM = shutil.which("swtpm")
@@ -337,8 +336,8 @@ def test_bad_pcr_key_fails_before_any_work(demo: Path, tmp_path: Path) -> None:
 
 
 def test_a_new_pcr_key_means_a_new_uki(demo: Path, tmp_path: Path) -> None:
-    from sysextant.core.plan import make_plan
-    from sysextant.core.ukibuild import inputs_digest
+    from sysextant.core.build.ukibuild import inputs_digest
+    from sysextant.core.sizing.plan import make_plan
 
     spec = load_spec(demo)
     plan = make_plan(spec, scan(spec.os.root))

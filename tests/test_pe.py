@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sysextant.core.errors import UserError
-from sysextant.core.pe import (
+from sysextant.core.formats.pe import (
     SCN_CNT_CODE,
     SCN_CNT_INITIALIZED_DATA,
     SCN_MEM_READ,

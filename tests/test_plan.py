@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.index import TRAILER_BYTES, cpio_entry_bytes, scan
-from sysextant.core.plan import make_plan
-from sysextant.core.spec import load_spec
+from sysextant.core.sizing.plan import make_plan
+from sysextant.core.spec.load import load_spec
+from sysextant.core.tree.index import TRAILER_BYTES, cpio_entry_bytes, scan
 
 CPIO = shutil.which("cpio")
 

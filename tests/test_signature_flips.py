@@ -52,13 +52,13 @@ from pathlib import Path
 import pytest
 from ddi_helpers import MKFS_EROFS, demo_signer, make_erofs, stage
 
-from sysextant.core import ddi, pkcs7
-from sysextant.core.authenticode import _hashed_ranges
+from sysextant.core.build.ukibuild import verify_uki
+from sysextant.core.build.verify import verify_image
+from sysextant.core.formats import ddi, pkcs7
+from sysextant.core.formats.authenticode import _hashed_ranges
+from sysextant.core.formats.pe import parse_pe
+from sysextant.core.formats.uki import build_uki
 from sysextant.core.keys import Signer
-from sysextant.core.pe import parse_pe
-from sysextant.core.uki import build_uki
-from sysextant.core.ukibuild import verify_uki
-from sysextant.core.verify import verify_image
 
 OPENSSL = shutil.which("openssl")
 SBVERIFY = shutil.which("sbverify")

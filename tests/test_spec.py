@@ -13,10 +13,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sysextant.core import spec as S
 from sysextant.core.errors import UserError
-from sysextant.core.model import ExtensionSpec
-from sysextant.core.spec import (
+from sysextant.core.spec import load as S
+from sysextant.core.spec.load import (
     Problem,
     SpecError,
     extension_name_problem,
@@ -25,6 +24,7 @@ from sysextant.core.spec import (
     new_spec_text,
     scalar_text,
 )
+from sysextant.core.spec.model import ExtensionSpec
 from sysextant.core.units import GiB, MiB
 
 FULL = """\

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sysextant.core.model import ExtensionSpec
-from sysextant.core.spec import SpecError, loads_spec
-from sysextant.core.specedit import SpecEditError, SpecEditor, save_text_atomic
+from sysextant.core.spec.edit import SpecEditError, SpecEditor, save_text_atomic
+from sysextant.core.spec.load import SpecError, loads_spec
+from sysextant.core.spec.model import ExtensionSpec
 
 PATH = Path("/srv/proj/spec.yaml")
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from sysextant.core.demo import SPEC_TEXT, generate_tree
-from sysextant.core.index import scan
-from sysextant.core.plan import make_plan
-from sysextant.core.selection import Sums, subtree_set
-from sysextant.core.spec import load_spec
-from sysextant.core.workbench import Session
+from sysextant.core.sizing.plan import make_plan
+from sysextant.core.spec.load import load_spec
+from sysextant.core.tree.index import scan
+from sysextant.core.tree.selection import Sums, subtree_set
+from sysextant.core.workbench.session import Session
 
 pytest.importorskip("textual")
 
@@ -262,7 +262,7 @@ async def test_theme_switch_is_remembered(spec_path: Path) -> None:
 
 
 async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: Path) -> None:
-    pytest.importorskip("sysextant.core.estimate")
+    pytest.importorskip("sysextant.core.sizing.estimate")
     spec_path.write_text(spec_path.read_text().replace("level: 19", "level: 3"))  # a quick estimator
     app = WorkbenchApp(spec_path, watch=False)
     async with app.run_test(size=SIZE) as pilot:

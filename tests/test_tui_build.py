@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.build import build
+from sysextant.core.build.pipeline import build
+from sysextant.core.build.ukibuild import verify_uki
+from sysextant.core.build.verify import verify_image
 from sysextant.core.demo import create_demo
 from sysextant.core.progress import Progress
-from sysextant.core.spec import load_spec
-from sysextant.core.ukibuild import verify_uki
+from sysextant.core.spec.load import load_spec
 from sysextant.core.units import format_size
-from sysextant.core.verify import verify_image
 
 pytest.importorskip("textual")
 

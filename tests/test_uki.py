@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core.authenticode import sign_pe, signature_length, verify_authenticode
 from sysextant.core.errors import UserError
+from sysextant.core.formats.authenticode import sign_pe, signature_length, verify_authenticode
+from sysextant.core.formats.pe import parse_pe, pe_checksum, round_up
+from sysextant.core.formats.uki import build_uki, merge_sbat, predict_size, read_uname
 from sysextant.core.keys import Signer, generate_demo_pair, load_signer
-from sysextant.core.pe import parse_pe, pe_checksum, round_up
-from sysextant.core.uki import build_uki, merge_sbat, predict_size, read_uname
 
 try:
     from tests.kernel import real_kernel
@@ -295,7 +295,7 @@ RSS_SCRIPT = r"""
 import json, sys
 from pathlib import Path
 from sysextant.core.keys import load_signer
-from sysextant.core.uki import build_uki
+from sysextant.core.formats.uki import build_uki
 
 def hwm():  # peak RSS of this process image (ru_maxrss would include the forking parent's peak)
     for line in open("/proc/self/status"):

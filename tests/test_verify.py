@@ -23,8 +23,8 @@ from ddi_helpers import (
     stage,
 )
 
-from sysextant.core import ddi, pkcs7
-from sysextant.core.verify import image_names, parse_os_release, verify_image
+from sysextant.core.build.verify import image_names, parse_os_release, verify_image
+from sysextant.core.formats import ddi, pkcs7
 
 needs_erofs = pytest.mark.skipif(MKFS_EROFS is None, reason="mkfs.erofs (erofs-utils) not installed")
 needs_squashfs = pytest.mark.skipif(MKSQUASHFS is None or UNSQUASHFS is None,

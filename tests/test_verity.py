@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core import verity
+from sysextant.core.formats import verity
 
 VERITYSETUP = shutil.which("veritysetup")
 needs_veritysetup = pytest.mark.skipif(VERITYSETUP is None, reason="veritysetup (cryptsetup-bin) not installed")

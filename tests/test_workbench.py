@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sysextant.core import specedit
-from sysextant.core.index import cpio_entry_bytes, scan
-from sysextant.core.plan import make_plan
-from sysextant.core.selection import Sums, subtree_set
-from sysextant.core.spec import load_spec
-from sysextant.core.workbench import Session
+from sysextant.core.sizing.plan import make_plan
+from sysextant.core.spec import edit as specedit
+from sysextant.core.spec.load import load_spec
+from sysextant.core.tree.index import cpio_entry_bytes, scan
+from sysextant.core.tree.selection import Sums, subtree_set
+from sysextant.core.workbench.session import Session
 
 SPEC = """\
 # a hand-made test spec; this comment must survive every edit
@@ -250,7 +250,7 @@ def test_uki_prediction_uses_the_real_stub(session: Session) -> None:
 
 
 def test_uki_size_is_predict_size_for_any_initrd(session: Session) -> None:
-    from sysextant.core.uki import predict_size
+    from sysextant.core.formats.uki import predict_size
 
     stub = session.spec.uki.stub
     if not stub.exists():
@@ -261,6 +261,6 @@ def test_uki_size_is_predict_size_for_any_initrd(session: Session) -> None:
 
 
 def test_core_does_not_import_textual() -> None:
-    code = "import sys, sysextant.core.workbench; print('textual' in sys.modules, 'rich' in sys.modules)"
+    code = "import sys, sysextant.core.workbench.session; print('textual' in sys.modules, 'rich' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -1,4 +1,4 @@
-"""The workbench: a Textual view over :class:`sysextant.core.workbench.Session`.
+"""The workbench: a Textual view over :class:`sysextant.core.workbench.session.Session`.
 
 ``sysextant SPEC`` opens it. The tree is scanned in a thread worker while the first screen is
 already up (folder sizes grow as the scan proceeds); the spec's folder is watched by an async
@@ -27,11 +27,11 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.index import TreeIndex, scan
-from sysextant.core.plan import Plan
-from sysextant.core.selection import Sums
+from sysextant.core.sizing.plan import Plan
+from sysextant.core.tree.index import TreeIndex, scan
+from sysextant.core.tree.selection import Sums
 from sysextant.core.units import format_size
-from sysextant.core.workbench import Outcome, Session
+from sysextant.core.workbench.session import Outcome, Session
 
 from .commands import WorkbenchCommands
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings
@@ -42,7 +42,7 @@ from .widgets.gauge import UkiGauge
 from .widgets.line import Line
 from .widgets.tree_list import TreeList, header_text
 
-HAVE_ESTIMATOR = importlib.util.find_spec("sysextant.core.estimate") is not None
+HAVE_ESTIMATOR = importlib.util.find_spec("sysextant.core.sizing.estimate") is not None
 
 
 class ScanProgress(Message):
@@ -264,8 +264,8 @@ class WorkbenchApp(App[int]):
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
     def prepare_estimator(self, plan: Plan) -> None:
-        from sysextant.core.forecast import prepared_estimator
         from sysextant.core.progress import Reporter
+        from sysextant.core.sizing.forecast import prepared_estimator
 
         worker = get_current_worker()
         last = [0.0]

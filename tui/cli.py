@@ -80,14 +80,14 @@ def _emit_json(data: object) -> None:
 
 
 def _load(spec_path: str):
-    from sysextant.core.spec import load_spec
+    from sysextant.core.spec.load import load_spec
 
     return load_spec(Path(spec_path))
 
 
 # -- commands ----------------------------------------------------------------------------------
 def cmd_scan(args: argparse.Namespace) -> int:
-    from sysextant.core.index import scan
+    from sysextant.core.tree.index import scan
 
     t0 = time.perf_counter()
     index = scan(args.root)
@@ -116,14 +116,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from sysextant.core.forecast import (
+    from sysextant.core.sizing.forecast import (
         UkiLayout,
         describe,
         extension_savings,
         forecast,
         prepared_estimator,
     )
-    from sysextant.core.plan import plan_spec
+    from sysextant.core.sizing.plan import plan_spec
 
     spec = _load(args.spec)
     result = plan_spec(spec)
@@ -210,7 +210,7 @@ def _reporter(args: argparse.Namespace) -> Reporter:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from sysextant.core.build import build, render
+    from sysextant.core.build.pipeline import build, render
 
     spec = _load(args.spec)
     report = build(spec, only=args.only or None, force=args.force, reporter=_reporter(args), wait=not args.no_wait)
@@ -222,7 +222,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_uki(args: argparse.Namespace) -> int:
-    from sysextant.core.build import build, render
+    from sysextant.core.build.pipeline import build, render
 
     spec = _load(args.spec)
     report = build(spec, only=["uki"], force=args.force, reporter=_reporter(args), wait=not args.no_wait)
@@ -249,13 +249,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"cannot read {image}: {exc.strerror}") from None
     if is_pe:
-        from sysextant.core.ukibuild import verify_uki
+        from sysextant.core.build.ukibuild import verify_uki
 
         checks = verify_uki(image, cert)
         ok = all(c["ok"] for c in checks)
         result = {"image": str(image), "kind": "uki", "ok": ok, "checks": checks}
     else:
-        from sysextant.core.verify import verify_image
+        from sysextant.core.build.verify import verify_image
 
         report = verify_image(image, cert)
         result = {"image": str(image), "kind": "sysext", **report.as_dict()}

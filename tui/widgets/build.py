@@ -1,6 +1,6 @@
 """The build screen: ``b`` builds what changed, ``B`` everything, with a bar per stage.
 
-:func:`sysextant.core.build.build` runs in a thread worker; its :class:`~sysextant.core.progress.Progress`
+:func:`sysextant.core.build.pipeline.build` runs in a thread worker; its :class:`~sysextant.core.progress.Progress`
 events come back to the screen with ``post_message``, at most about ten a second per task. The
 screen groups them by artefact (one group per extension, the UKI, the final verification), keeps
 a log of the engine's messages, and ends on the build report: every artefact with its path, size,
@@ -32,14 +32,14 @@ from textual.widget import Widget
 from textual.widgets import Footer, RichLog, Static
 
 from sysextant.core.atomic import TEMP_PREFIX, write_atomic
-from sysextant.core.build import BuildReport, build
+from sysextant.core.build.pipeline import BuildReport, build
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.index import TreeIndex
-from sysextant.core.model import Spec
-from sysextant.core.plan import Plan
 from sysextant.core.progress import Progress, Reporter
+from sysextant.core.sizing.plan import Plan
+from sysextant.core.spec.model import Spec
+from sysextant.core.tree.index import TreeIndex
 from sysextant.core.units import format_size
-from sysextant.core.workbench import Figures
+from sysextant.core.workbench.session import Figures
 
 from .gauge import LEVEL_WORDS
 

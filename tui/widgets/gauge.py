@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from sysextant.core.units import format_size
-from sysextant.core.workbench import Figures
+from sysextant.core.workbench.session import Figures
 
 LEVEL_WORDS = {"ok": "under the limit", "warn": "close to the limit", "high-risk": "high risk (past 1 GiB)",
                "over": "OVER the limit", "fails": "OVER: fails on every firmware seen (2 GiB)",

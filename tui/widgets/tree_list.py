@@ -1,7 +1,7 @@
 """The OS tree one folder at a time, ncdu style, as a Line-API list.
 
 Only the visible rows are rendered (``render_line``), so a folder with 50,000 entries costs the
-same as one with 5; the rows are entry indices of the :class:`~sysextant.core.index.TreeIndex`,
+same as one with 5; the rows are entry indices of the :class:`~sysextant.core.tree.index.TreeIndex`,
 sorted by size or name. Columns: size (apparent or newc bytes), the entry's share of what is still
 in the UKI initrd (bar and percent), entry count, the extension that takes it, the name. The
 index may still be growing (a scan in progress): :meth:`reload_rows` re-reads it.
@@ -21,9 +21,9 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from sysextant.core.index import TreeIndex
+from sysextant.core.tree.index import TreeIndex
 from sysextant.core.units import format_size
-from sysextant.core.workbench import Session
+from sysextant.core.workbench.session import Session
 
 EXT_COLOURS = 6
 SIZE_W, BAR_W, PCT_W, COUNT_W, OWNER_W = 10, 12, 6, 9, 14

@@ -30,11 +30,11 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
-from .errors import UserError
-from .fsentry import FsEntry, open_nofollow
-from .index import HEADER, TreeIndex, cpio_entry_bytes
-from .progress import Reporter
-from .selection import IntervalSet
+from ..errors import UserError
+from ..progress import Reporter
+from ..tree.fsentry import FsEntry, open_nofollow
+from ..tree.index import HEADER, TreeIndex, cpio_entry_bytes
+from ..tree.selection import IntervalSet
 
 MAGIC = b"070701"
 TRAILER_NAME = b"TRAILER!!!"
@@ -377,8 +377,8 @@ def _write_index_entry(w: NewcWriter, index: TreeIndex, i: int, path: bytes, dir
 
 def archive_size(index: TreeIndex, selection: IntervalSet, extra: Sequence[FsEntry] = ()) -> int:
     """The archive's exact byte count without writing it (the size model's figure)."""
-    from .index import TRAILER_BYTES
-    from .selection import Sums
+    from ..tree.index import TRAILER_BYTES
+    from ..tree.selection import Sums
 
     return Sums(index).cpio_bytes(selection) + TRAILER_BYTES + extra_bytes(extra)
 

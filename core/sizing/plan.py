@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .cpio import extra_bytes
-from .fsentry import host_path_in_tree
-from .index import TRAILER_BYTES, TreeIndex, scan
-from .initrd import initrd_extra
-from .keys import private_key_warnings
-from .model import INITRD_SKIP_TOP, Spec
-from .outputs import output_problems
-from .selection import IntervalSet, Sums, match, subtree_set, with_ancestors
-from .spec import splash_problem
-from .units import format_size
+from ..formats.cpio import extra_bytes
+from ..formats.initrd import initrd_extra
+from ..keys import private_key_warnings
+from ..spec.load import splash_problem
+from ..spec.model import INITRD_SKIP_TOP, Spec
+from ..spec.outputs import output_problems
+from ..tree.fsentry import host_path_in_tree
+from ..tree.index import TRAILER_BYTES, TreeIndex, scan
+from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancestors
+from ..units import format_size
 
 
 @dataclass

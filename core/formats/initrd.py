@@ -29,14 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import atomic_output
+from ..atomic import atomic_output
+from ..errors import UserError
+from ..progress import Reporter
+from ..spec.model import UKI_COMPRESSIONS
+from ..tree.fsentry import FsEntry
+from ..tree.index import TreeIndex
+from ..tree.selection import IntervalSet
 from .cpio import archive_size, init_entry, write_newc
-from .errors import UserError
-from .fsentry import FsEntry
-from .index import TreeIndex
-from .model import UKI_COMPRESSIONS
-from .progress import Reporter
-from .selection import IntervalSet
 
 LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9), "none": (0, 0)}
 

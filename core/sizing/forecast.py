@@ -5,7 +5,7 @@ kernel, os-release, cmdline, uname, splash, .pcrpkey and .pcrsig, the Authentico
 linear in the initrd's size (docs/domain.md section 6): :class:`UkiLayout` parses the stub once,
 after which each new initrd figure costs an addition. :func:`forecast` combines it with the
 exact newc figures of a plan and, when one is prepared, the compressed estimate of
-:class:`~sysextant.core.estimate.Estimator`. The CLI's ``plan``, the build's prediction and the
+:class:`~sysextant.core.sizing.estimate.Estimator`. The CLI's ``plan``, the build's prediction and the
 workbench's gauge all come from here.
 """
 
@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
-from .index import TreeIndex
-from .model import Spec
+from ..errors import UserError
+from ..spec.model import Spec
+from ..tree.index import TreeIndex
+from ..units import THRESHOLDS, format_size
 from .plan import Plan
-from .units import THRESHOLDS, format_size
 
 #: an Authenticode PKCS#7 is the signer certificate plus about this much (digest info, signer
 #: info, attributes, the RSA signature); used when the key is not loaded (the workbench)
@@ -71,7 +71,7 @@ class UkiLayout:
     """The UKI's file size as a function of its initrd's size, exact but for the initrd."""
 
     def __init__(self, spec: Spec, index: TreeIndex | None, *, signature_len: int | None = None) -> None:
-        from .ukibuild import kernel_path, os_release, uname
+        from .ukiinputs import kernel_path, os_release, uname
 
         sizes: dict[str, int] = {".cmdline": len(spec.uki.cmdline.encode())}
         self.exact = True
@@ -99,7 +99,8 @@ class UkiLayout:
             except OSError:
                 self.exact = False
         if spec.uki.pcr_key is not None:
-            from .pcr import load_pcr_key, pcrsig_size
+            from ..formats.pcr import pcrsig_size
+            from ..keys import load_pcr_key
 
             try:
                 pcr_key = load_pcr_key(spec)
@@ -123,7 +124,7 @@ class UkiLayout:
                 self.exact = False
         self.sizes = sizes
         try:
-            from .uki import predict_size
+            from ..formats.uki import predict_size
 
             stub = spec.uki.stub
             self.base = predict_size(stub, sizes, signed=False)
@@ -179,12 +180,12 @@ def extension_savings(plan: Plan, layout: UkiLayout, estimator: Any = None) -> d
 
 
 def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None, *, threads: int | None = None) -> Any:
-    """An :class:`~sysextant.core.estimate.Estimator` for the spec's compressor, prepared (the
+    """An :class:`~sysextant.core.sizing.estimate.Estimator` for the spec's compressor, prepared (the
     fast pass over the base initrd; calibration from earlier builds in the output folder).
     ``threads`` caps the compressor workers of its target-level passes (default: every CPU that
     fits in memory; one when ``uki.zstd_mode`` compresses single-threaded, to keep memory least)."""
+    from ..formats.initrd import initrd_extra
     from .estimate import Estimator
-    from .initrd import initrd_extra
 
     if threads is None and spec.uki.zstd_single():
         threads = 1

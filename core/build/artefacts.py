@@ -16,10 +16,10 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import write_atomic
-from .errors import UserError
-from .outputs import STATE_FILE
-from .units import failing_verdict
+from ..atomic import write_atomic
+from ..errors import UserError
+from ..spec.outputs import STATE_FILE
+from ..units import failing_verdict
 
 
 @dataclass

@@ -25,11 +25,11 @@ import uuid as uuidlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from .atomic import private_tempdir
-from .errors import MissingToolError, UserError
-from .fsentry import FsEntry, open_entry
-from .model import FS_COMPRESSIONS
-from .progress import Reporter
+from ..atomic import private_tempdir
+from ..errors import MissingToolError, UserError
+from ..progress import Reporter
+from ..spec.model import FS_COMPRESSIONS
+from ..tree.fsentry import FsEntry, open_entry
 
 SQUASHFS_COMPRESSIONS = FS_COMPRESSIONS["squashfs"]  # one list for the spec checker and the packers
 EROFS_COMPRESSIONS = FS_COMPRESSIONS["erofs"]

@@ -1,7 +1,7 @@
 """The OS tree index: one lstat per entry, compact columns, exact newc cpio sizes.
 
 The scan walks the tree depth-first, one folder listing and one lstat per entry (natively in
-core/_listdir.c, with a pure-Python twin), and never follows a symlink. All entries
+core/tree/_listdir.c, with a pure-Python twin), and never follows a symlink. All entries
 of one folder are appended together, and a folder's whole subtree is scanned before the walk
 returns to its siblings, so the descendants of folder ``d`` are exactly the contiguous index
 range ``[first_child[d], first_child[d] + count[d])``. Subtrees are therefore intervals, which
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 HEADER = 110
 TRAILER_BYTES = 124  # align4(110 + len("TRAILER!!!") + 1)

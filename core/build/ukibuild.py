@@ -14,72 +14,17 @@ import hashlib
 import os
 from pathlib import Path
 
-from .atomic import scratch_for
-from .errors import UserError
-from .fsentry import host_path_in_tree
-from .index import TreeIndex
-from .keys import Signer
-from .model import Spec
-from .pcr import PcrKey, load_pcr_key, measured_sections, pcr_sections, stub_version
-from .plan import Plan
-from .progress import Reporter
-from .spec import uname_problem
+from ..atomic import scratch_for
+from ..errors import UserError
+from ..formats.pcr import measured_sections, pcr_sections, stub_version
+from ..keys import PcrKey, Signer, load_pcr_key
+from ..progress import Reporter
+from ..sizing.plan import Plan
+from ..sizing.ukiinputs import kernel_path, os_release, uname
+from ..spec.model import Spec
+from ..tree.index import TreeIndex
 
 FORMAT_VERSION = "sysextant-uki-1"
-
-
-def _tree_file(spec: Spec, rel: str) -> Path | None:
-    try:
-        p = Path(host_path_in_tree(spec.os.root, spec.os.root / rel))
-    except OSError:
-        return None
-    return p if p.is_file() else None
-
-
-def os_release(spec: Spec) -> bytes:
-    """The .osrel section: ``uki.os_release`` if set, else the tree's own os-release."""
-    if spec.uki.os_release:
-        path: Path | None = spec.uki.os_release
-    else:
-        path = _tree_file(spec, "etc/os-release") or _tree_file(spec, "usr/lib/os-release")
-    if path is None:
-        raise UserError(f"{spec.where('os', 'root')}: the OS tree {spec.os.root} has no etc/os-release or "
-                        "usr/lib/os-release for the UKI's .osrel section; set uki.os_release")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def kernel_path(spec: Spec) -> Path:
-    try:
-        path = Path(host_path_in_tree(spec.os.root, spec.os.kernel))
-    except OSError:
-        path = spec.os.kernel
-    if not path.is_file():
-        raise UserError(f"{spec.where('os', 'kernel')}: kernel {spec.os.kernel} does not exist")
-    return path
-
-
-def uname(spec: Spec, index: TreeIndex, kernel: Path) -> str | None:
-    """The kernel release for .uname: the spec's, the kernel header's, or the only modules folder."""
-    from .uki import read_uname
-
-    if spec.uki.uname:
-        return spec.uki.uname
-    found = read_uname(kernel)
-    if found:
-        return found
-    mods = index.lookup("usr/lib/modules")
-    if mods is not None:
-        versions = [index.names[c] for c in index.children(mods) if index.is_dir(c)]
-        if len(versions) == 1:
-            try:
-                release = versions[0].decode("utf-8")
-            except UnicodeDecodeError:
-                return None  # not a kernel release: no .uname rather than bytes the stub would mangle
-            return release if uname_problem(release) is None else None
-    return None
 
 
 def sections(spec: Spec, index: TreeIndex, initrd: Path, *, pcr_key: PcrKey | None = None,
@@ -145,9 +90,9 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
                    inputs: str | None = None):
     """Build (or reuse) ``uki.output``; returns a :class:`.build.Artefact`. ``inputs`` is
     :func:`inputs_digest` when the caller has it already."""
+    from ..formats.initrd import build_initrd
+    from ..formats.uki import build_uki, predict_size
     from .artefacts import Artefact, record, reusable
-    from .initrd import build_initrd
-    from .uki import build_uki, predict_size
 
     out = spec.uki.output
     if inputs is None:
@@ -189,9 +134,9 @@ def verify_uki(path: Path, cert: Path | None) -> list[dict]:
     Each check appears at most once. A damaged or cut file gives failed checks, never a
     UserError: that is kept for a certificate or file that cannot be read at all.
     """
-    from .authenticode import promised_size, verify_authenticode
-    from .keys import load_certificate
-    from .pe import parse_pe
+    from ..formats.authenticode import promised_size, verify_authenticode
+    from ..formats.pe import parse_pe
+    from ..keys import load_certificate
 
     trusted = None
     if cert is not None:

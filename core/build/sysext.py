@@ -9,7 +9,7 @@ from the spec's ``release`` fields. That file carries the xattr
 systemd-sysext 252 merges; see docs/domain.md section 2.
 
 The filesystem comes from the built-in EROFS writer (uncompressed), ``mkfs.erofs`` (EROFS with
-compression) or ``mksquashfs``; :func:`sysextant.core.ddi.assemble` then adds dm-verity and the
+compression) or ``mksquashfs``; :func:`sysextant.core.formats.ddi.assemble` then adds dm-verity and the
 signature. Salt, UUIDs and timestamps derive from the inputs and ``SOURCE_DATE_EPOCH``, so the
 same selection gives the same bytes.
 """
@@ -23,15 +23,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ddi
-from .atomic import scratch_for
-from .errors import UserError
-from .fsentry import FsEntry, entry_from_lstat
-from .index import TreeIndex
-from .keys import Signer
-from .model import ExtensionSpec
-from .plan import ExtensionPlan
-from .progress import Reporter
+from ..atomic import scratch_for
+from ..errors import UserError
+from ..formats import ddi
+from ..keys import Signer
+from ..progress import Reporter
+from ..sizing.plan import ExtensionPlan
+from ..spec.model import ExtensionSpec
+from ..tree.fsentry import FsEntry, entry_from_lstat
+from ..tree.index import TreeIndex
 
 RELEASE_DIR = b"usr/lib/extension-release.d"
 STRICT_XATTR = b"user.extension-release.strict"
@@ -129,12 +129,12 @@ def write_filesystem(ext: ExtensionSpec, entries: list[FsEntry], out_path: Path,
     task = f"{ext.name}: pack"
     fs_uuid = hashlib.sha256(b"fs-uuid" + seed).digest()[:16]
     if ext.filesystem == "erofs" and ext.compression == "none":
-        from .erofs import write_image
+        from ..formats.erofs import write_image
 
         with open(out_path, "wb") as fh:
             return write_image(entries, fh, tree_root=tree_root, uuid=fs_uuid, mtime=mtime, reporter=reporter,
                                task=task)
-    from .mkfs import write_erofs_tool, write_squashfs
+    from ..formats.mkfs import write_erofs_tool, write_squashfs
 
     if ext.filesystem == "erofs":
         return write_erofs_tool(entries, out_path, tree_root=tree_root, compression=ext.compression,

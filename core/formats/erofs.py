@@ -30,9 +30,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .errors import UserError
-from .fsentry import FsEntry, open_entry
-from .progress import Reporter
+from ..errors import UserError
+from ..progress import Reporter
+from ..tree.fsentry import FsEntry, open_entry
 
 BLOCK_BITS = 12
 BLOCK = 1 << BLOCK_BITS

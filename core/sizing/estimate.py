@@ -40,15 +40,15 @@ from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
-from .atomic import write_atomic
-from .cpio import archive_entries, extra_bytes, write_entries
-from .errors import Cancelled
-from .fsentry import FsEntry
-from .index import TRAILER_BYTES, TreeIndex
-from .initrd import check_level, compressor, zstd_threads
-from .progress import Reporter
-from .selection import IntervalSet, Sums
-from .units import MiB
+from ..atomic import write_atomic
+from ..errors import Cancelled
+from ..formats.cpio import archive_entries, extra_bytes, write_entries
+from ..formats.initrd import check_level, compressor, zstd_threads
+from ..progress import Reporter
+from ..tree.fsentry import FsEntry
+from ..tree.index import TRAILER_BYTES, TreeIndex
+from ..tree.selection import IntervalSet, Sums
+from ..units import MiB
 
 CALIBRATION_FILE = ".sysextant-calibration.json"
 FAST_LEVEL = {"zstd": 3, "gzip": 1, "xz": 0, "none": 0}
@@ -682,10 +682,10 @@ def uki_size_estimate(estimate: Estimate, *, stub: Path, other_sections: dict[st
     """The UKI file size around an initrd estimate: exact PE layout plus the estimated initrd.
 
     ``other_sections`` maps section names (``.linux``, ``.osrel``, ...) to exact byte sizes;
-    the layout is :func:`sysextant.core.uki.predict_size`, exact to the byte, so only the
+    the layout is :func:`sysextant.core.formats.uki.predict_size`, exact to the byte, so only the
     initrd carries error. Alignment can add up to 511 bytes, covered by the band.
     """
-    from .uki import predict_size
+    from ..formats.uki import predict_size
 
     def size(initrd: int) -> int:
         return predict_size(stub, {**other_sections, ".initrd": initrd}, signed=signed,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import UserError
+from ..errors import UserError
 
 SECTION_HEADER_SIZE = 40
 COFF_HEADER_SIZE = 20

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from ..atomic import atomic_output
+from ..errors import UserError
+from ..keys import Signer
+from ..progress import Reporter
 from . import gpt, pkcs7, verity
-from .atomic import atomic_output
-from .errors import UserError
-from .keys import Signer
-from .progress import Reporter
 
 COPY_CHUNK = 16 << 20
 

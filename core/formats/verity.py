@@ -20,7 +20,7 @@ import uuid as _uuid
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .progress import Reporter
+from ..progress import Reporter
 
 BLOCK = 4096  # data and hash block size
 DIGEST = 32  # sha256

@@ -28,10 +28,10 @@ from typing import BinaryIO
 
 from cryptography import x509
 
-from . import erofs, gpt, pkcs7, verity
-from .atomic import private_tempdir
-from .errors import UserError
-from .keys import load_certificate
+from ..atomic import private_tempdir
+from ..errors import UserError
+from ..formats import erofs, gpt, pkcs7, verity
+from ..keys import load_certificate
 
 SQUASHFS_MAGIC = b"hsqs"
 RELEASE_DIR = b"usr/lib/extension-release.d"

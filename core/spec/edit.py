@@ -1,10 +1,10 @@
 """Write workbench changes back into the user's spec file, touching only what changed.
 
-Each edit re-composes the current text with PyYAML (:func:`sysextant.core.spec.compose`) to find
+Each edit re-composes the current text with PyYAML (:func:`sysextant.core.spec.load.compose`) to find
 the exact character span of the node to change, and splices new text in; every other byte stays
 as it was: comments, blank lines, key order, quoting, indentation. The edited node keeps its
 style: a flow list ``[a, b]`` stays flow, a block list keeps its dash column. New scalars are
-quoted only when YAML needs it (:func:`sysextant.core.spec.scalar_text`).
+quoted only when YAML needs it (:func:`sysextant.core.spec.load.scalar_text`).
 
 Every edit is checked before it is kept: the new text must compose, and its data must equal the
 old data with exactly the intended change. An edit that cannot be made that way raises
@@ -26,10 +26,9 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .atomic import atomic_output
-from .errors import UserError
-from .model import ExtensionSpec
-from .spec import (
+from ..atomic import atomic_output
+from ..errors import UserError
+from .load import (
     FLOW_WIDTH,
     SpecError,
     compose,
@@ -41,6 +40,7 @@ from .spec import (
     is_null,
     scalar_text,
 )
+from .model import ExtensionSpec
 
 Key = str | int
 Splice = tuple[int, int, str]  # replace text[start:end] with the string

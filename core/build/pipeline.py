@@ -18,24 +18,23 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..atomic import disk_error, ensure_folder, folder_error, stale_temps
+from ..errors import UserError
+from ..keys import Signer, load_pcr_key, load_signer
+from ..progress import Reporter
+from ..sizing.plan import Plan, make_plan
+from ..spec.model import Spec
+from ..spec.outputs import LOCK_FILE, output_problems
+from ..tree.index import TreeIndex, scan
+from ..units import THRESHOLDS, format_size
 from .artefacts import Artefact, BuildReport, load_state, owned_file, record, reusable, save_state
-from .atomic import disk_error, ensure_folder, folder_error, stale_temps
-from .errors import UserError
-from .index import TreeIndex, scan
-from .keys import Signer, load_signer
-from .model import Spec
-from .outputs import LOCK_FILE, output_problems
-from .pcr import load_pcr_key
-from .plan import Plan, make_plan
-from .progress import Reporter
-from .units import THRESHOLDS, format_size
 
 __all__ = ["Artefact", "BuildReport", "build", "render", "deploy_notes", "build_lock", "remove_stale_temps"]
 
 
 def _needed_tools(spec: Spec, names: Sequence[str]) -> None:
     """Fail before any work when an extension needs a tool this machine lacks (same lookup as the build)."""
-    from .mkfs import find_tool
+    from ..formats.mkfs import find_tool
 
     for ext in spec.extensions:
         if ext.name not in names:
@@ -278,7 +277,7 @@ def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, 
                reporter: Reporter, estimator: Any = None) -> Artefact:
     """The UKI, with the size predicted before the build next to the size it got; the real size
     then calibrates the estimator for the next plan."""
-    from .forecast import UkiLayout, forecast, prepared_estimator
+    from ..sizing.forecast import UkiLayout, forecast, prepared_estimator
     from .ukibuild import build_slim_uki, inputs_digest
 
     predicted = None
@@ -287,7 +286,7 @@ def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, 
     if previous is None:
         signature_len = None
         if signer is not None:
-            from .authenticode import signature_length
+            from ..formats.authenticode import signature_length
 
             signature_len = signature_length(signer)
         layout = UkiLayout(spec, index, signature_len=signature_len)

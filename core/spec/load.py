@@ -47,7 +47,8 @@ from pathlib import Path
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import UserError
+from ..errors import UserError
+from ..units import LIMIT_PRESETS, THRESHOLDS, SizeError, parse_size
 from .model import (
     ARCHITECTURES,
     FILESYSTEMS,
@@ -60,7 +61,6 @@ from .model import (
     Spec,
     UkiSpec,
 )
-from .units import LIMIT_PRESETS, THRESHOLDS, SizeError, parse_size
 
 SPEC_VERSION = 1
 #: A spec is a small hand-written file; anything bigger is almost surely the wrong file.

@@ -31,11 +31,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from ..errors import UserError
+from ..keys import Signer, load_certificate
+from ..progress import Reporter
 from . import der, pkcs7
-from .errors import UserError
-from .keys import Signer, load_certificate
 from .pe import DIR_SECURITY, PeChecksum, PeFile, parse_pe, round_up
-from .progress import Reporter
 
 OID_SIGNED_DATA = "1.2.840.113549.1.7.2"
 OID_SPC_INDIRECT_DATA = "1.3.6.1.4.1.311.2.1.4"

@@ -30,16 +30,13 @@ import json
 import re
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import UserError
-from .keys import read_pem_file
-from .model import Spec
+from ..errors import UserError
+from ..keys import PcrKey, public_key_fingerprint
 from .pe import parse_pe
 
 # systemd 252 (Debian 12): UNIFIED_SECTION_* order, .pcrsig left out (not measured).
@@ -176,17 +173,6 @@ def policy_pcr_digest(pcr_values: Mapping[int, bytes], bank: str, *, previous: b
                           + pcr_digest).digest()
 
 
-def public_key_pem(public_key: rsa.RSAPublicKey) -> bytes:
-    """The ``.pcrpkey`` section: PEM SubjectPublicKeyInfo, as ukify writes it."""
-    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def public_key_fingerprint(public_key: rsa.RSAPublicKey) -> str:
-    """``pkfp``: SHA-256 (hex) of the PKCS#1 RSAPublicKey DER (OpenSSL ``i2d_PublicKey``)."""
-    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
-    return hashlib.sha256(der).hexdigest()
-
-
 def _render(signed: Mapping[str, Sequence[tuple[str, bytes, bytes]]]) -> bytes:
     """systemd-measure's JSON (``--json=short``, one trailing newline) from per-bank
     (pkfp, policy digest, signature) triples in phase order."""
@@ -231,72 +217,6 @@ def pcrsig_size(public_key: rsa.RSAPublicKey, *, banks: Sequence[str] = ("sha256
     order = _banks_in_order(banks)
     entry = ("0" * 64, bytes(32), bytes((public_key.key_size + 7) // 8))
     return len(_render({bank: [entry] * len(phases) for bank in order}))
-
-
-@dataclass(frozen=True)
-class PcrKey:
-    """The RSA key pair that signs the expected PCR 11 policies (``uki.pcr_key``, ``uki.pcr_cert``)."""
-
-    private_key: rsa.RSAPrivateKey
-    public_key: rsa.RSAPublicKey
-    key_path: Path
-    public_path: Path | None = None
-
-    def __repr__(self) -> str:  # never show key material
-        return f"PcrKey(key={self.key_path}, public={self.public_path})"
-
-    @property
-    def public_pem(self) -> bytes:
-        return public_key_pem(self.public_key)
-
-    @property
-    def fingerprint(self) -> str:
-        return public_key_fingerprint(self.public_key)
-
-
-def _read(path: Path, field: str, what: str) -> bytes:
-    return read_pem_file(path, f"uki.{field}", what)
-
-
-def _load_public(path: Path) -> rsa.RSAPublicKey | None:
-    data = _read(path, "pcr_cert", "PCR public key")
-    loaders = (serialization.load_pem_public_key, serialization.load_der_public_key,
-               lambda d: x509.load_pem_x509_certificate(d).public_key(),
-               lambda d: x509.load_der_x509_certificate(d).public_key())
-    for load in loaders:
-        try:
-            key = load(data)
-        except ValueError:
-            continue
-        return key if isinstance(key, rsa.RSAPublicKey) else None
-    raise UserError(f"uki.pcr_cert: {path} is not a PEM public key or an X.509 certificate")
-
-
-def load_pcr_key(spec: Spec) -> PcrKey | None:
-    """Load and check ``uki.pcr_key`` (unencrypted PEM RSA private key, as systemd-measure and
-    ukify read it) and the optional ``uki.pcr_cert`` (its public key or a certificate for it).
-    None when the spec has no PCR key; one clear UserError for any problem."""
-    key_path = spec.uki.pcr_key
-    if key_path is None:
-        return None
-    data = _read(key_path, "pcr_key", "PCR signing key")
-    try:
-        key = serialization.load_pem_private_key(data, password=None)
-    except TypeError:
-        raise UserError(f"uki.pcr_key: {key_path} is encrypted; systemd-measure and ukify read the PCR key "
-                        "without a passphrase, so give an unencrypted PEM key") from None
-    except ValueError:
-        raise UserError(f"uki.pcr_key: {key_path} is not a PEM private key "
-                        "(make one with: openssl genrsa -out tpm2-pcr.key 2048)") from None
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise UserError(f"uki.pcr_key: {key_path} is not an RSA key; TPM2 PCR signatures need RSA")
-    public = key.public_key()
-    public_path = spec.uki.pcr_cert
-    if public_path is not None:
-        given = _load_public(public_path)
-        if given is None or given.public_numbers() != public.public_numbers():
-            raise UserError(f"uki.pcr_cert: {public_path} does not hold the public key of uki.pcr_key {key_path}")
-    return PcrKey(private_key=key, public_key=public, key_path=key_path, public_path=public_path)
 
 
 def pcr_sections(sections: Sequence[tuple[str, Content]], pcr_key: PcrKey, *,

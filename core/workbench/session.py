@@ -2,17 +2,17 @@
 
 This is the engine half of ``sysextant SPEC``; the Textual app in :mod:`sysextant.tui` is a
 view over it, and the tests drive it without a terminal. A session holds the spec file's text
-and model, the tree index and the current :class:`~sysextant.core.plan.Plan`. Every user action
+and model, the tree index and the current :class:`~sysextant.core.sizing.plan.Plan`. Every user action
 (mark, unmark, add/rename/remove an extension, undo) is an operation *as data*: it is checked
 (refused with one clear reason), applied to the spec text through
-:mod:`sysextant.core.specedit` (comments and key order kept), re-read with the spec loader,
+:mod:`sysextant.core.spec.edit` (comments and key order kept), re-read with the spec loader,
 re-planned, and saved atomically. Each applied operation pushes its inverse on the undo stack.
 
 Refusal rules follow systemd-sysext(8): an extension holds only ``usr/`` and ``opt/``, never
 ``usr/lib/os-release`` or ``usr/lib/extension-release.d``, and no device nodes, FIFOs or sockets;
 an entry belongs to at most one extension; what the UKI needs to boot (the kernel and the
 ``uki.init`` target) stays in the UKI. Nested marks are counted once (dua's rule, and
-:func:`sysextant.core.plan.make_plan` drops them).
+:func:`sysextant.core.sizing.plan.make_plan` drops them).
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .forecast import Figures, UkiLayout, extension_savings, forecast
-from .index import TreeIndex, scan
-from .model import ExtensionSpec, Spec
-from .plan import Plan, make_plan
-from .selection import IntervalSet, Sums
+from ..errors import UserError
+from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
+from ..sizing.plan import Plan, make_plan
+from ..spec.model import ExtensionSpec, Spec
+from ..tree.index import TreeIndex, scan
+from ..tree.selection import IntervalSet, Sums
 
 #: dm-verity with 4 KiB blocks and SHA-256 stores 32 bytes per 4 KiB block: 1/128, plus upper levels.
 VERITY_FRACTION = 127
@@ -162,7 +162,7 @@ class Session:
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> Session:
         """Read the spec at ``path``; raises ``SpecError`` (a UserError listing problems)."""
-        from .spec import loads_spec, read_spec_text
+        from ..spec.load import loads_spec, read_spec_text
 
         path = Path(path)
         text = read_spec_text(path)  # never waits on a FIFO put in the spec's place
@@ -247,7 +247,7 @@ class Session:
 
     def _spans(self, i: int) -> list[tuple[int, int]]:
         """Entry ``i`` and its subtree as half-open index ranges (a subtree is contiguous, but
-        not adjacent to its folder: see :mod:`sysextant.core.index`)."""
+        not adjacent to its folder: see :mod:`sysextant.core.tree.index`)."""
         assert self.index is not None
         sub = self.index.subtree(i)
         return [(i, i + 1), (sub.start, sub.stop)] if sub else [(i, i + 1)]
@@ -421,7 +421,7 @@ class Session:
 
     # -- extensions ---------------------------------------------------------------------------
     def add_extension(self, name: str) -> Outcome:
-        from .spec import extension_name_problem
+        from ..spec.load import extension_name_problem
 
         name = name.strip()
         why = extension_name_problem(name)
@@ -434,7 +434,7 @@ class Session:
         return self.apply(AddExtension(ext, f"add extension {name}"))
 
     def rename_extension(self, old: str, new: str) -> Outcome:
-        from .spec import extension_name_problem
+        from ..spec.load import extension_name_problem
 
         new = new.strip()
         if self.spec.extension(old) is None:
@@ -456,7 +456,7 @@ class Session:
     # -- applying, undo, saving ------------------------------------------------------------------
     def _edit(self, op: Operation) -> tuple[str, Operation]:
         """The spec text after ``op`` and the operation that undoes it."""
-        from .specedit import SpecEditor
+        from ..spec.edit import SpecEditor
 
         editor = SpecEditor(self.text, self.path)
         if isinstance(op, SetPaths):
@@ -484,7 +484,7 @@ class Session:
 
     def apply(self, op: Operation, *, record: bool = True) -> Outcome:
         """Apply ``op`` to the spec (checked by the loader), re-plan, save; push its inverse."""
-        from .spec import SpecError, loads_spec
+        from ..spec.load import SpecError, loads_spec
 
         if self.disk_problems:
             p = self.disk_problems[0]
@@ -535,7 +535,7 @@ class Session:
 
     def save(self) -> bool:
         """Write the current text atomically; on failure keep it pending and say why."""
-        from .specedit import save_text_atomic
+        from ..spec.edit import save_text_atomic
 
         try:
             save_text_atomic(self.path, self.text)
@@ -558,7 +558,7 @@ class Session:
         Our own saves come back as change events with identical text: those are ignored. A text
         that fails to load keeps the last good spec and returns the problems.
         """
-        from .spec import Problem, SpecError, loads_spec, read_spec_text
+        from ..spec.load import Problem, SpecError, loads_spec, read_spec_text
 
         if text is None:
             if not self.path.exists() and not self.path.is_symlink():

@@ -1,7 +1,7 @@
 """The spec's data model: what a YAML spec file says, resolved to absolute paths.
 
-:mod:`sysextant.core.spec` reads and checks the YAML into these objects;
-:mod:`sysextant.core.specedit` writes changes back without touching the user's comments.
+:mod:`sysextant.core.spec.load` reads and checks the YAML into these objects;
+:mod:`sysextant.core.spec.edit` writes changes back without touching the user's comments.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .units import GiB
+from ..units import GiB
 
 ARCHITECTURES = ("x86-64", "arm64", "riscv64", "x86", "arm", "loongarch64", "ppc64-le", "s390x")
 FILESYSTEMS = ("erofs", "squashfs")

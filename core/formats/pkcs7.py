@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.utils import CryptographyDeprecationWarning
 
+from ..keys import Signer
 from . import der
-from .keys import Signer
 
 SIG_ALIGN = 4096
 #: systemd-repart's signature partition size; the DPS allows up to 4 MiB.

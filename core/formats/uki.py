@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .atomic import atomic_output
+from ..atomic import atomic_output
+from ..errors import UserError
+from ..keys import Signer
+from ..progress import Reporter
 from .authenticode import sign_pe, signature_length, signed_size
-from .errors import UserError
-from .keys import Signer
 from .pe import parse_pe, pe_checksum, plan_append, round_up, stub_data_end
-from .progress import Reporter
 
 DEFAULT_STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 CHUNK = 1 << 20

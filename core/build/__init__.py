@@ -1,0 +1,1 @@
+"""The build pipeline: extension images and the slimmed UKI, reuse, verification, the report."""

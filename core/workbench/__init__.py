@@ -1,0 +1,1 @@
+"""The workbench session the TUI drives: operations, figures, save and reload (no UI code)."""
