@@ -23,6 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import rules
 from ..atomic import scratch_for
 from ..errors import UserError
 from ..formats import ddi
@@ -33,8 +34,8 @@ from ..spec.model import ExtensionSpec
 from ..tree.fsentry import FsEntry, entry_from_lstat
 from ..tree.index import TreeIndex
 
-RELEASE_DIR = b"usr/lib/extension-release.d"
-STRICT_XATTR = b"user.extension-release.strict"
+RELEASE_DIR = rules.RELEASE_DIR.encode()
+STRICT_XATTR = rules.STRICT_XATTR
 FORMAT_VERSION = "sysextant-sysext-1"  # bump when the image layout changes, to invalidate reuse
 
 
@@ -91,7 +92,7 @@ def collect_entries(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec) -
     for anc in (b"usr", b"usr/lib", RELEASE_DIR):
         if anc not in entries:
             entries[anc] = _synth_dir(anc)
-    release_path = RELEASE_DIR + b"/extension-release." + ext.name.encode()
+    release_path = rules.release_path(ext.name).encode()
     data = release_text(ext)
     entries[release_path] = FsEntry(path=release_path, mode=stat.S_IFREG | 0o644, size=len(data), data=data,
                                     xattrs={STRICT_XATTR: b"0"})

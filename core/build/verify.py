@@ -28,16 +28,17 @@ from typing import BinaryIO
 
 from cryptography import x509
 
+from .. import rules
 from ..atomic import private_tempdir
 from ..errors import UserError
 from ..formats import erofs, gpt, pkcs7, verity
 from ..keys import load_certificate
 
 SQUASHFS_MAGIC = b"hsqs"
-RELEASE_DIR = b"usr/lib/extension-release.d"
-RELEASE_PREFIX = b"extension-release."
-STRICT_XATTR = b"user.extension-release.strict"
-ALLOWED_TOP = {b"usr", b"opt"}
+RELEASE_DIR = rules.RELEASE_DIR.encode()
+RELEASE_PREFIX = rules.RELEASE_PREFIX.encode()
+STRICT_XATTR = rules.STRICT_XATTR
+ALLOWED_TOP = {t.encode() for t in rules.MERGED_TOPS}
 
 
 @dataclass

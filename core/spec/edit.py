@@ -28,6 +28,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..atomic import atomic_output
 from ..errors import UserError
+from ..rules import extension_name_problem
 from .load import (
     FLOW_WIDTH,
     SpecError,
@@ -35,7 +36,6 @@ from .load import (
     dotted,
     extension_fields,
     extension_lines,
-    extension_name_problem,
     flow_text,
     is_null,
     scalar_text,

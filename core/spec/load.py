@@ -48,6 +48,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import UserError
+from ..rules import MERGED_TOPS, OS_RELEASE, RELEASE_DIR, extension_name_problem
 from ..units import LIMIT_PRESETS, THRESHOLDS, SizeError, parse_size
 from .model import (
     ARCHITECTURES,
@@ -77,9 +78,6 @@ UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "zstd_mode", "lim
 SIGNING_KEYS = ("key", "cert", "passphrase_env")
 EXTENSION_KEYS = ("name", "version", "paths", "exclude", "filesystem", "compression", "release")
 
-#: Longest name such that ``extension-release.NAME`` fits in NAME_MAX (255 bytes).
-MAX_NAME_BYTES = 255 - len("extension-release.")
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _RELEASE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 _OS_ID_RE = re.compile(r"[a-z0-9._-]+")
@@ -122,29 +120,6 @@ def dotted(keys: KeyPath) -> str:
     for key in keys:
         text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else key)
     return text or "the spec"
-
-
-def extension_name_problem(name: str) -> str | None:
-    """Why systemd (or a Kairos ESP) would not take ``name`` as an extension name, or None."""
-    if not name:
-        return "the extension name is empty"
-    if name in (".", ".."):
-        return f"{name!r} is not a file name"
-    if "/" in name:
-        return f"extension name {name!r} contains '/'; it becomes a file name"
-    if name.startswith("."):
-        return f"extension name {name!r} starts with '.', so systemd treats the image as hidden"
-    bad_cut = next((c for c in name if c in "_+"), None)
-    if bad_cut:
-        return (f"extension name {name!r} contains {bad_cut!r}: systemd 255 and later cut an image "
-                f"name at the first '_' or '+' (a version suffix), so the release file would not "
-                f"match; use '-' instead")
-    if not _NAME_RE.fullmatch(name):
-        return (f"extension name {name!r} may only hold letters, digits, '.' and '-', "
-                f"and must start with a letter or digit")
-    if len(name.encode()) > MAX_NAME_BYTES:
-        return f"extension name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} fit a file name"
-    return None
 
 
 #: C0 controls, DEL and C1 controls: Unicode category Cc.
@@ -817,20 +792,19 @@ def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -
                       "start with usr/ or opt/ so it cannot match anything else")
             ok = False
             continue
-        if top not in ("usr", "opt"):
+        if top not in MERGED_TOPS:
             r.problem(item, f"{dotted((*keys, i))}: {value!r} is outside usr/ and opt/",
                       "systemd-sysext merges only /usr and /opt; leave the rest in the UKI")
             ok = False
             continue
-        if _glob_selects(norm, "usr/lib/os-release") and not any(
-                _glob_selects(e, "usr/lib/os-release") for e in exclude):
+        if _glob_selects(norm, OS_RELEASE) and not any(_glob_selects(e, OS_RELEASE) for e in exclude):
             r.problem(item, f"{dotted((*keys, i))}: {value!r} would put usr/lib/os-release into the extension, "
                             "which systemd-sysext refuses",
                       "add usr/lib/os-release to this extension's exclude" if norm != "usr/lib/os-release"
                       else "remove it; the OS release file stays in the UKI")
             ok = False
             continue
-        if _glob_selects("usr/lib/extension-release.d", norm):
+        if _glob_selects(RELEASE_DIR, norm):
             r.problem(item, f"{dotted((*keys, i))}: {value!r} is inside usr/lib/extension-release.d",
                       "sysextant writes the extension's release file itself; remove this path")
             ok = False

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..rules import FORBIDDEN_IN_EXTENSION, MERGED_TOPS, extension_name_problem
 from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import ExtensionSpec, Spec
@@ -39,7 +40,7 @@ IMAGE_FIXED_OVERHEAD = 1024 * 1024 + 16 * 1024
 IMAGE_INODE_BYTES = 64  # erofs extended inode, per entry
 
 #: Paths an extension image must never hold (systemd-sysext refuses or overwrites them).
-FORBIDDEN = (b"usr/lib/os-release", b"usr/lib/extension-release.d")
+FORBIDDEN = tuple(p.encode() for p in FORBIDDEN_IN_EXTENSION)
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ class Session:
         rel = index.path(i)
         text = os.fsdecode(rel)
         top = rel.split(b"/", 1)[0]
-        if top not in (b"usr", b"opt"):
+        if top.decode(errors="replace") not in MERGED_TOPS:
             return f"{text} is outside usr/ and opt/: systemd-sysext merges only /usr and /opt"
         spans = self._spans(i)
         for bad in FORBIDDEN:
@@ -421,8 +422,6 @@ class Session:
 
     # -- extensions ---------------------------------------------------------------------------
     def add_extension(self, name: str) -> Outcome:
-        from ..spec.load import extension_name_problem
-
         name = name.strip()
         why = extension_name_problem(name)
         if why:
@@ -434,8 +433,6 @@ class Session:
         return self.apply(AddExtension(ext, f"add extension {name}"))
 
     def rename_extension(self, old: str, new: str) -> Outcome:
-        from ..spec.load import extension_name_problem
-
         new = new.strip()
         if self.spec.extension(old) is None:
             return _refuse(f"there is no extension {old}")
