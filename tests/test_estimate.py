@@ -10,7 +10,7 @@ import pytest
 
 from sysextant.core.demo import generate_tree
 from sysextant.core.formats.initrd import write_initrd
-from sysextant.core.sizing.estimate import CALIBRATION_FILE, Estimate, Estimator, uki_size_estimate
+from sysextant.core.sizing.estimate import CALIBRATION_FILE, Estimator
 from sysextant.core.spec.model import INITRD_SKIP_TOP
 from sysextant.core.tree.index import scan
 from sysextant.core.tree.selection import IntervalSet, subtree_set
@@ -130,17 +130,3 @@ def test_other_compressors_and_none_is_exact(small_tree: Path, tmp_path: Path) -
         actual = write_initrd(index, sel, tmp_path / kind, compression=kind, level=level).compressed_bytes
         assert got.low <= actual <= got.high, (kind, got, actual)
         assert abs(got.bytes - actual) / actual < 0.03, (kind, got, actual)
-
-
-def test_uki_size_estimate_adds_the_exact_pe_layout(tmp_path: Path) -> None:
-    stub = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
-    if not stub.exists():
-        pytest.skip("systemd-boot-efi stub not installed")
-    from sysextant.core.formats.uki import predict_size
-
-    initrd = Estimate(50_000_000, 49_000_000, 51_000_000, "test", False)
-    others = {".linux": 12_345_678, ".osrel": 300, ".cmdline": 20, ".uname": 18}
-    uki = uki_size_estimate(initrd, stub=stub, other_sections=others, signed=True, signature_len=1500)
-    assert uki.bytes == predict_size(stub, {**others, ".initrd": 50_000_000}, signed=True, signature_len=1500)
-    assert uki.low < uki.bytes < uki.high
-    assert uki.bytes - initrd.bytes > 12_345_678

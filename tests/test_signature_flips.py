@@ -52,8 +52,7 @@ from pathlib import Path
 import pytest
 from ddi_helpers import MKFS_EROFS, demo_signer, make_erofs, stage
 
-from sysextant.core.build.ukibuild import verify_uki
-from sysextant.core.build.verify import verify_image
+from sysextant.core.build.verify import verify_image, verify_uki
 from sysextant.core.formats import ddi, pkcs7
 from sysextant.core.formats.authenticode import _hashed_ranges
 from sysextant.core.formats.pe import parse_pe
@@ -348,9 +347,8 @@ class UkiCase:
         self.table_offset, self.table_size = self.pe.security
 
     def ours(self, path: Path) -> tuple[bool, str]:
-        checks = verify_uki(path, self.signer.cert_path)
-        failed = [c for c in checks if not c["ok"]]
-        return not failed, (f"{failed[0]['name']}: {failed[0]['detail']}" if failed else "")
+        failed = verify_uki(path, self.signer.cert_path).failed()
+        return not failed, (f"{failed[0].name}: {failed[0].detail}" if failed else "")
 
     def oracle(self, path: Path, *, every_tool: bool) -> tuple[bool, bool, str]:
         """(oracle accepts, the tools alone accept, why not). Without ``every_tool`` osslsigncode

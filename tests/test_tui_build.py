@@ -1,7 +1,7 @@
 """The workbench's build screen driven with the pilot on a small signed demo.
 
 Every claim the screen makes is checked against the files: the images and the UKI are verified
-again with the independent readers (core.verify, core.ukibuild.verify_uki), a cancelled build is
+again with the independent readers (core.build.verify: verify_image, verify_uki), a cancelled build is
 checked for untouched previous outputs, temp files and child processes, and an error is shown
 with the workbench still usable afterwards.
 """
@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 
 from sysextant.core.build.pipeline import build
-from sysextant.core.build.ukibuild import verify_uki
-from sysextant.core.build.verify import verify_image
+from sysextant.core.build.verify import verify_image, verify_uki
 from sysextant.core.demo import create_demo
 from sysextant.core.progress import Progress
 from sysextant.core.spec.load import load_spec
@@ -150,7 +149,7 @@ async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> Non
                 assert checked.ok, [c for c in checked.checks if not c.ok]
                 assert any(c.name == "verity" and a.digest in c.detail for c in checked.checks)
             else:
-                assert all(c["ok"] for c in verify_uki(path, cert))
+                assert verify_uki(path, cert).ok
                 assert sha256(path) == a.digest
         assert not temp_files(spec_path.parent)
         first = outputs(spec_path)

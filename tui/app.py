@@ -9,7 +9,6 @@ figure and every rule comes from the session; this module only shows them and ro
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import threading
 import time
@@ -41,8 +40,6 @@ from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
 from .widgets.line import Line
 from .widgets.tree_list import TreeList, header_text
-
-HAVE_ESTIMATOR = importlib.util.find_spec("sysextant.core.sizing.estimate") is not None
 
 
 class ScanProgress(Message):
@@ -125,7 +122,7 @@ class WorkbenchApp(App[int]):
         self.session = session or Session.open(spec_path)
         self.current_ext: str | None = self.session.spec.extensions[0].name if self.session.spec.extensions else None
         self.watch_enabled = watch
-        self.estimate_enabled = estimate and HAVE_ESTIMATOR
+        self.estimate_enabled = estimate
         self.own_theme_names: list[str] = []
         self.scan_started = 0.0
         self.scan_seconds: float | None = None

@@ -191,10 +191,8 @@ def _open_workbench(spec: Path) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    try:
-        from sysextant.tui.app import run_workbench
-    except ImportError as exc:  # the workbench lands after the engine
-        raise UserError(f"the workbench is not available in this build ({exc}); use the headless commands") from None
+    from sysextant.tui.app import run_workbench
+
     return run_workbench(spec)
 
 
@@ -243,24 +241,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UserError(f"{image} does not exist or is not a file")
     if cert is not None and not cert.is_file():
         raise UserError(f"certificate {cert} does not exist")
-    try:
-        with open(image, "rb") as fh:
-            is_pe = fh.read(2) == b"MZ"
-    except OSError as exc:
-        raise UserError(f"cannot read {image}: {exc.strerror}") from None
-    if is_pe:
-        from sysextant.core.build.ukibuild import verify_uki
+    from sysextant.core.build.verify import verify_artefact
 
-        checks = verify_uki(image, cert)
-        ok = all(c["ok"] for c in checks)
-        result = {"image": str(image), "kind": "uki", "ok": ok, "checks": checks}
-    else:
-        from sysextant.core.build.verify import verify_image
-
-        report = verify_image(image, cert)
-        result = {"image": str(image), "kind": "sysext", **report.as_dict()}
-        ok = report.ok
-        checks = result["checks"]
+    report = verify_artefact(image, cert)
+    result = {"image": str(image), "kind": report.kind, **report.as_dict()}
+    checks, ok = result["checks"], report.ok
     if args.json:
         _emit_json(result)
     else:

@@ -28,6 +28,7 @@ from ..spec.outputs import LOCK_FILE, output_problems
 from ..tree.index import TreeIndex, scan
 from ..units import THRESHOLDS, format_size
 from .artefacts import Artefact, BuildReport, load_state, owned_file, record, reusable, save_state
+from .verify import verify_image, verify_uki
 
 __all__ = ["Artefact", "BuildReport", "build", "render", "deploy_notes", "build_lock", "remove_stale_temps"]
 
@@ -306,17 +307,9 @@ def _verify_all(artefacts: Sequence[Artefact], spec: Spec, reporter: Reporter) -
     cert = spec.signing.cert if spec.signing else None
     for k, art in enumerate(artefacts):
         reporter("verify", k, len(artefacts), "files")
-        if art.kind == "sysext":
-            from .verify import verify_image
-
-            report = verify_image(Path(art.path), cert)
-            art.checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in report.checks]
-            art.verified = report.ok
-        else:
-            from .ukibuild import verify_uki
-
-            art.checks = verify_uki(Path(art.path), cert)
-            art.verified = all(c["ok"] for c in art.checks)
+        report = verify_image(Path(art.path), cert) if art.kind == "sysext" else verify_uki(Path(art.path), cert)
+        art.checks = report.check_dicts()
+        art.verified = report.ok
         reporter.log("verify", f"{Path(art.path).name}: {'verified' if art.verified else 'FAILED verification'}")
     reporter("verify", len(artefacts), len(artefacts), "files")
 

@@ -1,4 +1,4 @@
-"""The slimmed Kairos UKI from a plan: its sections, the build, reuse and verification.
+"""The slimmed Kairos UKI from a plan: its sections, the build and reuse (verification: :mod:`.verify`).
 
 Sections (ukify's set for Kairos): ``.osrel`` (the tree's os-release), ``.cmdline``, ``.uname``
 (from the kernel header or ``usr/lib/modules``), optional ``.splash``, ``.initrd`` (the tree
@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 from ..atomic import scratch_for
-from ..errors import UserError
 from ..formats.pcr import measured_sections, pcr_sections, stub_version
 from ..keys import PcrKey, Signer, load_pcr_key
 from ..progress import Reporter
@@ -124,54 +123,3 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
                    predicted_size=predicted, extra=extra)
     record(state, "uki", out, inputs, size=result.size, digest=result.sha256, predicted=predicted, extra=extra)
     return art
-
-
-def verify_uki(path: Path, cert: Path | None) -> list[dict]:
-    """Independent checks of a built UKI: PE structure (and that the file is whole), required
-    sections, Authenticode (with ``cert``: by that certificate; without: valid for its own
-    embedded certificate, trust not checked).
-
-    Each check appears at most once. A damaged or cut file gives failed checks, never a
-    UserError: that is kept for a certificate or file that cannot be read at all.
-    """
-    from ..formats.authenticode import promised_size, verify_authenticode
-    from ..formats.pe import parse_pe
-    from ..keys import load_certificate
-
-    trusted = None
-    if cert is not None:
-        try:
-            trusted = load_certificate(cert.read_bytes(), cert)
-        except OSError as exc:
-            raise UserError(f"cannot read the certificate {cert}: {exc.strerror}") from None
-    checks: list[dict] = []
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            promised = promised_size(fh)  # from the headers and section table, read leniently
-            if promised is not None and size < promised:
-                return [{"name": "pe", "ok": False, "detail": f"truncated at {size} of {promised} bytes"}]
-            pe = parse_pe(fh, str(path))
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    except UserError as exc:  # not a PE at all, or headers that contradict the file
-        return [{"name": "pe", "ok": False, "detail": str(exc)}]
-    names = [s.name for s in pe.sections]
-    missing = [n for n in (".linux", ".initrd", ".osrel", ".cmdline") if n not in names]
-    checks.append({"name": "pe", "ok": True, "detail": f"{len(names)} sections, {size} bytes"})
-    checks.append({"name": "sections", "ok": not missing,
-                   "detail": "missing " + ", ".join(missing) if missing else ", ".join(names)})
-    if not pe.security[1]:
-        checks.append({"name": "signature", "ok": cert is None,
-                       "detail": "unsigned (no certificate table)" if cert is None else
-                       "not signed (no certificate table), but a certificate was given"})
-        return checks
-    problems = verify_authenticode(path, trusted)
-    if problems:
-        detail = "; ".join(problems)
-    elif cert is not None:
-        detail = f"Authenticode signature by {cert.name} verified"
-    else:
-        detail = "Authenticode signature valid for its embedded certificate; trust NOT checked (no certificate given)"
-    checks.append({"name": "signature", "ok": not problems, "detail": detail})
-    return checks

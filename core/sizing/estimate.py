@@ -673,27 +673,4 @@ class _Counter:
         pass
 
 
-def calibration_file(output_dir: Path) -> Path:
-    return Path(output_dir) / CALIBRATION_FILE
-
-
-def uki_size_estimate(estimate: Estimate, *, stub: Path, other_sections: dict[str, int], signed: bool,
-                      signature_len: int | None = None, signer=None) -> Estimate:
-    """The UKI file size around an initrd estimate: exact PE layout plus the estimated initrd.
-
-    ``other_sections`` maps section names (``.linux``, ``.osrel``, ...) to exact byte sizes;
-    the layout is :func:`sysextant.core.formats.uki.predict_size`, exact to the byte, so only the
-    initrd carries error. Alignment can add up to 511 bytes, covered by the band.
-    """
-    from ..formats.uki import predict_size
-
-    def size(initrd: int) -> int:
-        return predict_size(stub, {**other_sections, ".initrd": initrd}, signed=signed,
-                            signature_len=signature_len, signer=signer)
-
-    mid = size(estimate.bytes)
-    return Estimate(mid, size(estimate.low), size(estimate.high), f"PE layout + initrd ({estimate.method})",
-                    estimate.exact, estimate.uncompressed)
-
-
-__all__ = ["CALIBRATION_FILE", "Estimate", "Estimator", "calibration_file", "tree_key", "uki_size_estimate"]
+__all__ = ["CALIBRATION_FILE", "Estimate", "Estimator", "tree_key"]

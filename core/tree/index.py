@@ -25,16 +25,11 @@ import stat
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import UserError
 
 HEADER = 110
 TRAILER_BYTES = 124  # align4(110 + len("TRAILER!!!") + 1)
-
-
-def align4(n: int) -> int:
-    return (n + 3) & ~3
 
 
 def cpio_entry_bytes(name_len: int, data_len: int) -> int:
@@ -86,13 +81,6 @@ class TreeIndex:
     def __len__(self) -> int:
         return len(self.names)
 
-    @property
-    def root_path(self) -> Path:
-        return Path(os.fsdecode(self.root))
-
-    def name(self, i: int) -> bytes:
-        return self.names[i]
-
     def path(self, i: int) -> bytes:
         """Path relative to the root, bytes, no leading ``./`` (``b""`` for the root)."""
         parts = []
@@ -100,10 +88,6 @@ class TreeIndex:
             parts.append(self.names[i])
             i = self.parent[i]
         return b"/".join(reversed(parts))
-
-    def host_path(self, i: int) -> bytes:
-        rel = self.path(i)
-        return os.path.join(self.root, rel) if rel else self.root
 
     def is_dir(self, i: int) -> bool:
         return stat.S_ISDIR(self.mode[i])
@@ -129,14 +113,6 @@ class TreeIndex:
 
     def depth(self, i: int) -> int:
         return sum(1 for _ in self.ancestors(i))
-
-    def top_level(self, i: int) -> int:
-        """The root's child that ``i`` lies under (``i`` itself when it is one), 0 for the root."""
-        if i == 0:
-            return 0
-        while self.parent[i] != 0:
-            i = self.parent[i]
-        return i
 
     def child(self, i: int, name: bytes) -> int | None:
         m = self._child_maps.get(i)
