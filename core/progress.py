@@ -24,6 +24,10 @@ class Progress:
     total: int
     unit: str = "bytes"  # bytes | files | steps
     message: str = ""  # a log line worth showing, or ""
+    #: what the event is, so no front end parses the message: ``progress`` (done of total),
+    #: ``log`` (a line about ``task``), ``reused`` (``task``'s artefact is unchanged and reused),
+    #: ``step`` (a step of the build as a whole: scan, plan, lock, clean; not an artefact)
+    kind: str = "progress"
 
 
 #: signals that asked this whole process to stop (set by the CLI's handlers, read by every
@@ -61,10 +65,10 @@ class Reporter:
         if self._callback is not None:
             self._callback(Progress(task, done, total, unit, message))
 
-    def log(self, task: str, message: str) -> None:
-        """A line for the build log, with no progress change."""
+    def log(self, task: str, message: str, kind: str = "log") -> None:
+        """A line for the build log, with no progress change (``kind``: see :class:`Progress`)."""
         if self._callback is not None:
-            self._callback(Progress(task, 0, 0, "steps", message))
+            self._callback(Progress(task, 0, 0, "steps", message, kind))
 
     def cancel(self) -> None:
         self._cancel.set()

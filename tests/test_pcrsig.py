@@ -312,7 +312,7 @@ def _bad(demo: Path, tmp_path: Path, content: bytes | None, cert: bytes | None =
     logs: list[str] = []
 
     class Log(Reporter):
-        def log(self, task: str, message: str) -> None:
+        def log(self, task: str, message: str, kind: str = "log") -> None:
             logs.append(task)
 
     with pytest.raises(UserError) as err:

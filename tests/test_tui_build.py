@@ -216,8 +216,8 @@ async def test_cancel_keeps_previous_outputs_and_stops_the_packer(spec_path: Pat
         def check(self) -> None:
             self.inner.check()
 
-        def log(self, task: str, message: str) -> None:
-            self.inner.log(task, message)
+        def log(self, task: str, message: str, kind: str = "log") -> None:
+            self.inner.log(task, message, kind)
             if "mksquashfs" in message:  # logged right after the child started
                 seen["started"] = children("mksquashfs")
                 end = time.monotonic() + 10
@@ -341,7 +341,7 @@ def test_tracker_eta_from_measured_rates_and_monotone_fraction(spec_path: Path) 
     assert fw.stages["pack"].rate == pytest.approx(50 << 20)
     assert fw.remaining(1.1) == pytest.approx(1.0, abs=0.01)  # the other half at the same rate
     assert t.eta(1.1) == pytest.approx(1.0, abs=0.05) and 0.4 < t.fraction(1.1) < 0.6
-    t.apply(Progress("drivers", 0, 0, "steps", "unchanged since the last build: reusing drivers.sysext.raw"), 2.0)
+    t.apply(Progress("drivers", 0, 0, "steps", "unchanged since the last build: reusing drivers.sysext.raw", "reused"), 2.0)
     assert fw.state == "done" and fw.remaining(2.0) == 0 and t.groups["drivers"].state == "reused"
     shown = [t.fraction(x) for x in (1.1, 2.0, 2.1)]
     t.apply(Progress("initrd: compress", 1, 1000), 2.2)

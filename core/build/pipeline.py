@@ -101,7 +101,7 @@ def build_lock(out: Path, *, wait: bool = True, reporter: Reporter | None = None
                 raise UserError(f"another build (pid {holder}) is writing {out}; wait for it to finish, "
                                 "or run without --no-wait to queue behind it") from None
             if reporter is not None:
-                reporter.log("lock", f"waiting for the build (pid {holder}) writing {out} to finish")
+                reporter.log("lock", f"waiting for the build (pid {holder}) writing {out} to finish", "step")
             while True:
                 if reporter is not None:
                     reporter.check()
@@ -147,7 +147,7 @@ def _remove_dropped(spec: Spec, state: dict, reporter: Reporter) -> list[str]:
                 raise disk_error(path, exc) from None
             why = ("the UKI now goes to " + str(spec.uki.output)) if key == "uki" else \
                 f"extension {key} is no longer in {spec.path.name}"
-            reporter.log("clean", f"removed {path} ({why})")
+            reporter.log("clean", f"removed {path} ({why})", "step")
             removed.append(str(path))
         del state[key]
     return removed
@@ -192,15 +192,15 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
     with build_lock(out, wait=wait, reporter=reporter):
         for folder in {out, spec.uki.output.parent}:
             remove_stale_temps(folder)
-        reporter.log("scan", f"scanning {spec.os.root}")
+        reporter.log("scan", f"scanning {spec.os.root}", "step")
         shown, index = index, scan(spec.os.root, check=reporter.check)
         changed = _same_tree(shown, index) if shown is not None else None
         if changed:
-            reporter.log("scan", changed)
+            reporter.log("scan", changed, "step")
             estimator = None  # prepared for the tree as it was
         plan = make_plan(spec, index)
         for warning in plan.warnings:
-            reporter.log("plan", warning)
+            reporter.log("plan", warning, "step")
         if plan.problems:
             raise UserError(f"{spec.path} has problems; fix them before building:\n  " + "\n  ".join(plan.problems))
         state = load_state(out)
@@ -263,7 +263,7 @@ def _build_extension(spec: Spec, index: TreeIndex, ext: Any, ext_plan: Any, sign
     path = spec.output / ext.image_name
     previous = None if force else reusable(state, ext.name, inputs, path)
     if previous:
-        reporter.log(ext.name, f"unchanged since the last build: reusing {path.name}")
+        reporter.log(ext.name, f"unchanged since the last build: reusing {path.name}", "reused")
         art = Artefact("sysext", ext.name, str(path), previous["size"], True, bool(signer), previous["digest"])
     else:
         reporter.log(ext.name, f"building {path.name} ({len(entries):,} entries, {ext.filesystem})")

@@ -99,7 +99,7 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
     previous = None if force else reusable(state, "uki", inputs, out)
     if previous:
         if reporter:
-            reporter.log("uki", f"unchanged since the last build: reusing {out.name}")
+            reporter.log("uki", f"unchanged since the last build: reusing {out.name}", "reused")
         art = Artefact("uki", "uki", str(out), previous["size"], True, bool(signer), previous["digest"],
                        predicted_size=previous.get("predicted"))
         art.extra = previous.get("extra", {})

@@ -89,11 +89,6 @@ def compress_rate(compression: str, level: int) -> float:
 # -- the model of a running build: plain data, no Textual ----------------------------------------
 
 
-#: log-only tasks of the build as a whole (the fresh scan, its plan's warnings, the output lock,
-#: removing dropped artefacts)
-BUILD_STEPS = frozenset({"scan", "plan", "lock", "clean"})
-
-
 @dataclass
 class Stage:
     """One task's latest progress."""
@@ -224,12 +219,12 @@ class BuildTracker:
 
     def apply(self, ev: Progress, now: float) -> Group:
         """Take one event; returns its group."""
-        if ev.task in BUILD_STEPS:  # the build's own steps show in the log, not as artefact rows
+        if ev.kind == "step":  # the build's own steps show in the log, not as artefact rows
             return Group(ev.task, "other")
         group, stage_name = self.group_of(ev.task)
         self._start(group, now)
         if ev.message and stage_name is None:
-            if ev.message.startswith("unchanged since the last build"):
+            if ev.kind == "reused":
                 group.state = "reused"
                 group.ended = now
             elif group.state == "waiting":
