@@ -17,6 +17,7 @@ from sysextant.core.formats.authenticode import (
     pkcs7_signature,
     sign_pe,
     signature_length,
+    signature_length_for,
     signed_size,
     spc_indirect_data,
     verify_authenticode,
@@ -156,6 +157,32 @@ def test_signature_length_and_size_are_exact(tmp_path: Path, signer: Signer) -> 
     assert size % 8 == 0 and offset % 8 == 0
     assert out.stat().st_size == signed_size(STUB.stat().st_size, signature_length(signer))
     assert offset + size == out.stat().st_size
+
+
+@pytest.mark.parametrize("bits", [2048, 3072, 4096])
+def test_signature_length_from_the_certificate_alone_is_exact(tmp_path: Path, bits: int) -> None:
+    """The forecast knows the signature's length before any key is unlocked: from the certificate."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"db {bits} with a longer common name")])
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    (tmp_path / "k.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    (tmp_path / "k.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.key").chmod(0o600)
+    signer = load_signer(tmp_path / "k.key", tmp_path / "k.crt")
+    assert signature_length_for(cert) == signature_length(signer) == len(pkcs7_signature(bytes(32), signer))
+    out = signed_copy(tmp_path, signer)
+    assert out.stat().st_size == signed_size(STUB.stat().st_size, signature_length_for(cert))
 
 
 def test_already_signed_is_refused(tmp_path: Path, signer: Signer) -> None:

@@ -20,14 +20,21 @@ from typing import Any
 
 from ..atomic import disk_error, ensure_folder, folder_error, stale_temps
 from ..errors import UserError
-from ..keys import Signer, load_pcr_key, load_signer
+from ..formats.authenticode import signature_length
+from ..formats.mkfs import find_tool
+from ..keys import PcrKey, Signer, load_pcr_key, load_signer
 from ..progress import Reporter
+from ..sizing.forecast import UkiLayout, forecast, prepared_estimator
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import Spec
 from ..spec.outputs import LOCK_FILE, output_problems
 from ..tree.index import TreeIndex, scan
 from ..units import THRESHOLDS, format_size
 from .artefacts import Artefact, BuildReport, load_state, owned_file, record, reusable, save_state
+from .sysext import build_extension, collect_entries
+from .sysext import inputs_digest as extension_inputs
+from .ukibuild import build_slim_uki
+from .ukibuild import inputs_digest as uki_inputs
 from .verify import verify_image, verify_uki
 
 __all__ = ["Artefact", "BuildReport", "build", "render", "deploy_notes", "build_lock", "remove_stale_temps"]
@@ -35,8 +42,6 @@ __all__ = ["Artefact", "BuildReport", "build", "render", "deploy_notes", "build_
 
 def _needed_tools(spec: Spec, names: Sequence[str]) -> None:
     """Fail before any work when an extension needs a tool this machine lacks (same lookup as the build)."""
-    from ..formats.mkfs import find_tool
-
     for ext in spec.extensions:
         if ext.name not in names:
             continue
@@ -181,8 +186,8 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
     signer: Signer | None = None
     if spec.signing:
         signer = load_signer(spec.signing.key, spec.signing.cert, passphrase_env=spec.signing.passphrase_env)
-    if build_uki:
-        load_pcr_key(spec)  # uki.pcr_key / uki.pcr_cert problems surface now, not after the initrd
+    # uki.pcr_key / uki.pcr_cert problems surface now, not after the initrd; loaded once per build
+    pcr_key = load_pcr_key(spec) if build_uki else None
     _needed_tools(spec, wanted)
     if build_uki and not spec.uki.stub.is_file():
         raise UserError(f"UKI stub {spec.uki.stub} does not exist; install systemd-boot-efi or set uki.stub")
@@ -207,7 +212,8 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
         removed = _remove_dropped(spec, state, reporter)
         if removed:
             save_state(out, state)
-        artefacts = _build_all(spec, index, plan, wanted, build_uki, signer, state, force, reporter, estimator)
+        artefacts = _build_all(spec, index, plan, wanted, build_uki, signer, pcr_key, state, force, reporter,
+                               estimator)
         save_state(out, state)
     art = next((a for a in artefacts if a.kind == "uki"), None)
     verdict = THRESHOLDS.verdict(art.size, spec.uki.limit) if art is not None else None
@@ -219,7 +225,8 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
 
 
 def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], build_uki: bool,
-               signer: Signer | None, state: dict, force: bool, reporter: Reporter, estimator: Any) -> list[Artefact]:
+               signer: Signer | None, pcr_key: PcrKey | None, state: dict, force: bool, reporter: Reporter,
+               estimator: Any) -> list[Artefact]:
     """Build (or reuse) each wanted artefact, then verify them all; a reused artefact that fails
     verification (corrupted on disk since) is rebuilt and verified again."""
     out = spec.output
@@ -235,7 +242,7 @@ def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], 
     def make(job: tuple[Any, Any] | None, force_it: bool) -> Artefact:
         reporter.check()
         if job is None:
-            return _build_uki(spec, index, plan, signer, state, force_it, reporter, estimator)
+            return _build_uki(spec, index, plan, signer, pcr_key, state, force_it, reporter, estimator)
         art = _build_extension(spec, index, *job, signer, state, force_it, reporter)
         if not art.reused:  # a later failure or cancel must not forget what is already built
             save_state(out, state)
@@ -255,11 +262,9 @@ def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], 
 
 def _build_extension(spec: Spec, index: TreeIndex, ext: Any, ext_plan: Any, signer: Signer | None, state: dict,
                      force: bool, reporter: Reporter) -> Artefact:
-    from .sysext import build_extension, collect_entries, inputs_digest
-
     fingerprint = signer.fingerprint if signer else "unsigned"
     entries = collect_entries(index, ext_plan, ext)
-    inputs = hashlib.sha256(inputs_digest(ext, entries, with_times=True) + fingerprint.encode()).hexdigest()
+    inputs = hashlib.sha256(extension_inputs(ext, entries, with_times=True) + fingerprint.encode()).hexdigest()
     path = spec.output / ext.image_name
     previous = None if force else reusable(state, ext.name, inputs, path)
     if previous:
@@ -274,29 +279,21 @@ def _build_extension(spec: Spec, index: TreeIndex, ext: Any, ext_plan: Any, sign
     return art
 
 
-def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, state: dict, force: bool,
-               reporter: Reporter, estimator: Any = None) -> Artefact:
+def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, pcr_key: PcrKey | None,
+               state: dict, force: bool, reporter: Reporter, estimator: Any = None) -> Artefact:
     """The UKI, with the size predicted before the build next to the size it got; the real size
     then calibrates the estimator for the next plan."""
-    from ..sizing.forecast import UkiLayout, forecast, prepared_estimator
-    from .ukibuild import build_slim_uki, inputs_digest
-
     predicted = None
-    key = inputs_digest(spec, plan, signer)
+    key = uki_inputs(spec, plan, signer, pcr_key=pcr_key)
     previous = None if force else reusable(state, "uki", key, spec.uki.output)
     if previous is None:
-        signature_len = None
-        if signer is not None:
-            from ..formats.authenticode import signature_length
-
-            signature_len = signature_length(signer)
-        layout = UkiLayout(spec, index, signature_len=signature_len)
+        layout = UkiLayout(spec, index, signature_len=signature_length(signer) if signer else None, pcr_key=pcr_key)
         if spec.uki.compression != "none" and estimator is None:
             reporter.log("uki", "estimating the compressed initrd before the build")
             estimator = prepared_estimator(spec, plan, reporter)
         predicted = forecast(spec, plan, layout, estimator).uki_bytes
     art = build_slim_uki(spec, index, plan, signer=signer, state=state, force=force, reporter=reporter,
-                         predicted=predicted, inputs=key)
+                         predicted=predicted, inputs=key, pcr_key=pcr_key)
     if estimator is not None and not art.reused:
         estimator.calibrate(plan.initrd_after, art.extra["initrd_compressed"])
     return art

@@ -38,7 +38,7 @@ def sections(spec: Spec, index: TreeIndex, initrd: Path, *, pcr_key: PcrKey | No
     if spec.uki.splash:
         out.append((".splash", spec.uki.splash))
     out += [(".initrd", initrd), (".linux", kernel)]
-    if pcr_key is None:
+    if pcr_key is None and spec.uki.pcr_key is not None:
         pcr_key = load_pcr_key(spec)
     if pcr_key is None:
         return out
@@ -56,7 +56,7 @@ def sections(spec: Spec, index: TreeIndex, initrd: Path, *, pcr_key: PcrKey | No
     return pcr_sections(out, pcr_key, measured=measured, progress=progress)
 
 
-def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
+def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None, *, pcr_key: PcrKey | None = None) -> str:
     """What decides the UKI's bytes: the kept entries (path, type, size, mtime, and inode and ctime:
     a file rewritten with the same size and a clamped mtime still counts as changed), the kernel,
     stub, os-release and the uki settings. One lstat per kept entry."""
@@ -64,7 +64,8 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
     u = spec.uki
     h.update(repr((FORMAT_VERSION, u.cmdline, u.init, u.compression, u.level, u.zstd_single(), str(u.stub), str(u.splash),
                    u.uname, signer.fingerprint if signer else None)).encode())
-    pcr_key = load_pcr_key(spec)
+    if pcr_key is None and spec.uki.pcr_key is not None:
+        pcr_key = load_pcr_key(spec)
     if pcr_key is not None:
         h.update(f"pcr:{pcr_key.fingerprint}".encode())
     for path in (u.stub, kernel_path(spec), u.splash):
@@ -86,16 +87,16 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None) -> str:
 
 def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer | None, state: dict,
                    force: bool = False, reporter: Reporter | None = None, predicted: int | None = None,
-                   inputs: str | None = None):
-    """Build (or reuse) ``uki.output``; returns a :class:`.build.Artefact`. ``inputs`` is
-    :func:`inputs_digest` when the caller has it already."""
+                   inputs: str | None = None, pcr_key: PcrKey | None = None):
+    """Build (or reuse) ``uki.output``; returns a :class:`.artefacts.Artefact`. ``inputs`` is
+    :func:`inputs_digest` and ``pcr_key`` the loaded ``uki.pcr_key`` when the caller has them."""
     from ..formats.initrd import build_initrd
     from ..formats.uki import build_uki, predict_size
     from .artefacts import Artefact, record, reusable
 
     out = spec.uki.output
     if inputs is None:
-        inputs = inputs_digest(spec, plan, signer)
+        inputs = inputs_digest(spec, plan, signer, pcr_key=pcr_key)
     previous = None if force else reusable(state, "uki", inputs, out)
     if previous:
         if reporter:
@@ -105,7 +106,8 @@ def build_slim_uki(spec: Spec, index: TreeIndex, plan: Plan, *, signer: Signer |
         art.extra = previous.get("extra", {})
         return art
     with scratch_for(out, "initrd") as initrd_path:
-        pcr_key = load_pcr_key(spec)
+        if pcr_key is None and spec.uki.pcr_key is not None:
+            pcr_key = load_pcr_key(spec)
         if reporter:
             reporter.log("uki", f"compressing the initrd ({spec.uki.compression} level {spec.uki.level})")
         initrd = build_initrd(spec, plan, initrd_path, reporter=reporter)

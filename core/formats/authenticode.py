@@ -165,7 +165,11 @@ def pkcs7_signature(digest: bytes, signer: Signer) -> bytes:
     content = spc_indirect_data(digest)
     attrs = _signed_attributes(content)
     signature = signer.key.sign(attrs, padding.PKCS1v15(), hashes.SHA256())
-    issuer_serial = der.seq(signer.cert.issuer.public_bytes(), der.integer(signer.cert.serial_number))
+    return _signed_data(content, attrs, signature, signer.cert, signer.cert_der)
+
+
+def _signed_data(content: bytes, attrs: bytes, signature: bytes, cert: x509.Certificate, cert_der: bytes) -> bytes:
+    issuer_serial = der.seq(cert.issuer.public_bytes(), der.integer(cert.serial_number))
     signer_info = der.seq(
         der.integer(1),
         issuer_serial,
@@ -178,7 +182,7 @@ def pkcs7_signature(digest: bytes, signer: Signer) -> bytes:
         der.integer(1),
         der.set_of(_alg_sha256()),
         der.seq(der.oid(OID_SPC_INDIRECT_DATA), der.explicit(0, content)),
-        der.tlv(0xA0, signer.cert_der),  # certificates [0] IMPLICIT SET OF
+        der.tlv(0xA0, cert_der),  # certificates [0] IMPLICIT SET OF
         der.set_of(signer_info),
     )
     return der.seq(der.oid(OID_SIGNED_DATA), der.explicit(0, signed_data))
@@ -192,7 +196,22 @@ def win_certificate(pkcs7: bytes) -> bytes:
 
 def signature_length(signer: Signer) -> int:
     """Length of the DER PKCS#7 this module writes for ``signer`` (the same for every image)."""
-    return len(pkcs7_signature(bytes(32), signer))
+    return signature_length_for(signer.cert)
+
+
+def signature_length_for(cert: x509.Certificate) -> int:
+    """The same length from the certificate alone (no private key needed: the workbench knows it
+    before an encrypted key is unlocked). An RSA PKCS#1 v1.5 signature is always as long as the
+    modulus, and nothing else in the structure depends on the image."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    key = cert.public_key()
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise UserError("the signing certificate does not hold an RSA key; Secure Boot signatures need RSA")
+    content = spc_indirect_data(bytes(32))
+    return len(_signed_data(content, _signed_attributes(content), bytes((key.key_size + 7) // 8), cert,
+                            cert.public_bytes(Encoding.DER)))
 
 
 def signed_size(unsigned_size: int, signature_len: int) -> int:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..formats.authenticode import signature_length_for
+from ..formats.pcr import pcrsig_size
+from ..keys import PcrKey, load_certificate, load_pcr_key
 from ..spec.model import Spec
 from ..tree.index import TreeIndex
 from ..units import THRESHOLDS, format_size
@@ -23,7 +26,8 @@ from .plan import Plan
 
 #: an Authenticode PKCS#7 is the signer certificate plus about this much (digest info, signer
 #: info, attributes, the RSA signature); used when the key is not loaded (the workbench)
-SIGNATURE_OVERHEAD = 700
+#: a PKCS#7 with a 2048-bit key and a typical certificate, used only when the certificate is unreadable
+GUESSED_SIGNATURE_BYTES = 1800
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,11 @@ class Figures:
 class UkiLayout:
     """The UKI's file size as a function of its initrd's size, exact but for the initrd."""
 
-    def __init__(self, spec: Spec, index: TreeIndex | None, *, signature_len: int | None = None) -> None:
+    def __init__(self, spec: Spec, index: TreeIndex | None, *, signature_len: int | None = None,
+                 pcr_key: PcrKey | None = None) -> None:
+        """``signature_len`` and ``pcr_key``: what the caller has loaded already (a build has both);
+        otherwise they are read from the spec's files (the certificate alone gives the exact
+        signature length)."""
         from .ukiinputs import kernel_path, os_release, uname
 
         sizes: dict[str, int] = {".cmdline": len(spec.uki.cmdline.encode())}
@@ -99,11 +107,9 @@ class UkiLayout:
             except OSError:
                 self.exact = False
         if spec.uki.pcr_key is not None:
-            from ..formats.pcr import pcrsig_size
-            from ..keys import load_pcr_key
-
             try:
-                pcr_key = load_pcr_key(spec)
+                if pcr_key is None:
+                    pcr_key = load_pcr_key(spec)
                 if pcr_key is not None:
                     sizes[".pcrpkey"] = len(pcr_key.public_pem)
                     sizes[".pcrsig"] = pcrsig_size(pcr_key.public_key)
@@ -112,16 +118,12 @@ class UkiLayout:
                 self.notes.append(str(exc))
         if spec.signing is not None and signature_len is None:
             try:
-                from cryptography import x509
-
-                cert = x509.load_pem_x509_certificate(spec.signing.cert.read_bytes())
-                from cryptography.hazmat.primitives.serialization import Encoding
-
-                signature_len = len(cert.public_bytes(Encoding.DER)) + SIGNATURE_OVERHEAD
-                self.notes.append("signature length approximated from the certificate")
-            except (OSError, ValueError):
-                signature_len = 1800
+                cert = load_certificate(spec.signing.cert.read_bytes(), spec.signing.cert)
+                signature_len = signature_length_for(cert)
+            except (OSError, UserError) as exc:
+                signature_len = GUESSED_SIGNATURE_BYTES
                 self.exact = False
+                self.notes.append(f"signature length guessed: {getattr(exc, 'strerror', None) or exc}")
         self.sizes = sizes
         try:
             from ..formats.uki import predict_size
