@@ -16,8 +16,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..atomic import write_atomic
+from ..atomic import TEMP_PREFIX, write_atomic
 from ..errors import UserError
+from ..spec.model import Spec
 from ..spec.outputs import STATE_FILE
 from ..units import failing_verdict
 
@@ -111,3 +112,29 @@ def owned_file(entry: dict) -> Path | None:
     if not isinstance(path, str) or not entry.get("file"):
         return None
     return Path(path) if file_identity(path) == entry["file"] else None
+
+
+def leftover_temps(spec: Spec) -> list[Path]:
+    """Temp files of the engine's atomic writes still in the spec's output folders (after a
+    cancelled or failed build there should be none; a SIGKILLed one leaves them for the next)."""
+    found: list[Path] = []
+    for folder in sorted({spec.output, spec.uki.output.parent}):
+        try:
+            found += sorted(folder.glob(TEMP_PREFIX + "*"))
+        except OSError:
+            continue
+    return found
+
+
+def replaced_since(spec: Spec, started: float) -> list[tuple[str, Path]]:
+    """(artefact name, file) of the spec's images and UKI written at or after wall-clock time
+    ``started``: what a build that stopped had already replaced, whole (outputs are atomic)."""
+    files = [(e.name, spec.output / e.image_name) for e in spec.extensions] + [("uki", spec.uki.output)]
+    found = []
+    for name, path in files:
+        try:
+            if path.stat().st_mtime >= started - 0.02:  # file times use a coarse clock
+                found.append((name, path))
+        except OSError:
+            continue
+    return found

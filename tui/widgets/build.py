@@ -31,7 +31,8 @@ from textual.screen import ModalScreen
 from textual.widget import Widget
 from textual.widgets import Footer, RichLog, Static
 
-from sysextant.core.atomic import TEMP_PREFIX, write_atomic
+from sysextant.core.atomic import write_atomic
+from sysextant.core.build.artefacts import leftover_temps, replaced_since
 from sysextant.core.build.pipeline import BuildReport, build
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter
@@ -317,17 +318,6 @@ def format_amount(done: int, total: int, unit: str) -> str:
         return f"{format_size(done)} / {format_size(total)}" if total else format_size(done)
     word = "" if unit == "steps" else f" {unit}"
     return f"{done:,} / {total:,}{word}" if total else f"{done:,}{word}"
-
-
-def leftovers(spec: Spec) -> list[Path]:
-    """Temp files of the engine's atomic writes still in the output folders (there should be none)."""
-    found: list[Path] = []
-    for folder in {spec.output, spec.uki.output.parent}:
-        try:
-            found += sorted(folder.glob(TEMP_PREFIX + "*"))
-        except OSError:
-            continue
-    return found
 
 
 # -- widgets --------------------------------------------------------------------------------------
@@ -740,7 +730,7 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
 
     def outcome_text(self) -> Text:
         text = Text()
-        left = leftovers(self.spec)
+        left = leftover_temps(self.spec)
         if self.kind == "ok" and self.report is not None:
             text.append(self.outcome_summary()[1], "bold")
         elif self.kind == "cancelled":
@@ -766,16 +756,7 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
 
     def replaced_outputs(self) -> list[tuple[str, Path]]:
         """The artefact files this (stopped) build replaced: written after it started."""
-        files = [(e.name, self.spec.output / e.image_name) for e in self.spec.extensions]
-        files.append(("uki", self.spec.uki.output))
-        found = []
-        for name, path in files:
-            try:
-                if path.stat().st_mtime >= self.wall_started - 0.02:  # file times use a coarse clock
-                    found.append((name, path))
-            except OSError:
-                continue
-        return found
+        return replaced_since(self.spec, self.wall_started)
 
     def _replaced_line(self) -> str:
         names = ", ".join(p.name for _, p in self.replaced)
