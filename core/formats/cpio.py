@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
+from ..atomic import WRITE_ERRNOS
 from ..errors import UserError
 from ..progress import Reporter
 from ..tree.fsentry import FsEntry, open_nofollow
@@ -371,6 +372,8 @@ def _write_index_entry(w: NewcWriter, index: TreeIndex, i: int, path: bytes, dir
             rdev = st.st_rdev if st is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0
             w.entry(path, ino=ino, mode=mode, nlink=1, rdev=rdev, uid=uid, gid=gid)
     except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:  # the archive's own disk (full, quota, read-only): the writer names it
+            raise
         raise UserError(f"cannot read {_shown(index, path)} for the initrd ({exc.strerror or exc}); "
                         "it vanished or is unreadable: scan the tree again") from None
 
