@@ -350,3 +350,29 @@ def test_tracker_eta_from_measured_rates_and_monotone_fraction(spec_path: Path) 
     t.finish(None, "cancelled", 9.5)
     assert t.groups["uki"].state == "cancelled" and t.groups["verify"].state == "waiting"
     assert t.eta(9.6) is None and t.fraction(9.6) == shown[-1]
+
+
+@needs_stub
+async def test_a_build_after_the_tree_changed_packs_it_and_says_so(spec_path: Path) -> None:
+    """A file added to the tree after the workbench scanned it is in the UKI the build makes (the
+    build rescans), the result says the figures shown were out of date, and the workbench scans
+    the tree again afterwards."""
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(app, pilot)
+        entries_before = len(app.session.index)
+        shown_initrd = app.session.plan.initrd_cpio_after  # the figure of the scan the workbench made
+        added = spec_path.parent / "rootfs/usr/share/added-after-the-scan.bin"
+        added.write_bytes(os.urandom(1 << 20))
+        await pilot.press("b")
+        screen = await build_done(app, pilot)
+        assert screen.kind == "ok" and screen.report.ok, screen.error
+        assert screen.report.tree_changed and "changed since it was scanned" in screen.report.tree_changed
+        assert "changed since it was scanned" in str(screen.query_one(ResultView).text)
+        uki = screen.report.artefacts[-1]
+        assert uki.extra["initrd_uncompressed"] >= shown_initrd + (1 << 20)  # the new file went into the initrd
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BuildScreen))
+        assert "scanning it again" in status(app)
+        assert await wait_for(pilot, lambda: app.session.index is not None and app.session.index.complete
+                              and len(app.session.index) == entries_before + 1, 20)

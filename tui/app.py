@@ -615,13 +615,22 @@ class WorkbenchApp(App[int]):
         s = self.session
         self.workers.cancel_group(self, "estimate-refine")  # both cores for the build
         self.set_status("building…" if not force else "rebuilding everything…", "info")
-        self.push_screen(BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures(), estimator=s.estimator),
-                         self._build_closed)
+        self._last_build = BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures(), estimator=s.estimator)
+        self.push_screen(self._last_build, self._build_closed)
 
     def _build_closed(self, result: tuple[str, str] | None) -> None:
         if result:
             kind, text = result
             self.set_status(text, kind)
+        report = getattr(self._last_build, "report", None) if hasattr(self, "_last_build") else None
+        if report is not None and report.tree_changed:
+            # the build packed the tree as it is now; the figures on screen were of the old scan
+            self.set_status(f"{result[1] if result else 'build done'} · the OS tree had changed since it was "
+                            "scanned: scanning it again", result[0] if result else "info")
+            self.tree.set_index(None)
+            self.refresh_all()
+            self.start_scan()
+            return
         if self.session.estimator is not None:  # the build calibrated it; go on refining
             self.session.estimator_changed()
             self.refresh_all()
