@@ -241,8 +241,9 @@ def test_hard_links_outside_the_tree_are_a_warning(tmp_path: Path) -> None:
     (root / "usr/bin/inside").write_bytes(b"both names inside")
     os.link(root / "usr/bin/inside", root / "etc/inside-too")
     os.link(root / "usr/bin/tool", tmp_path / "outside-name")
+    (root / "usr/bin/tool").chmod(0o755)
     spec = tmp_path / "spec.yaml"
-    spec.write_text("version: 1\nos:\n  root: rootfs\nuki:\n  compression: none\n")
+    spec.write_text("version: 1\nos:\n  root: rootfs\nuki:\n  compression: none\n  init: /usr/bin/tool\n")
     proc = run("plan", str(spec), "--no-estimate")
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in proc.stdout.splitlines() if "links outside" in ln]

@@ -24,6 +24,7 @@ def make_os(root: Path) -> None:
     (root / "boot/vmlinuz").write_bytes(b"MZ" + b"k" * 5000)
     (root / "tmp/scratch").write_bytes(b"t" * 999)
     (root / "usr/bin/immucore").write_bytes(b"i" * 1234)
+    (root / "usr/bin/immucore").chmod(0o755)
     (root / "usr/lib/firmware/amd/a.bin").write_bytes(os.urandom(7000))
     (root / "usr/lib/firmware/b.bin").write_bytes(os.urandom(3001))
     (root / "usr/lib/modules/6.1/kernel/gpu/drm.ko").write_bytes(b"m" * 2222)
@@ -66,7 +67,7 @@ def initrd_names(root: Path, index, plan_set) -> list[bytes]:
 
 def test_figures(tmp_path: Path) -> None:
     make_os(tmp_path / "rootfs")
-    spec = load_spec(write_spec(tmp_path, EXTS))
+    spec = load_spec(write_spec(tmp_path, EXTS, extra_uki="  init: /usr/bin/immucore"))
     index = scan(spec.os.root)
     plan = make_plan(spec, index)
     assert plan.problems == []
@@ -131,3 +132,52 @@ def test_not_an_os_tree(tmp_path: Path) -> None:
     plan = make_plan(load_spec(write_spec(tmp_path, EXTS.split("  - name: gpu")[0])), scan(tmp_path / "rootfs"))
     assert any("does not look like an OS tree" in p for p in plan.problems)
     assert any("kernel" in p and "does not exist" in p for p in plan.problems)
+
+
+def test_an_initrd_without_init_is_a_problem(tmp_path: Path) -> None:
+    """No uki.init and no /init in the tree: the kernel would panic (VFS: Unable to mount root fs)."""
+    make_os(tmp_path / "rootfs")
+    plan = make_plan(load_spec(write_spec(tmp_path, EXTS)), scan(tmp_path / "rootfs"))
+    assert any("would have no /init" in p and "Unable to mount root fs" in p for p in plan.problems)
+    (tmp_path / "rootfs/init").symlink_to("usr/bin/immucore")  # the tree's own /init serves
+    plan = make_plan(load_spec(write_spec(tmp_path, EXTS)), scan(tmp_path / "rootfs"))
+    assert plan.problems == []
+
+
+def test_init_resolves_through_the_trees_own_links(tmp_path: Path) -> None:
+    """A usr-merged tree: /lib -> usr/lib, /sbin/init -> /lib/systemd/systemd. The init is found
+    (no false 'would dangle'), and moving the program or a link on the way is refused."""
+    root = tmp_path / "rootfs"
+    make_os(root)
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/systemd").write_bytes(b"\x7fELF" + b"s" * 100)
+    (root / "usr/lib/systemd/systemd").chmod(0o755)
+    (root / "lib").symlink_to("usr/lib")
+    (root / "usr/sbin").mkdir()
+    (root / "usr/sbin/init").symlink_to("/lib/systemd/systemd")
+    (root / "sbin").symlink_to("usr/sbin")
+    spec_path = write_spec(tmp_path, EXTS, extra_uki="  init: /sbin/init")
+    plan = make_plan(load_spec(spec_path), scan(root))
+    assert plan.problems == [] and not any("dangle" in w for w in plan.warnings)
+    for moved in ("usr/lib/systemd", "usr/sbin"):
+        spec_path = write_spec(tmp_path, EXTS + f"  - name: boot\n    paths: [{moved}]\n", extra_uki="  init: /sbin/init")
+        text = "\n".join(make_plan(load_spec(spec_path), scan(root)).problems)
+        assert "/sbin/init is needed to boot (sbin -> usr/sbin/init -> lib -> usr/lib/systemd/systemd)" in text
+        assert f"extension boot moves {moved}" in text
+
+
+@pytest.mark.parametrize("what, expected", [("missing", "leads nowhere in the OS tree"),
+                                            ("not-executable", "which is not executable"),
+                                            ("folder", "which is not a regular file"),
+                                            ("loop", "leads nowhere in the OS tree")])
+def test_an_init_that_cannot_run_is_a_problem(tmp_path: Path, what: str, expected: str) -> None:
+    root = tmp_path / "rootfs"
+    make_os(root)
+    target = {"missing": "/usr/bin/nothing", "not-executable": "/usr/share/doc/pkg/README",
+              "folder": "/usr/bin", "loop": "/usr/bin/a"}[what]
+    if what == "loop":
+        (root / "usr/bin/a").symlink_to("b")
+        (root / "usr/bin/b").symlink_to("a")
+    plan = make_plan(load_spec(write_spec(tmp_path, EXTS, extra_uki=f"  init: {target}")), scan(root))
+    assert any(expected in p and "uki.init" in p for p in plan.problems), plan.problems
+

@@ -21,6 +21,7 @@ from ..tree.fsentry import host_path_in_tree
 from ..tree.index import TRAILER_BYTES, TreeIndex, scan
 from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancestors
 from ..units import format_size
+from .init import init_problems, init_program
 
 
 @dataclass
@@ -176,17 +177,23 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
                     + (f" and {len(both) - 1} more entries" if len(both) > 1 else "")
                 )
 
-    if spec.uki.init:
-        target = index.lookup(spec.uki.init.lstrip("/"))
-        if target is None:
-            warnings.append(f"{spec.where('uki', 'init')}: {spec.uki.init} is not in the OS tree; /init would dangle")
-        else:
-            for e in ext_plans:
-                if target in e.selected:
-                    problems.append(f"{spec.where('uki', 'init')}: {spec.uki.init} is needed to boot but extension "
-                                    f"{e.name} moves it out of the UKI")
-
+    # the init the kernel starts from the initrd, and every link on its way, must stay in the UKI
+    problems += init_problems(spec, index)
+    prog = init_program(spec, index)
     base = initrd_base(spec, index)
+    if prog is not None and prog.needed:
+        key = ("uki", "init") if prog.source == "uki.init" else ("os", "root")
+        way = " -> ".join(os.fsdecode(index.path(k)) for k in prog.needed)
+        for e in ext_plans:
+            taken = next((k for k in prog.needed if k in e.selected), None)
+            if taken is not None:
+                problems.append(f"{spec.where(*key)}: {prog.path} is needed to boot ({way}) but extension "
+                                f"{e.name} moves {os.fsdecode(index.path(taken))} out of the UKI")
+        dropped = next((k for k in prog.needed if k not in base), None)
+        if dropped is not None:
+            problems.append(f"{spec.where('os', 'exclude')}: {prog.path} is needed to boot ({way}) but os.exclude "
+                            f"leaves {os.fsdecode(index.path(dropped))} out of the UKI")
+
     moved = IntervalSet().union(*(e.selected for e in ext_plans)) if ext_plans else IntervalSet()
     after = with_ancestors(index, base.difference(moved))  # an excluded file keeps its folders
     extra = TRAILER_BYTES + init_entry_bytes(spec)

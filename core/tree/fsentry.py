@@ -198,15 +198,15 @@ def walk_selection(root: bytes, paths: Iterable[bytes], *, xattrs: bool = True) 
         yield found[key]
 
 
-def resolve_in_tree(root: bytes, rel: bytes, *, max_links: int = 40) -> bytes:
+def resolve_in_tree(root: bytes, rel: bytes, *, max_links: int = 40, links: list[bytes] | None = None) -> bytes:
     """Resolve ``rel`` inside the foreign tree at ``root`` the way its own OS would: symlinks are
     followed, but an absolute target means ``root/target`` and ``..`` never climbs above ``root``.
     Returns the resolved path relative to ``root``; raises ``OSError`` if a component is missing
-    or the links loop."""
+    or the links loop. ``links`` (if given) receives each symlink followed, relative to ``root``."""
     todo = [p for p in rel.split(b"/") if p and p != b"."]
     todo.reverse()
     done: list[bytes] = []
-    links = 0
+    followed = 0
     while todo:
         part = todo.pop()
         if part == b"..":
@@ -216,8 +216,10 @@ def resolve_in_tree(root: bytes, rel: bytes, *, max_links: int = 40) -> bytes:
         candidate = b"/".join([*done, part])
         st = os.lstat(os.path.join(root, candidate))
         if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > max_links:
+            followed += 1
+            if links is not None:
+                links.append(candidate)
+            if followed > max_links:
                 raise OSError(errno.ELOOP, "too many levels of symbolic links", candidate)
             target = os.readlink(os.path.join(root, candidate))
             if target.startswith(b"/"):

@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import UserError
 from ..rules import FORBIDDEN_IN_EXTENSION, MERGED_TOPS, extension_name_problem
 from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
+from ..sizing.init import init_program
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TreeIndex, scan
@@ -323,10 +324,11 @@ class Session:
             k = index.lookup(rel)
             if k is not None:
                 out.append((k, f"the kernel ({rel})"))
-        if spec.uki.init:
-            k = index.lookup(spec.uki.init.lstrip("/"))
-            if k is not None:
-                out.append((k, f"the init program ({spec.uki.init}, uki.init)"))
+        prog = init_program(spec, index)
+        if prog is not None and prog.needed:
+            *way, program = prog.needed
+            out.append((program, f"the init program ({prog.path}, {prog.source})"))
+            out += [(k, f"a link on the way to the init program ({prog.path}, {prog.source})") for k in way]
         return out
 
     def refusal(self, i: int, ext: str | None) -> str | None:
