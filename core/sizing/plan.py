@@ -22,6 +22,7 @@ from ..tree.index import TRAILER_BYTES, TreeIndex, scan
 from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancestors
 from ..units import format_size
 from .init import init_problems, init_program
+from .merge import read_hierarchies, unmerged
 
 
 @dataclass
@@ -164,6 +165,16 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
                             f"{os.fsdecode(index.path(special[0]))}")
         ext_plans.append(ExtensionPlan(ext.name, marks, selected, len(selected), sums.apparent(selected), 0,
                                        special))
+
+    # files outside the hierarchies the OS merges would never appear
+    hierarchies = read_hierarchies(index)
+    for n, ep in enumerate(ext_plans):
+        lost = unmerged(index, hierarchies, ep.selected)
+        if lost:
+            problems.append(f"{spec.where('extensions', n, 'paths')}: extension {ep.name} holds {len(lost):,} "
+                            f"entries outside the hierarchies this OS merges, e.g. "
+                            f"{os.fsdecode(index.path(lost.starts[0]))}: they would never appear once merged "
+                            f"({hierarchies.source}: {':'.join(hierarchies.paths)}); leave them in the UKI")
 
     # two extensions claiming the same entries
     for a in range(len(ext_plans)):

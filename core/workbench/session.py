@@ -29,6 +29,7 @@ from ..errors import UserError
 from ..rules import FORBIDDEN_IN_EXTENSION, MERGED_TOPS, extension_name_problem
 from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
 from ..sizing.init import init_program
+from ..sizing.merge import Hierarchies, read_hierarchies, unmerged
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TreeIndex, scan
@@ -331,6 +332,13 @@ class Session:
             out += [(k, f"a link on the way to the init program ({prog.path}, {prog.source})") for k in way]
         return out
 
+    def hierarchies(self) -> Hierarchies:
+        """What the OS merges from extensions, read from the tree once per scan."""
+        cached = getattr(self, "_hierarchies", None)
+        if cached is None or cached[0] is not self.index:
+            cached = self._hierarchies = (self.index, read_hierarchies(self.index))
+        return cached[1]
+
     def refusal(self, i: int, ext: str | None) -> str | None:
         """Why entry ``i`` cannot be marked into extension ``ext``, or None when it can."""
         index, plan = self.index, self.plan
@@ -346,6 +354,14 @@ class Session:
         if top.decode(errors="replace") not in MERGED_TOPS:
             return f"{text} is outside usr/ and opt/: systemd-sysext merges only /usr and /opt"
         spans = self._spans(i)
+        hier = self.hierarchies()
+        if not hier.covers(text) and not hier.above(text):
+            return (f"{text} is outside the hierarchies this OS merges ({', '.join(hier.paths)}; "
+                    f"{hier.source}): its files would never appear")
+        lost = unmerged(index, hier, IntervalSet(spans))
+        if lost:
+            return (f"{text} holds {len(lost):,} entries outside the hierarchies this OS merges, e.g. "
+                    f"{_rel(index, lost.starts[0])} ({hier.source}); mark the folders inside them instead")
         for bad in FORBIDDEN:
             k = index.lookup(bad)
             if k is not None and self._within(spans, k):
