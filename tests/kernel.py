@@ -36,3 +36,15 @@ def real_kernel() -> Path:
         pytest.skip("no real kernel: set SYSEXTANT_TEST_KERNEL=/path/to/vmlinuz or run "
                     f".ci/fetch-kernel {CACHE.parent} (needs apt-get and network)")
     return kernel
+
+
+def real_modules() -> tuple[Path, str]:
+    """(a folder holding lib/modules/RELEASE with depmod's index files, RELEASE) of a real Debian
+    kernel, fetched with the kernel by .ci/fetch-kernel; or skip the calling test with the reason."""
+    base = CACHE.parent / "modules"
+    if not (base / "lib/modules").is_dir() and FETCH.is_file() and shutil.which("apt-get"):
+        subprocess.run([str(FETCH), str(CACHE.parent)], capture_output=True, timeout=600, check=False)
+    releases = sorted(p.name for p in (base / "lib/modules").iterdir()) if (base / "lib/modules").is_dir() else []
+    if not releases:
+        pytest.skip(f"no real kernel modules: run .ci/fetch-kernel {CACHE.parent} (needs apt-get, network, depmod)")
+    return base, releases[0]

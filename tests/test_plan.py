@@ -28,7 +28,7 @@ def make_os(root: Path) -> None:
     (root / "usr/lib/firmware/amd/a.bin").write_bytes(os.urandom(7000))
     (root / "usr/lib/firmware/b.bin").write_bytes(os.urandom(3001))
     (root / "usr/lib/modules/6.1/kernel/gpu/drm.ko").write_bytes(b"m" * 2222)
-    (root / "usr/lib/modules/6.1/modules.dep").write_text("gpu/drm.ko:\n")
+    (root / "usr/lib/modules/6.1/modules.dep").write_text("kernel/gpu/drm.ko:\n")  # as depmod writes it
     (root / "usr/share/doc/pkg/README").write_text("doc " * 100)
     (root / "opt/tool/bin").write_bytes(b"o" * 500)
     (root / "var/cache/x").write_bytes(b"c" * 100)

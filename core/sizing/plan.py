@@ -23,6 +23,7 @@ from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancesto
 from ..units import format_size
 from .init import init_problems, init_program
 from .merge import read_hierarchies, unmerged
+from .modules import module_problems
 
 
 @dataclass
@@ -175,6 +176,8 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
                             f"entries outside the hierarchies this OS merges, e.g. "
                             f"{os.fsdecode(index.path(lost.starts[0]))}: they would never appear once merged "
                             f"({hierarchies.source}: {':'.join(hierarchies.paths)}); leave them in the UKI")
+
+    problems += module_problems(spec, index, ext_plans)
 
     # two extensions claiming the same entries
     for a in range(len(ext_plans)):
