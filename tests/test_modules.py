@@ -130,3 +130,17 @@ def test_a_module_modules_dep_does_not_list_is_refused(tree: tuple[Path, str], t
         assert "does not list" in text and "outoftree.ko" in text
     finally:
         shutil.rmtree(extra)
+
+
+def test_the_workbench_refuses_marking_a_boot_module(tree: tuple[Path, str]) -> None:
+    from sysextant.core.workbench.session import Session
+
+    root, release = tree
+    s = Session.open(write_spec(root, f"[usr/lib/modules/{release}/kernel/fs/btrfs]"))
+    s.scan()
+    base = f"usr/lib/modules/{release}"
+    out = s.toggle(s.index.lookup(f"{base}/kernel/drivers/md"), "modules")
+    assert not out.ok and "kernel module dm_" in out.message and "needed to boot" in out.message
+    out = s.toggle(s.index.lookup(f"{base}/modules.dep"), "modules")
+    assert not out.ok and "modules index file" in out.message
+    assert s.toggle(s.index.lookup(f"{base}/kernel/fs/xfs"), "modules").ok

@@ -30,6 +30,7 @@ from ..rules import FORBIDDEN_IN_EXTENSION, MERGED_TOPS, extension_name_problem
 from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
 from ..sizing.init import init_program
 from ..sizing.merge import Hierarchies, read_hierarchies, unmerged
+from ..sizing.modules import INDEX_FILE, boot_modules, module_name, read_module_trees
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TreeIndex, scan
@@ -313,10 +314,22 @@ class Session:
 
     # -- checks -------------------------------------------------------------------------------
     def _boot_needed(self) -> list[tuple[int, str]]:
+        """Entries that must stay in the UKI, with why; computed once per scan and boot-relevant
+        spec fields (marks stay as fast as before: this reads the tree's modules.dep)."""
+        index, spec = self.index, self.spec
+        if index is None:
+            return []
+        key = (index, spec.os.kernel, spec.uki.init, spec.uki.pcr_key, tuple(sorted({e.filesystem for e in spec.extensions})))
+        cached = getattr(self, "_boot_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = self._boot_needed_now()
+        self._boot_cache = (key, out)
+        return out
+
+    def _boot_needed_now(self) -> list[tuple[int, str]]:
         index, spec = self.index, self.spec
         out: list[tuple[int, str]] = []
-        if index is None:
-            return out
         try:
             rel = os.path.relpath(spec.os.kernel, spec.os.root)
         except ValueError:
@@ -330,6 +343,14 @@ class Session:
             *way, program = prog.needed
             out.append((program, f"the init program ({prog.path}, {prog.source})"))
             out += [(k, f"a link on the way to the init program ({prog.path}, {prog.source})") for k in way]
+        for mt in read_module_trees(index):
+            for path, why in boot_modules(spec, index, mt).items():
+                k = index.lookup(f"{mt.folder}/{path}")
+                if k is not None:
+                    out.append((k, f"kernel module {module_name(path)} ({why})"))
+            top = index.lookup(mt.folder)
+            out += [(c, "a modules index file modprobe reads before any merge") for c in index.children(top)
+                    if INDEX_FILE.fullmatch(os.fsdecode(index.names[c]))]
         return out
 
     def hierarchies(self) -> Hierarchies:
