@@ -114,6 +114,28 @@ class _Gen:
         return b"".join(parts)[:n]
 
 
+#: real-named boot modules of the demo tree (path under usr/lib/modules/KV -> modules.dep dependencies)
+BOOT_MODULES = {
+    "kernel/drivers/md/dm-mod.ko.zst": [],
+    "kernel/drivers/md/dm-bufio.ko.zst": [],
+    "kernel/lib/reed_solomon/reed_solomon.ko.zst": [],
+    "kernel/drivers/md/dm-verity.ko.zst": ["kernel/lib/reed_solomon/reed_solomon.ko.zst",
+                                           "kernel/drivers/md/dm-bufio.ko.zst", "kernel/drivers/md/dm-mod.ko.zst"],
+    "kernel/drivers/block/loop.ko.zst": [],
+    "kernel/drivers/block/virtio_blk.ko.zst": [],
+    "kernel/drivers/nvme/host/nvme-core.ko.zst": [],
+    "kernel/drivers/nvme/host/nvme.ko.zst": ["kernel/drivers/nvme/host/nvme-core.ko.zst"],
+    "kernel/drivers/ata/libata.ko.zst": [],
+    "kernel/drivers/ata/libahci.ko.zst": ["kernel/drivers/ata/libata.ko.zst"],
+    "kernel/drivers/ata/ahci.ko.zst": ["kernel/drivers/ata/libahci.ko.zst", "kernel/drivers/ata/libata.ko.zst"],
+    "kernel/fs/erofs/erofs.ko.zst": [],
+    "kernel/fs/overlayfs/overlay.ko.zst": [],
+    "kernel/fs/squashfs/squashfs.ko.zst": [],
+    "kernel/fs/fat/fat.ko.zst": [],
+    "kernel/fs/fat/vfat.ko.zst": ["kernel/fs/fat/fat.ko.zst"],
+}
+
+
 def _fake_bzimage(gen: _Gen, size: int) -> bytes:
     """Bytes shaped like an x86 bzImage header (MZ, HdrS, kernel_version) followed by filler."""
     img = bytearray(gen.random(size))
@@ -200,8 +222,16 @@ def generate_tree(root: Path, *, seed: int = 1, scale: float = 1.0, reporter: Re
             name = f"{area}/{area.rsplit('/', 1)[-1]}_{k:04d}.ko.zst"
             names.append(name)
             _write(mods / name, gen.random(size))
-    _write(mods / "modules.dep", "".join(f"{nm}:\n" for nm in names).encode())
-    _write(mods / "modules.alias", gen.text(n(900_000)))
+    # the modules a Kairos boot loads before it can merge extensions, under their real names and
+    # with their real dependencies: marking a folder that holds one is refused, and says why
+    for name, deps in BOOT_MODULES.items():
+        _write(mods / name, random.Random(name).randbytes(20_000))
+    dep_lines = [f"{nm}:\n" for nm in names]
+    dep_lines += [f"{nm}: {' '.join(deps)}\n".replace(" \n", "\n") for nm, deps in BOOT_MODULES.items()]
+    _write(mods / "modules.dep", "".join(dep_lines).encode())
+    _write(mods / "modules.softdep", b"# Soft dependencies extracted from modules themselves.\n")
+    _write(mods / "modules.alias", b"alias fs-erofs erofs\nalias fs-overlay overlay\nalias fs-squashfs squashfs\n"
+           + gen.text(n(900_000)))
     _write(mods / "modules.symbols", gen.text(n(700_000)))
 
     step(3)  # shared libraries with their version symlinks
