@@ -224,7 +224,7 @@ def generate_tree(root: Path, *, seed: int = 1, scale: float = 1.0, reporter: Re
             _write(mods / name, gen.random(size))
     # the modules a Kairos boot loads before it can merge extensions, under their real names and
     # with their real dependencies: marking a folder that holds one is refused, and says why
-    for name, deps in BOOT_MODULES.items():
+    for name in BOOT_MODULES:
         _write(mods / name, random.Random(name).randbytes(20_000))
     dep_lines = [f"{nm}:\n" for nm in names]
     dep_lines += [f"{nm}: {' '.join(deps)}\n".replace(" \n", "\n") for nm, deps in BOOT_MODULES.items()]

@@ -60,3 +60,51 @@ def extension_name_problem(name: str) -> str | None:
     if len(name.encode()) > MAX_NAME_BYTES:
         return f"extension name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} fit a file name"
     return None
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """Parse os-release syntax (freedesktop os-release(5)); ValueError naming the bad line."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"line {n} is not KEY=VALUE: {line[:60]!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':
+                value = re.sub(r'\\(["\\`$])', r"\1", value)
+        elif value and (value[0] in "\"'" or re.search(r"\s", value)):
+            raise ValueError(f"line {n} has an unbalanced quote or unquoted blank: {line[:60]!r}")
+        out[key] = value
+    return out
+
+
+def release_mismatch(release: dict[str, str], host: dict[str, str], host_arch: str | None) -> str | None:
+    """Why systemd-sysext on a host with os-release ``host`` (and architecture ``host_arch``, a
+    systemd name such as x86-64) would refuse an extension whose release file says ``release``,
+    or None. The rules of systemd 252-256 (``extension_release_validate``): ``ID`` must be
+    ``_any`` or the host's; then ``SYSEXT_LEVEL`` must match when both set it, else
+    ``VERSION_ID`` when the extension sets it; ``ARCHITECTURE``, when set, must be the host's."""
+    ext_id = release.get("ID")
+    if not ext_id:
+        return "its release has no ID= (systemd-sysext refuses it)"
+    arch = release.get("ARCHITECTURE")
+    if arch and host_arch and arch not in ("_any", host_arch):
+        return f"ARCHITECTURE={arch}, but this OS runs {host_arch}"
+    if ext_id == "_any":
+        return None
+    host_id = host.get("ID")
+    if ext_id != host_id:
+        return f"ID={ext_id}, but the OS tree's os-release says ID={host_id or '(none)'}; use ID=_any or {host_id}"
+    if "SYSEXT_LEVEL" in release and "SYSEXT_LEVEL" in host:
+        if release["SYSEXT_LEVEL"] != host["SYSEXT_LEVEL"]:
+            return (f"SYSEXT_LEVEL={release['SYSEXT_LEVEL']}, but the OS tree's os-release says "
+                    f"SYSEXT_LEVEL={host['SYSEXT_LEVEL']}")
+        return None
+    if "VERSION_ID" in release and release["VERSION_ID"] != host.get("VERSION_ID"):
+        return (f"VERSION_ID={release['VERSION_ID']}, but the OS tree's os-release says "
+                f"VERSION_ID={host.get('VERSION_ID', '(none)')}")
+    return None

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_plan import make_os, write_spec
 from test_workbench import idx, make_project
 
+from sysextant.core.rules import release_mismatch
 from sysextant.core.sizing.merge import KAIROS_DEFAULT, SYSTEMD_DEFAULT, read_hierarchies
 from sysextant.core.sizing.plan import make_plan
 from sysextant.core.spec.load import load_spec
@@ -88,3 +90,29 @@ def test_the_workbench_refuses_a_mark_that_would_never_appear(tmp_path: Path) ->
     out = s.toggle(idx(s, "usr"), "tools")
     assert not out.ok and "entries outside the hierarchies" in out.message and "e.g. usr/libexec" in out.message
     assert s.toggle(idx(s, "usr/lib/firmware"), "tools").ok
+
+
+@pytest.mark.parametrize("release, host, arch, why", [
+    ({"ID": "_any"}, {"ID": "debian", "VERSION_ID": "12"}, "x86-64", None),
+    ({"ID": "_any", "ARCHITECTURE": "arm64"}, {"ID": "debian"}, "x86-64", "ARCHITECTURE=arm64, but this OS runs x86-64"),
+    ({"ID": "debian", "VERSION_ID": "12"}, {"ID": "debian", "VERSION_ID": "12"}, "x86-64", None),
+    ({"ID": "debian", "VERSION_ID": "11"}, {"ID": "debian", "VERSION_ID": "12"}, None, "VERSION_ID=11, but"),
+    ({"ID": "ubuntu"}, {"ID": "debian"}, None, "ID=ubuntu, but the OS tree's os-release says ID=debian"),
+    ({"ID": "kairos", "SYSEXT_LEVEL": "2", "VERSION_ID": "9"}, {"ID": "kairos", "SYSEXT_LEVEL": "2", "VERSION_ID": "3"},
+     None, None),  # SYSEXT_LEVEL decides when both set it
+    ({"ID": "kairos", "SYSEXT_LEVEL": "1"}, {"ID": "kairos", "SYSEXT_LEVEL": "2"}, None, "SYSEXT_LEVEL=1, but"),
+    ({"ID": "debian"}, {"ID": "debian", "VERSION_ID": "12"}, None, None),  # no VERSION_ID: any version
+    ({}, {"ID": "debian"}, None, "no ID="),
+])
+def test_release_rules_of_systemd_sysext(release: dict, host: dict, arch: str | None, why: str | None) -> None:
+    got = release_mismatch(release, host, arch)
+    assert (got is None) if why is None else (got is not None and why in got), got
+
+
+def test_a_release_this_os_would_refuse_is_a_plan_problem(tmp_path: Path) -> None:
+    make_os(tmp_path / "rootfs")  # os-release: ID=test VERSION_ID=1
+    spec = load_spec(write_spec(tmp_path, "  - name: app\n    paths: [usr/share/doc]\n"
+                                          "    release: {ID: test, VERSION_ID: '2'}\n",
+                                extra_uki="  init: /usr/bin/immucore"))
+    text = "\n".join(make_plan(spec, scan(spec.os.root)).problems)
+    assert "extension app would never merge: VERSION_ID=2, but the OS tree's os-release says VERSION_ID=1" in text

@@ -35,6 +35,7 @@ from ..formats import erofs, gpt, pkcs7, verity
 from ..formats.authenticode import promised_size, verify_authenticode
 from ..formats.pe import parse_pe
 from ..keys import load_certificate
+from ..rules import parse_os_release
 
 SQUASHFS_MAGIC = b"hsqs"
 RELEASE_DIR = rules.RELEASE_DIR.encode()
@@ -107,26 +108,6 @@ def image_names(file_name: str) -> dict[str, str]:
             break
     new = re.split(r"[_+]", new, maxsplit=1)[0]
     return {"252": old, ">=255": new}
-
-
-def parse_os_release(text: str) -> dict[str, str]:
-    """Parse os-release syntax (freedesktop os-release(5)); ValueError naming the bad line."""
-    out: dict[str, str] = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ValueError(f"line {n} is not KEY=VALUE: {line[:60]!r}")
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            quote, value = value[0], value[1:-1]
-            if quote == '"':
-                value = re.sub(r'\\(["\\`$])', r"\1", value)
-        elif value and (value[0] in "\"'" or re.search(r"\s", value)):
-            raise ValueError(f"line {n} has an unbalanced quote or unquoted blank: {line[:60]!r}")
-        out[key] = value
-    return out
 
 
 def _false(value: bytes) -> bool:

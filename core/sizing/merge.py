@@ -15,8 +15,13 @@ import re
 import stat
 from dataclasses import dataclass
 
+from ..errors import UserError
+from ..formats.pe import parse_pe
+from ..rules import parse_os_release, release_mismatch
+from ..spec.model import Spec
 from ..tree.index import TreeIndex
 from ..tree.selection import IntervalSet, subtree_set
+from .ukiinputs import os_release
 
 #: systemd's default (src/sysext/sysext.c)
 SYSTEMD_DEFAULT = ("/usr", "/opt")
@@ -100,3 +105,37 @@ def _above_entries(index: TreeIndex, hier: Hierarchies, outside: IntervalSet) ->
             if k is not None and k in outside:
                 found.add(k)
     return sorted(found)
+
+
+#: PE machine types -> systemd architecture names (the UKI runs where its stub runs)
+PE_MACHINES = {0x8664: "x86-64", 0xAA64: "arm64", 0x14C: "x86", 0x1C2: "arm", 0x5064: "riscv64",
+               0x6264: "loongarch64"}
+
+
+def host_release(spec: Spec, index: TreeIndex) -> dict[str, str]:
+    """The booted OS's os-release fields (``uki.os_release`` when set: it is what the UKI says)."""
+    try:
+        return parse_os_release(os_release(spec).decode("utf-8", "replace"))
+    except (UserError, ValueError):
+        return {}
+
+
+def host_architecture(spec: Spec) -> str | None:
+    """The systemd architecture name of the UKI's stub (None when it cannot be read)."""
+    try:
+        return PE_MACHINES.get(parse_pe(spec.uki.stub).machine)
+    except (UserError, OSError):
+        return None
+
+
+def release_problems(spec: Spec, index: TreeIndex) -> list[str]:
+    """Extensions whose release file systemd-sysext on this OS would refuse: the image would
+    never merge (and `systemd-sysext merge` still exits 0)."""
+    host = host_release(spec, index)
+    arch = host_architecture(spec)
+    problems = []
+    for n, ext in enumerate(spec.extensions):
+        why = release_mismatch(ext.release, host, arch)
+        if why:
+            problems.append(f"{spec.where('extensions', n, 'release')}: extension {ext.name} would never merge: {why}")
+    return problems

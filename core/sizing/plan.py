@@ -22,7 +22,7 @@ from ..tree.index import TRAILER_BYTES, TreeIndex, scan
 from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancestors
 from ..units import format_size
 from .init import init_problems, init_program
-from .merge import read_hierarchies, unmerged
+from .merge import read_hierarchies, release_problems, unmerged
 from .modules import module_problems
 
 
@@ -178,6 +178,7 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
                             f"({hierarchies.source}: {':'.join(hierarchies.paths)}); leave them in the UKI")
 
     problems += module_problems(spec, index, ext_plans)
+    problems += release_problems(spec, index)
 
     # two extensions claiming the same entries
     for a in range(len(ext_plans)):
