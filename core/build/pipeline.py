@@ -53,7 +53,7 @@ def _needed_tools(spec: Spec, names: Sequence[str]) -> None:
 
 
 def deploy_notes(spec: Spec, artefacts: Sequence[Artefact]) -> list[str]:
-    """How these files reach a Kairos system (docs/domain.md section 7)."""
+    """How these files reach a Kairos system (kairos-agent sysext, auroraboot's --overlay-iso)."""
     notes: list[str] = []
     images = [a for a in artefacts if a.kind == "sysext"]
     uki = next((a for a in artefacts if a.kind == "uki"), None)

@@ -6,7 +6,7 @@ from the spec's ``release`` fields. That file carries the xattr
 ``user.extension-release.strict=0``: systemd >= 255 matches ``NAME.sysext.raw`` to
 ``extension-release.NAME`` directly, and systemd 252 (which would want
 ``extension-release.NAME.sysext``) accepts the single marked file instead. Measured with
-systemd-sysext 252 merges; see docs/domain.md section 2.
+systemd-sysext 252 merges; the rules are in :mod:`..rules`.
 
 The filesystem comes from the built-in EROFS writer (uncompressed), ``mkfs.erofs`` (EROFS with
 compression) or ``mksquashfs``; :func:`sysextant.core.formats.ddi.assemble` then adds dm-verity and the

@@ -2,7 +2,8 @@
 
 Everything in the UKI but the compressed initrd is known exactly before a build (the stub, the
 kernel, os-release, cmdline, uname, splash, .pcrpkey and .pcrsig, the Authenticode signature), and the file size is
-linear in the initrd's size (docs/domain.md section 6): :class:`UkiLayout` parses the stub once,
+linear in the initrd's size (sections are file-aligned in order, the signature appended:
+:mod:`..formats.uki`, :mod:`..formats.authenticode`): :class:`UkiLayout` parses the stub once,
 after which each new initrd figure costs an addition. :func:`forecast` combines it with the
 exact newc figures of a plan and, when one is prepared, the compressed estimate of
 :class:`~sysextant.core.sizing.estimate.Estimator`. The CLI's ``plan``, the build's prediction and the
