@@ -1,7 +1,8 @@
 """Byte sizes with units, and the firmware size limits a UKI is judged against.
 
-Limits come from docs/domain.md section 1: warn at 800 MiB, high risk above 1 GiB, known
-failure at 2 GiB (OVMF, systemd issue 31452), impossible at 4 GiB (PE 32-bit fields).
+Limits seen in the field (Kairos blog, AuroraBoot's --efi-size-warn of 1024 MB): warn at 800 MiB,
+high risk above 1 GiB, known failure at 2 GiB (OVMF, systemd issue 31452), impossible at 4 GiB
+(PE 32-bit fields).
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ _UNITS = {
     "g": GiB, "gb": 1000**3, "gib": GiB,
     "t": 1024 * GiB, "tb": 1000**4, "tib": 1024 * GiB,
 }
-_SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*$")
+#: Matched against the stripped text. The possessive ``\s*+`` keeps it linear: with a plain
+#: ``\s*`` before ``[A-Za-z]*`` and another ``\s*$``, "1", 20000 spaces and "!" took seconds.
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*+([A-Za-z]*)")
+
+
+def _shown(value: str, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters when longer (a message stays one line)."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
 
 
 @dataclass(frozen=True)
@@ -86,17 +95,19 @@ def parse_size(value: object, *, allow_presets: bool = False) -> int:
     text = value.strip()
     if allow_presets and text.lower() in LIMIT_PRESETS:
         return LIMIT_PRESETS[text.lower()]
-    match = _SIZE_RE.match(text)
+    match = _SIZE_RE.fullmatch(text)
     if not match:
         presets = f" or a preset ({', '.join(LIMIT_PRESETS)})" if allow_presets else ""
-        raise SizeError(f"cannot read size {value!r}: write a number with a unit such as 1GiB{presets}")
+        raise SizeError(f"cannot read size {_shown(value)}: write a number with a unit such as 1GiB{presets}")
     number, unit = match.groups()
     if not unit:
-        raise SizeError(f"size {value!r} has no unit: write {number}B, or {number}MiB if you meant MiB")
+        if len(number) > 20:
+            raise SizeError(f"size {_shown(value)} has no unit and far too many digits")
+        raise SizeError(f"size {_shown(value)} has no unit: write {number}B, or {number}MiB if you meant MiB")
     factor = _UNITS.get(unit.lower())
     if factor is None:
-        raise SizeError(f"unknown unit {unit!r} in {value!r}: use B, KiB, MiB, GiB (or KB, MB, GB)")
-    return int(float(number) * factor)
+        raise SizeError(f"unknown unit {_shown(unit)} in {_shown(value)}: use B, KiB, MiB, GiB (or KB, MB, GB)")
+    return int(float(number) * factor)  # OverflowError past float's range, as int() raises it
 
 
 def format_size(n: int | float, *, signed: bool = False) -> str:

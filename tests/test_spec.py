@@ -589,3 +589,92 @@ def test_fuzz_wrong_values_in_a_valid_spec(changes: list[tuple[tuple, object]]) 
 def test_size_units_reach_the_model() -> None:
     spec = load(MINIMAL + "uki:\n  limit: 800 MiB\n")
     assert spec.uki.limit == 800 * MiB and spec.uki.limit_text == "800 MiB"
+
+
+# Found by the structure-aware fuzzing (tests/test_spec_fuzz.py, bench/fuzz_spec.py): each was a
+# traceback, a hang or an unreadable problem; each is now one clear problem line at its place.
+_HEAD = "version: 1\nos:\n  root: rootfs\n"
+FUZZ_FINDINGS = [
+    # int() of a number past Python's 4300-digit string limit (ValueError while writing the problem)
+    (_HEAD + "uki:\n  level: 0x" + "f" * 4000 + "\n", (5, 10),
+     "uki.level '0xffffffffffffffffffffffffffffffffffffffffffffffffffffffffff'... (4002 characters) "
+     "is far too large a number"),
+    (_HEAD + "uki:\n  level: 1" + ":30" * 3000 + "\n", (5, 10), "(9001 characters) is far too large a number"),
+    (_HEAD + "uki:\n  level: " + "9" * 5000 + "\n", (5, 10), "(5000 characters) is far too large a number"),
+    (_HEAD + "uki:\n  level: 1000000000000000000\n", (5, 10), "uki.level '1000000000000000000' is far too large"),
+    # PyYAML's int constructor indexes an empty string (IndexError)
+    (_HEAD + "uki:\n  level: !!int ''\n", (5, 10), "uki.level must be a whole number, not ''"),
+    (_HEAD + "uki:\n  level: !!int '-'\n", (5, 10), "uki.level must be a whole number, not '-'"),
+    # PyYAML's scanner: chr() of an escape past U+10FFFF (OverflowError, ValueError)
+    (_HEAD + 'uki:\n  cmdline: "quiet \\UFFFFFFFF"\n', (5, 21), "YAML syntax error: an escape names a character beyond U+10FFFF"),
+    (_HEAD + 'uki:\n  cmdline: "\\U00110000"\n', (5, 15), "an escape names a character beyond U+10FFFF"),
+    # and int() of a %YAML version of 5000 digits (ValueError)
+    ("%YAML 1." + "9" * 5000 + "\n---\n" + _HEAD, (1, 9), "the %YAML directive's version number has far too many digits"),
+    # pwd.getpwnam() of '~\0' (ValueError), of a lone surrogate (UnicodeEncodeError)
+    (_HEAD + '  kernel: "~\\0/vmlinuz"\n', (4, 11), "os.kernel contains a NUL character"),
+    (_HEAD + '  kernel: "~\\ud800/vmlinuz"\n', (4, 11),
+     "os.kernel contains U+D800, half of a UTF-16 surrogate pair, which is no character (at position 2)"),
+    # accepted before, and no file system or file can hold it
+    ('version: 1\nos:\n  root: "rootfs\\udcff"\n', (3, 9), "os.root contains U+DCFF"),
+    (_HEAD + 'extensions:\n  - name: a\n    paths: [usr/x]\n    release: {ID: "\\ud83d\\ude00"}\n', (7, 19),
+     "extensions[0].release.ID contains U+D83D"),
+    # quadratic size regex: seconds for 20000 spaces, hours for a MiB
+    (_HEAD + "uki:\n  limit: '1" + " " * 100_000 + "!'\n", (5, 10), "(100002 characters): write a number with a unit"),
+    # a value quoted in full made a problem line of megabytes, or several lines
+    (_HEAD + "extensions:\n  - name: " + "a" * 100_000 + "\n    paths: [usr/x]\n", (5, 11),
+     "extension name is 100000 bytes; at most 237 fit a file name"),
+    (_HEAD + 'extensions:\n  - name: a\n    paths: "usr/a\\nb"\n', (6, 12),
+     "extensions[0].paths must be a list, not the value 'usr/a\\nb'"),
+    (_HEAD + "? " + "x" * 100_000 + "\n: 1\n", (4, 3), "unknown key 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (100000 characters)"),
+    # an alias was read as the shared node: every alias re-read it (quadratic)
+    (_HEAD + "uki: &u {level: 3}\noutput: *u\n", (5, 9), "YAML alias '*u' is not supported"),
+    # os.kernel with no value was reported twice ("has no value", "is empty")
+    (_HEAD + "  kernel:\n", (4, 10), "os.kernel has no value"),
+]
+
+
+@pytest.mark.parametrize(("text", "where", "message"), FUZZ_FINDINGS,
+                         ids=[f"{i}-{c[2][:30]}" for i, c in enumerate(FUZZ_FINDINGS)])
+def test_fuzz_findings_are_one_clear_problem(text: str, where: tuple[int, int], message: str) -> None:
+    found = problems(text)
+    match = [p for p in found if message in p.message]
+    assert match, "\n".join(str(p)[:300] for p in found)
+    assert (match[0].line, match[0].column) == where, str(match[0])[:300]
+    for p in found:
+        line = str(p)
+        assert "\n" not in line and len(line) < 400 and line.isprintable(), line[:300]
+    assert len(found) <= 2, found  # the problem, and at most the tag it came with
+
+
+def test_spec_error_lists_at_most_a_hundred_problems() -> None:
+    text = "version: 1\nos: {root: r}\n" + "".join(f"k{i}: 1\n" for i in range(250))
+    err = pytest.raises(SpecError, load, text).value
+    assert len(err.problems) == 250
+    lines = str(err).splitlines()
+    assert len(lines) == 101 and lines[-1] == "... and 150 more problems"
+
+
+def test_spec_text_over_the_size_limit_is_refused() -> None:
+    found = problems("#" * (S.MAX_SPEC_BYTES + 1))
+    assert found[0].message.startswith("is larger than 1 MiB")
+    assert load("#" * (S.MAX_SPEC_BYTES - len(MINIMAL) - 1) + "\n" + MINIMAL).extensions[0].name == "firmware"
+
+
+@pytest.mark.parametrize(("encoding", "name"), [("utf-16", "UTF-16"), ("utf-16-be", None), ("utf-32", "UTF-32")])
+def test_spec_file_in_another_encoding(tmp_path: Path, encoding: str, name: str | None) -> None:
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(MINIMAL.encode(encoding))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    (p,) = info.value.problems
+    if name:
+        assert p.message == f"is {name} text (it starts with a {name} byte order mark), not UTF-8"
+    else:  # no byte order mark: the first NUL byte is text YAML refuses
+        assert "not allowed in YAML" in p.message or "not UTF-8" in p.message, p
+    assert p.hint == "save the spec as UTF-8" or p.hint.startswith("remove it")
+
+
+def test_spec_file_name_that_no_file_can_have() -> None:
+    for name in ("spec\0.yaml", "spec\ud800.yaml"):
+        with pytest.raises(SpecError, match="is not a file name"):
+            load_spec(Path(name))

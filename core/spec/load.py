@@ -32,6 +32,7 @@ References for the checks:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import math
@@ -48,7 +49,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..errors import UserError
-from ..rules import MERGED_TOPS, OS_RELEASE, RELEASE_DIR, extension_name_problem
+from ..rules import MAX_NAME_BYTES, MERGED_TOPS, OS_RELEASE, RELEASE_DIR, extension_name_problem
 from ..units import LIMIT_PRESETS, THRESHOLDS, SizeError, parse_size
 from .model import (
     ARCHITECTURES,
@@ -64,8 +65,19 @@ from .model import (
 )
 
 SPEC_VERSION = 1
-#: A spec is a small hand-written file; anything bigger is almost surely the wrong file.
-MAX_SPEC_BYTES = 4 * 1024 * 1024
+#: A spec is a small hand-written file (the demo's is 2 KiB); anything bigger is almost surely the
+#: wrong file. PyYAML's pure-Python reader (the one that keeps every line and column) takes about
+#: a second for a MiB, so the limits below also bound the time any spec can take to read.
+MAX_SPEC_BYTES = 1024 * 1024
+#: YAML tokens (keys, values, list entries, brackets) a spec may hold: room for some 20000 paths,
+#: while reading stays around a second even when every token is a one-character value.
+MAX_SPEC_TOKENS = 50_000
+#: Collections inside collections: a spec needs 4 levels (extensions, an item, its release, a value).
+MAX_SPEC_DEPTH = 64
+#: Longest piece of a user's value quoted in a problem (a problem stays one readable line).
+MAX_SHOWN = 60
+#: Problems a SpecError's message lists (all of them stay in ``problems``).
+MAX_SHOWN_PROBLEMS = 100
 
 #: Compression level range per UKI initrd compressor, and the level used when none is given.
 UKI_LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9)}
@@ -83,6 +95,13 @@ _RELEASE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 _OS_ID_RE = re.compile(r"[a-z0-9._-]+")
 _ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SYSEXT_SCOPES = ("system", "initrd", "portable")
+#: Lone UTF-16 surrogates: a "\\ud800" escape gives one; no file name or file can hold it.
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+#: Digits a whole number in a spec may have (hex 0x..., 1:30:00 and the like included): a level
+#: needs 2; PyYAML would build numbers too long to print (Python's 4300-digit limit).
+MAX_INT_DIGITS = 18
+#: How YAML 1.1 writes whole numbers (decimal, 0x, 0b, octal, 1:30 sexagesimal), in outline.
+_NUMBER_RE = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_:]*)")
 _GLOB_CHARS = "*?["
 _INT_TAG = "tag:yaml.org,2002:int"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -107,11 +126,23 @@ class Problem:
 
 
 class SpecError(UserError):
-    """The spec cannot be used; ``problems`` lists every problem found, in file order."""
+    """The spec cannot be used; ``problems`` lists every problem found, in file order. The
+    message shows the first :data:`MAX_SHOWN_PROBLEMS` of them, one a line."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = sorted(problems, key=lambda p: (p.line, p.column))
-        super().__init__("\n".join(str(p) for p in self.problems))
+        lines = [str(p) for p in self.problems[:MAX_SHOWN_PROBLEMS]]
+        if len(self.problems) > MAX_SHOWN_PROBLEMS:
+            lines.append(f"... and {len(self.problems) - MAX_SHOWN_PROBLEMS} more problems")
+        super().__init__("\n".join(lines))
+
+
+def shown(value: str, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)``, cut to its first ``limit`` characters (with the full length) when longer,
+    so a problem quoting a user's value stays one readable line."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def dotted(keys: KeyPath) -> str:
@@ -147,9 +178,9 @@ def uname_problem(release: str) -> str | None:
     """
     bad = control_character(release)
     if bad:
-        return f"{release!r} contains {bad}; a kernel release is one word, like 6.1.0-18-amd64"
+        return f"{shown(release)} contains {bad}; a kernel release is one word, like 6.1.0-18-amd64"
     if not release.strip() or any(c.isspace() for c in release):
-        return f"{release!r} must be one word, like 6.1.0-18-amd64"
+        return f"{shown(release)} must be one word, like 6.1.0-18-amd64"
     return None
 
 
@@ -157,32 +188,68 @@ def uname_problem(release: str) -> str | None:
 # YAML to nodes
 
 
+class _TooBig(Exception):
+    """The text holds more than a spec ever needs (tokens or nesting); reading stops at ``mark``."""
+
+    def __init__(self, mark: yaml.Mark, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.mark, self.message, self.hint = mark, message, hint
+
+
+#: The tag of the stand-in node composed for an alias (see :meth:`_NodeLoader.compose_node`).
+ALIAS_TAG = "tag:sysextant,2024:alias"
+
+
 class _NodeLoader(yaml.SafeLoader):
     """A SafeLoader that notes anchors, aliases and explicit tags instead of honouring them.
 
     A spec is edited in place by the workbench; shared (aliased) values and custom tags cannot
-    be kept in sync by such edits, so they are reported as problems.
+    be kept in sync by such edits, so they are reported as problems. An alias is composed as a
+    stand-in scalar (tag :data:`ALIAS_TAG`, text ``*name``), never as the anchored node itself:
+    nothing reads a shared value twice, so an alias bomb (billion laughs) costs what its text
+    costs. Reading stops, with :class:`_TooBig`, past :data:`MAX_SPEC_TOKENS` tokens or
+    :data:`MAX_SPEC_DEPTH` levels of nesting.
     """
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.oddities: list[tuple[yaml.Mark, str, str]] = []
+        self.token_count = 0
+        self.depth = 0
+
+    def fetch_more_tokens(self) -> None:
+        self.token_count += 1
+        if self.token_count > MAX_SPEC_TOKENS:
+            raise _TooBig(self.get_mark(), f"the spec holds more than {MAX_SPEC_TOKENS} YAML tokens "
+                          "(keys, values, list entries, brackets); a spec is a small hand-written file",
+                          "is this the right file?")
+        super().fetch_more_tokens()
 
     def compose_node(self, parent: Node | None, index: object) -> Node:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent):
-            self.oddities.append((event.start_mark, f"YAML alias '*{event.anchor}' is not supported",
+            self.oddities.append((event.start_mark, f"YAML alias {shown('*' + event.anchor)} is not supported",
                                   "write the value out; sysextant edits this file and cannot keep shared values in sync"))
-        else:
-            if getattr(event, "anchor", None) is not None:
-                self.oddities.append((event.start_mark, f"YAML anchor '&{event.anchor}' is not supported",
-                                      "remove it and write values out in full"))
-            tag = getattr(event, "tag", None)
-            if tag is not None:
-                shown = tag.replace("tag:yaml.org,2002:", "!!")
-                self.oddities.append((event.start_mark, f"YAML tag {shown!r} is not supported",
-                                      "remove the tag; a spec holds only plain text, numbers, lists and mappings"))
-        return super().compose_node(parent, index)
+            if event.anchor not in self.anchors:
+                return super().compose_node(parent, index)  # PyYAML's "found undefined alias"
+            self.get_event()
+            return ScalarNode(ALIAS_TAG, "*" + event.anchor, event.start_mark, event.end_mark)
+        if getattr(event, "anchor", None) is not None:
+            self.oddities.append((event.start_mark, f"YAML anchor {shown('&' + event.anchor)} is not supported",
+                                  "remove it and write values out in full"))
+        tag = getattr(event, "tag", None)
+        if tag is not None:
+            self.oddities.append((event.start_mark,
+                                  f"YAML tag {shown(tag.replace('tag:yaml.org,2002:', '!!'))} is not supported",
+                                  "remove the tag; a spec holds only plain text, numbers, lists and mappings"))
+        if self.depth >= MAX_SPEC_DEPTH:
+            raise _TooBig(event.start_mark, "the YAML is nested far too deeply to be a spec",
+                          f"a spec nests lists and mappings at most a few levels deep, not {MAX_SPEC_DEPTH}")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _SYNTAX_HINTS = (
@@ -204,6 +271,20 @@ def _position(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
+def _one_line(message: str, limit: int = 300) -> str:
+    """PyYAML's message on one line, cut to ``limit`` characters (it may quote a whole value)."""
+    flat = " ".join(message.split())
+    return flat if len(flat) <= limit else flat[:limit] + "..."
+
+
+def _innermost_function(exc: BaseException) -> str:
+    """The name of the function that raised ``exc``."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name if tb is not None else ""
+
+
 def compose(text: str, file: Path) -> tuple[Node | None, list[Problem]]:
     """The node tree of ``text`` plus the problems met while reading it (syntax, aliases, tags).
 
@@ -218,6 +299,7 @@ def compose(text: str, file: Path) -> tuple[Node | None, list[Problem]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(x for x in (exc.context, exc.problem) if x) or "unreadable YAML"
+        what = _one_line(what)
         hint = next((h for needle, h in _SYNTAX_HINTS if needle in what), "")
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problems.append(Problem(file, line, col, f"YAML syntax error: {what}", hint))
@@ -227,8 +309,26 @@ def compose(text: str, file: Path) -> tuple[Node | None, list[Problem]]:
         problems.append(Problem(file, line, col, f"character {char!r} is not allowed in YAML",
                                 "remove it or write it as an escape inside double quotes"))
     except yaml.YAMLError as exc:
-        problems.append(Problem(file, 1, 1, f"unreadable YAML: {exc}"))
-    except RecursionError:
+        problems.append(Problem(file, 1, 1, f"unreadable YAML: {_one_line(str(exc))}"))
+    except _TooBig as exc:
+        problems.append(Problem(file, exc.mark.line + 1, exc.mark.column + 1, exc.message, exc.hint))
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's scanner turns what it read into characters and numbers without checking the
+        # range: chr() of a "\\UFFFFFFFF" escape, int() of a %YAML version of thousands of digits
+        # (Python's int string limit). It stopped where the problem is.
+        mark = loader.get_mark() if loader is not None else None
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        where = _innermost_function(exc)
+        if where == "scan_flow_scalar_non_spaces":
+            what = "an escape names a character beyond U+10FFFF, the last Unicode character"
+            hint = "write the character itself, or an escape up to \\U0010FFFF"
+        elif where == "scan_yaml_directive_number":
+            what = "the %YAML directive's version number has far too many digits"
+            hint = "remove the %YAML line; a spec starts with 'version: 1'"
+        else:  # pragma: no cover - no other spot is known; still a problem, not a traceback
+            what, hint = f"unreadable text here ({_one_line(str(exc))})", ""
+        problems.append(Problem(file, line, col, f"YAML syntax error: {what}", hint))
+    except RecursionError:  # pragma: no cover - MAX_SPEC_DEPTH stops nesting well before
         problems.append(Problem(file, 1, 1, "the YAML is nested far too deeply to be a spec"))
     finally:
         if loader is not None:
@@ -254,6 +354,8 @@ class _Reader:
     # -- reporting
 
     def problem(self, node: Node | yaml.Mark, message: str, hint: str = "") -> None:
+        if isinstance(node, Node) and node.tag == ALIAS_TAG:
+            return  # the alias itself is the problem, reported where it was read
         mark = node.start_mark if isinstance(node, Node) else node
         self.problems.append(Problem(self.file, mark.line + 1, mark.column + 1, message, hint))
 
@@ -272,7 +374,7 @@ class _Reader:
                 continue
             key = key_node.value
             if key in first:
-                self.problem(key_node, f"duplicate key {key!r} in {dotted(keys)}",
+                self.problem(key_node, f"duplicate key {shown(key)} in {dotted(keys)}",
                              f"first at line {first[key].start_mark.line + 1}; YAML would silently keep only the last")
                 continue
             first[key] = key_node
@@ -291,7 +393,7 @@ class _Reader:
                              "write the keys out")
                 continue
             if key not in allowed:
-                self.problem(key_node, f"unknown key {key!r} in {dotted(keys)}", _suggest(key, allowed))
+                self.problem(key_node, f"unknown key {shown(key)} in {dotted(keys)}", _suggest(key, allowed))
                 continue
             entries[key] = value
             self.locate((*keys, key), value)
@@ -317,22 +419,35 @@ class _Reader:
                 if not null_ok:
                     self.problem(node, f"{dotted(keys)} has no value", "write a value after the ':'")
                 return None
+            surrogate = _SURROGATE_RE.search(node.value)
+            if surrogate:
+                self.problem(node, f"{dotted(keys)} contains U+{ord(surrogate.group()):04X}, half of a UTF-16 "
+                                   f"surrogate pair, which is no character (at position {surrogate.start() + 1})",
+                             "write the character itself, or one \\U escape such as \\U0001F600")
+                return None
             return node.value
         self.problem(node, f"{dotted(keys)} must be text, not {_kind(node)}")
         return None
 
     def integer(self, node: Node, keys: KeyPath) -> int | None:
         if isinstance(node, ScalarNode) and node.tag == _INT_TAG:
-            try:
-                return int(_CONSTRUCTOR.construct_yaml_int(node))
-            except (ValueError, TypeError):
-                pass
+            number = None
+            if len(node.value) <= 4 * MAX_INT_DIGITS:  # longer is too large in any base, and slow
+                # (an explicit !!int on '' or '-' makes PyYAML index an empty string: IndexError)
+                with contextlib.suppress(ValueError, TypeError, IndexError):
+                    number = int(_CONSTRUCTOR.construct_yaml_int(node))
+            if number is not None and abs(number) < 10**MAX_INT_DIGITS:
+                return number
+            if number is not None or (len(node.value) > 4 * MAX_INT_DIGITS and _NUMBER_RE.fullmatch(node.value)):
+                self.problem(node, f"{dotted(keys)} {shown(node.value)} is far too large a number",
+                             f"a whole number of at most {MAX_INT_DIGITS} digits")
+                return None
         if isinstance(node, ScalarNode) and node.style in ("'", '"') and node.value.strip().isdigit():
-            self.problem(node, f"{dotted(keys)} must be a whole number, not the text {node.value!r}",
+            self.problem(node, f"{dotted(keys)} must be a whole number, not the text {shown(node.value)}",
                          "remove the quotes")
         else:
-            shown = repr(node.value) if isinstance(node, ScalarNode) else _kind(node)
-            self.problem(node, f"{dotted(keys)} must be a whole number, not {shown}")
+            what = shown(node.value) if isinstance(node, ScalarNode) else _kind(node)
+            self.problem(node, f"{dotted(keys)} must be a whole number, not {what}")
         return None
 
     def text_list(self, node: Node, keys: KeyPath, example: str) -> list[tuple[str, Node]] | None:
@@ -340,7 +455,8 @@ class _Reader:
         if is_null(node):
             return []
         if not isinstance(node, SequenceNode):
-            hint = f"write {keys[-1]}: [{node.value}]" if isinstance(node, ScalarNode) else f"for example {example}"
+            hint = (f"write {keys[-1]}: [{node.value}]" if isinstance(node, ScalarNode) and node.value.isprintable()
+                    and len(node.value) <= MAX_SHOWN else f"for example {example}")
             self.problem(node, f"{dotted(keys)} must be a list, not {_kind(node)}", hint)
             return None
         items: list[tuple[str, Node]] = []
@@ -360,7 +476,7 @@ class _Reader:
             return None
         if value not in choices:
             near = _suggest(value, choices, prefix="")
-            self.problem(node, f"{dotted(keys)}: unknown value {value!r}",
+            self.problem(node, f"{dotted(keys)}: unknown value {shown(value)}",
                          f"{near + ' ' if near else ''}choose one of {', '.join(choices)}")
             return None
         return value
@@ -382,16 +498,19 @@ class _Reader:
     def expand(self, node: Node, keys: KeyPath, value: str) -> Path | None:
         """``value`` as a Path with a leading ``~`` or ``~user`` expanded; a user this machine does
         not know (or a ``~`` with neither HOME nor a password entry) is reported, not raised."""
+        if "\0" in value:  # pwd.getpwnam() would raise ValueError for '~\0'
+            self.problem(node, f"{dotted(keys)} contains a NUL character")
+            return None
         try:
             return Path(value).expanduser()
-        except RuntimeError:  # pathlib: "Could not determine home directory."
+        except (RuntimeError, ValueError):  # pathlib: "Could not determine home directory."
             user = value[1:].split("/", 1)[0]
             if user:
-                self.problem(node, f"{dotted(keys)}: {value!r} starts with '~{user}', but this machine has "
-                                   f"no user {user!r}", "write the path out in full")
+                self.problem(node, f"{dotted(keys)}: {shown(value)} starts with {shown('~' + user)}, but this "
+                                   f"machine has no user {shown(user)}", "write the path out in full")
             else:
-                self.problem(node, f"{dotted(keys)}: {value!r} starts with '~', but this user's home folder is "
-                                   "unknown (no HOME, no user entry)", "write the path out in full")
+                self.problem(node, f"{dotted(keys)}: {shown(value)} starts with '~', but this user's home folder "
+                                   "is unknown (no HOME, no user entry)", "write the path out in full")
             return None
 
     def tree_glob(self, node: Node, keys: KeyPath, value: str, what: str) -> str | None:
@@ -403,16 +522,16 @@ class _Reader:
             self.problem(node, f"{dotted(keys)} contains a NUL character")
             return None
         if value.startswith("/"):
-            self.problem(node, f"{dotted(keys)}: {what} {value!r} is absolute",
-                         f"write it relative to the OS tree: {value.lstrip('/') or '.'!r}")
+            self.problem(node, f"{dotted(keys)}: {what} {shown(value)} is absolute",
+                         f"write it relative to the OS tree: {shown(value.lstrip('/') or '.')}")
             return None
         if ".." in value.split("/"):
-            self.problem(node, f"{dotted(keys)}: {what} {value!r} contains '..'",
+            self.problem(node, f"{dotted(keys)}: {what} {shown(value)} contains '..'",
                          "name paths inside the OS tree without '..'")
             return None
         norm = posixpath.normpath(value)
         if norm == ".":
-            self.problem(node, f"{dotted(keys)}: {what} {value!r} names the whole tree")
+            self.problem(node, f"{dotted(keys)}: {what} {shown(value)} names the whole tree")
             return None
         return norm
 
@@ -427,7 +546,9 @@ def _kind(node: Node) -> str:
         return "a list"
     if is_null(node):
         return "empty"
-    return f"the value {node.value!r}"
+    if node.tag == ALIAS_TAG:
+        return f"the alias {shown(node.value)}"
+    return f"the value {shown(node.value)}"
 
 
 def _suggest(word: str, choices: Sequence[str], prefix: str = "valid: ") -> str:
@@ -444,7 +565,10 @@ def _glob_selects(pattern: str, target: str) -> bool:
     p_parts, t_parts = pattern.split("/"), target.split("/")
     if len(p_parts) > len(t_parts):
         return False
-    return all(fnmatch.fnmatchcase(t, p) for p, t in zip(p_parts, t_parts, strict=False))
+    # a component without glob characters matches only itself: no regex to compile (fnmatch
+    # compiles one per distinct pattern, which made thousands of distinct paths slow)
+    return all(fnmatch.fnmatchcase(t, p) if any(c in p for c in _GLOB_CHARS) else t == p
+               for p, t in zip(p_parts, t_parts, strict=False))
 
 
 def _read_os(r: _Reader, node: Node | None) -> OsSpec | None:
@@ -460,12 +584,13 @@ def _read_os(r: _Reader, node: Node | None) -> OsSpec | None:
         root = r.host_path(entries["root"], ("os", "root"))
     kernel_text = "boot/vmlinuz"
     if "kernel" in entries:
-        kernel_text = r.text(entries["kernel"], ("os", "kernel")) or ""
-        if isinstance(entries["kernel"], ScalarNode) and not kernel_text.strip():
+        written = r.text(entries["kernel"], ("os", "kernel"))  # None: reported (no value, not text)
+        kernel_text = written or ""
+        if written is not None and not kernel_text.strip():
             r.problem(entries["kernel"], "os.kernel is empty", "for example boot/vmlinuz")
             kernel_text = ""
         elif kernel_text and not kernel_text.startswith("/") and ".." in kernel_text.split("/"):
-            r.problem(entries["kernel"], f"os.kernel {kernel_text!r} contains '..'",
+            r.problem(entries["kernel"], f"os.kernel {shown(kernel_text)} contains '..'",
                       "name the kernel inside the OS tree, or give an absolute path on this machine")
             kernel_text = ""
     exclude = _read_globs(r, entries.get("exclude"), ("os", "exclude"))
@@ -559,7 +684,7 @@ def _read_uki(r: _Reader, node: Node | None) -> UkiSpec | None:
     if "init" in entries:
         init = r.text(entries["init"], ("uki", "init"), null_ok=True)
         if init is not None and not init.startswith("/"):
-            r.problem(entries["init"], f"uki.init {init!r} must be an absolute path inside the OS",
+            r.problem(entries["init"], f"uki.init {shown(init)} must be an absolute path inside the OS",
                       "for example /usr/bin/immucore")
             ok = False
         elif init is None and not is_null(entries["init"]):
@@ -615,13 +740,13 @@ def _read_limit(r: _Reader, node: Node) -> tuple[int, str] | None:
         r.problem(node, f"uki.limit: {exc}", "" if "preset" in str(exc) else f"or a preset: {', '.join(LIMIT_PRESETS)}")
         return None
     except (ValueError, OverflowError):
-        r.problem(node, f"uki.limit {text!r} is not a size", "write a number with a unit such as 1GiB")
+        r.problem(node, f"uki.limit {shown(text)} is not a size", "write a number with a unit such as 1GiB")
         return None
     if value <= 0:
         r.problem(node, "uki.limit must be more than 0", "for example 1GiB")
         return None
     if value > THRESHOLDS.impossible:
-        r.problem(node, f"uki.limit {text!r} is above 4 GiB, which no PE file can reach",
+        r.problem(node, f"uki.limit {shown(text)} is above 4 GiB, which no PE file can reach",
                   "use at most 4GiB (preset 'pe-max')")
         return None
     return value, text.strip()
@@ -657,7 +782,7 @@ def _read_signing(r: _Reader, node: Node | None) -> SigningSpec | None:
     if "passphrase_env" in entries:
         env = r.text(entries["passphrase_env"], ("signing", "passphrase_env"), null_ok=True)
         if env is not None and not _ENV_RE.fullmatch(env):
-            r.problem(entries["passphrase_env"], f"signing.passphrase_env {env!r} is not an environment variable name",
+            r.problem(entries["passphrase_env"], f"signing.passphrase_env {shown(env)} is not an environment variable name",
                       "name the variable that holds the passphrase, e.g. DB_KEY_PASSPHRASE; never the passphrase itself")
             ok = False
     if not ok:
@@ -673,8 +798,8 @@ def _read_release(r: _Reader, node: Node, keys: KeyPath) -> dict[str, str] | Non
     ok = True
     for key, (key_node, value_node) in entries.items():
         if not _RELEASE_KEY_RE.fullmatch(key):
-            hint = f"write {key.upper()!r}" if _RELEASE_KEY_RE.fullmatch(key.upper()) else "os-release keys look like ID, VERSION_ID, ARCHITECTURE"
-            r.problem(key_node, f"release key {key!r} in {dotted(keys)} is not an os-release key", hint)
+            hint = f"write {shown(key.upper())}" if _RELEASE_KEY_RE.fullmatch(key.upper()) else "os-release keys look like ID, VERSION_ID, ARCHITECTURE"
+            r.problem(key_node, f"release key {shown(key)} in {dotted(keys)} is not an os-release key", hint)
             ok = False
             continue
         value = r.text(value_node, (*keys, key))
@@ -690,20 +815,20 @@ def _read_release(r: _Reader, node: Node, keys: KeyPath) -> dict[str, str] | Non
         r.problem(node, f"{dotted(keys)} has no ID", "ID: _any matches every host; otherwise the host's os-release ID")
         ok = False
     elif "ID" in release and release["ID"] != "_any" and not _OS_ID_RE.fullmatch(release["ID"]):
-        r.problem(entries["ID"][1], f"{dotted((*keys, 'ID'))} {release['ID']!r} is not an os-release ID",
+        r.problem(entries["ID"][1], f"{dotted((*keys, 'ID'))} {shown(release['ID'])} is not an os-release ID",
                   "lower-case letters, digits, '.', '_', '-' (like debian), or _any")
         ok = False
     if "ARCHITECTURE" in release and release["ARCHITECTURE"] not in ARCHITECTURES:
         arch = release["ARCHITECTURE"]
         near = _suggest(arch, ARCHITECTURES, prefix="")
-        r.problem(entries["ARCHITECTURE"][1], f"{dotted((*keys, 'ARCHITECTURE'))}: unknown architecture {arch!r}",
+        r.problem(entries["ARCHITECTURE"][1], f"{dotted((*keys, 'ARCHITECTURE'))}: unknown architecture {shown(arch)}",
                   f"{near + ' ' if near else ''}systemd names: {', '.join(ARCHITECTURES)}")
         ok = False
     if "SYSEXT_SCOPE" in release:
         words = release["SYSEXT_SCOPE"].split()
         wrong = [w for w in words if w not in _SYSEXT_SCOPES]
         if wrong or not words:
-            r.problem(entries["SYSEXT_SCOPE"][1], f"{dotted((*keys, 'SYSEXT_SCOPE'))}: unknown scope {' '.join(wrong)!r}",
+            r.problem(entries["SYSEXT_SCOPE"][1], f"{dotted((*keys, 'SYSEXT_SCOPE'))}: unknown scope {shown(' '.join(wrong))}",
                       f"a space-separated list of {', '.join(_SYSEXT_SCOPES)}")
             ok = False
     return release if ok else None
@@ -722,6 +847,8 @@ def _read_extension(r: _Reader, node: Node, i: int) -> ExtensionSpec | None:
     else:
         name = r.text(entries["name"], (*keys, "name"))
         why = extension_name_problem(name) if name is not None else None
+        if name is not None and len(name.encode()) > MAX_NAME_BYTES:  # not quoted in full: too long
+            why = f"extension name is {len(name.encode())} bytes; at most {MAX_NAME_BYTES} fit a file name"
         if why:
             r.problem(entries["name"], why)
         if name is None or why:
@@ -730,7 +857,7 @@ def _read_extension(r: _Reader, node: Node, i: int) -> ExtensionSpec | None:
     if "version" in entries:
         version = r.text(entries["version"], (*keys, "version"))
         if version is not None and not _VERSION_RE.fullmatch(version):
-            r.problem(entries["version"], f"{dotted((*keys, 'version'))} {version!r} is not a version",
+            r.problem(entries["version"], f"{dotted((*keys, 'version'))} {shown(version)} is not a version",
                       "letters, digits and . _ + ~ -, starting with a letter or digit, e.g. \"1.0\"")
             version = None
         if version is None:
@@ -781,6 +908,7 @@ def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -
     out: list[str] = []
     ok = True
     seen: dict[str, int] = {}
+    os_release_excluded = any(_glob_selects(e, OS_RELEASE) for e in exclude)  # once, not once a path
     for i, (value, item) in enumerate(items):
         norm = r.tree_glob(item, (*keys, i), value, "path")
         if norm is None:
@@ -788,29 +916,29 @@ def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -
             continue
         top = norm.split("/", 1)[0]
         if any(c in top for c in _GLOB_CHARS):
-            r.problem(item, f"{dotted((*keys, i))}: {value!r} has a glob in its first folder",
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} has a glob in its first folder",
                       "start with usr/ or opt/ so it cannot match anything else")
             ok = False
             continue
         if top not in MERGED_TOPS:
-            r.problem(item, f"{dotted((*keys, i))}: {value!r} is outside usr/ and opt/",
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} is outside usr/ and opt/",
                       "systemd-sysext merges only /usr and /opt; leave the rest in the UKI")
             ok = False
             continue
-        if _glob_selects(norm, OS_RELEASE) and not any(_glob_selects(e, OS_RELEASE) for e in exclude):
-            r.problem(item, f"{dotted((*keys, i))}: {value!r} would put usr/lib/os-release into the extension, "
+        if _glob_selects(norm, OS_RELEASE) and not os_release_excluded:
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} would put usr/lib/os-release into the extension, "
                             "which systemd-sysext refuses",
                       "add usr/lib/os-release to this extension's exclude" if norm != "usr/lib/os-release"
                       else "remove it; the OS release file stays in the UKI")
             ok = False
             continue
         if _glob_selects(RELEASE_DIR, norm):
-            r.problem(item, f"{dotted((*keys, i))}: {value!r} is inside usr/lib/extension-release.d",
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} is inside usr/lib/extension-release.d",
                       "sysextant writes the extension's release file itself; remove this path")
             ok = False
             continue
         if norm in seen:
-            r.problem(item, f"{dotted((*keys, i))}: {value!r} is listed twice",
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} is listed twice",
                       f"already {dotted((*keys, seen[norm]))}")
             ok = False
             continue
@@ -839,8 +967,8 @@ def _read_extensions(r: _Reader, node: Node | None) -> list[ExtensionSpec] | Non
             other = names[folded]
             same = other.value == ext.name
             r.problem(_name_node(item) or item,
-                      f"extension name {ext.name!r} is used twice" if same
-                      else f"extension names {other.value!r} and {ext.name!r} differ only in case",
+                      f"extension name {shown(ext.name)} is used twice" if same
+                      else f"extension names {shown(other.value)} and {shown(ext.name)} differ only in case",
                       f"first at line {other.start_mark.line + 1}" + (
                           "" if same else "; the Kairos ESP (FAT) does not tell them apart"))
             ok = False
@@ -865,15 +993,18 @@ def _read_version(r: _Reader, top: MappingNode, node: Node | None) -> None:
     if isinstance(node, ScalarNode) and node.tag == _INT_TAG and node.value == str(SPEC_VERSION):
         return
     if isinstance(node, ScalarNode) and node.value.strip() == str(SPEC_VERSION):
-        r.problem(node, f"version must be the number {SPEC_VERSION}, not the text {node.value!r}", "remove the quotes")
+        r.problem(node, f"version must be the number {SPEC_VERSION}, not the text {shown(node.value)}", "remove the quotes")
         return
-    shown = repr(node.value) if isinstance(node, ScalarNode) else _kind(node)
-    r.problem(node, f"unsupported spec version {shown}", f"this sysextant reads version {SPEC_VERSION}")
+    what = shown(node.value) if isinstance(node, ScalarNode) else _kind(node)
+    r.problem(node, f"unsupported spec version {what}", f"this sysextant reads version {SPEC_VERSION}")
 
 
 def loads_spec(text: str, path: Path) -> Spec:
     """Read spec ``text`` (from the file ``path``, used for messages and relative paths)."""
     path = Path(path)
+    if len(text) > MAX_SPEC_BYTES:  # what read_spec_text refuses from a file, refused as text too
+        raise SpecError([Problem(path, 0, 0, f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; "
+                                             "a spec is a small YAML file", "is this the right file?")])
     node, problems = compose(text, path)
     if node is None:
         if not problems:
@@ -955,9 +1086,16 @@ def read_spec_text(path: Path) -> str:
         raise fail("the spec file is not readable by this user") from None
     except OSError as exc:
         raise fail(f"cannot read the spec file: {exc.strerror or exc}") from None
+    except ValueError:  # os.stat() of a name with a NUL (or a lone surrogate: UnicodeEncodeError)
+        raise fail("is not a file name (it contains a NUL character or a lone surrogate)") from None
     if len(data) > MAX_SPEC_BYTES:
         raise fail(f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; a spec is a small YAML file",
                    "is this the right file?")
+    for bom, encoding in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+                          (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
+        if data.startswith(bom):
+            raise fail(f"is {encoding} text (it starts with a {encoding} byte order mark), not UTF-8",
+                       "save the spec as UTF-8")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
