@@ -230,7 +230,7 @@ def test_temps_of_a_dead_build_are_removed_at_once_and_live_ones_kept(demo: Path
     assert not stale.exists() and live.exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])  # SIGINT: test_build's Ctrl-C test
 def test_a_signal_mid_build_leaves_no_temp_and_the_old_output(demo: Path, tmp_path: Path, signum: int) -> None:
     spec_path = copy_project(demo, tmp_path / "p")
     (spec_path.parent / "rootfs/usr/lib/firmware/big-blob.bin").write_bytes(os.urandom(1 << 20) * 32)
