@@ -40,7 +40,7 @@ SPEC = Path("/srv/proj/spec.yaml")
 #: Per example: a hypothesis deadline (a slow example fails the test) and a hard stop.
 DEADLINE = timedelta(seconds=5)
 HARD_LIMIT = 20.0
-FUZZ = settings(max_examples=300, deadline=DEADLINE, derandomize=True, database=None,
+FUZZ = settings(max_examples=220, deadline=DEADLINE, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.large_base_example])
 
@@ -77,7 +77,7 @@ def test_fuzzed_specs_load_or_fail_with_clear_problems(tmp_path_factory: pytest.
     assert_sound(case, tmp_path_factory.mktemp("fuzz"))
 
 
-@settings(FUZZ, max_examples=120)
+@settings(FUZZ, max_examples=80)
 @given(file_cases())
 def test_fuzzed_spec_files_load_or_fail_with_clear_problems(tmp_path_factory: pytest.TempPathFactory,
                                                              case: Case) -> None:
