@@ -656,7 +656,7 @@ def test_spec_error_lists_at_most_a_hundred_problems() -> None:
 
 def test_spec_text_over_the_size_limit_is_refused() -> None:
     found = problems("#" * (S.MAX_SPEC_BYTES + 1))
-    assert found[0].message.startswith("is larger than 1 MiB")
+    assert found[0].message.startswith("is larger than 512 KiB")
     assert load("#" * (S.MAX_SPEC_BYTES - len(MINIMAL) - 1) + "\n" + MINIMAL).extensions[0].name == "firmware"
 
 

@@ -120,11 +120,11 @@ def test_alias_bomb_is_refused_not_expanded(use: str) -> None:
 def test_alias_sharing_makes_no_quadratic_read() -> None:
     """Thousands of extensions aliasing one extension with thousands of paths: the reader reads
     the anchored extension once, not once per alias."""
-    paths = "\n".join(f"      - usr/p{i}" for i in range(6000))
-    items = "\n".join(["  - *e"] * 6000)
+    paths = "\n".join(f"      - usr/p{i}" for i in range(4000))
+    items = "\n".join(["  - *e"] * 4000)
     text = f"version: 1\nos: {{root: r}}\nextensions:\n  - &e\n    name: x\n    paths:\n{paths}\n{items}\n"
     found = problems_within(text)
-    assert len([p for p in found if "alias" in p.message]) == 6000
+    assert len([p for p in found if "alias" in p.message]) == 4000
 
 
 @pytest.mark.parametrize("text", [
@@ -132,8 +132,8 @@ def test_alias_sharing_makes_no_quadratic_read() -> None:
     "a: " + "[" * 200_000,
     "{a: " * 100_000,
     "a: " + "[{a: " * 50_000 + "x" + "}]" * 50_000,
-    "".join(" " * i + "- \n" for i in range(1400)),  # block nesting by indentation
-    "".join(" " * i + "a:\n" for i in range(1400)),
+    "".join(" " * i + "- \n" for i in range(300)),  # block nesting by indentation
+    "".join(" " * i + "a:\n" for i in range(300)),
 ], ids=["open-brackets", "open-brackets-in-value", "open-braces", "balanced", "block-list", "block-mapping"])
 def test_deep_nesting_is_refused_fast(text: str) -> None:
     assert len(text) <= MAX_SPEC_BYTES
@@ -167,22 +167,30 @@ NASTY: dict[str, bytes] = {
     "yaml-directive-digits": b"%YAML 1." + b"9" * 5000 + b"\n---\nversion: 1\n",
     "empty-int-tag": b"version: 1\nos: {root: r}\nuki: {level: !!int ''}\n",
     "utf16": "version: 1\nos: {root: r}\n".encode("utf-16"),
-    "too-many-tokens": b"version: 1\nos: {root: r}\nx: [" + b"a," * 300_000 + b"]\n",
+    "too-many-tokens": b"version: 1\nos: {root: r}\nx: [" + b"a," * 100_000 + b"]\n",
     "python-object": b"!!python/object/apply:os.system ['echo pwned']\n",
 }
 
 
 def test_plan_answers_nasty_specs_with_one_error(tmp_path: Path) -> None:
+    """Each in its own process under a wall-clock limit (a signal cannot stop a loop in C code,
+    like the size regex that once took hours)."""
     procs = {}
-    for name, data in NASTY.items():
-        spec = tmp_path / f"{name}.yaml"
-        spec.write_bytes(data)
-        procs[name] = (spec, subprocess.Popen([*CLI, "plan", str(spec)], stdout=subprocess.PIPE,
-                                              stderr=subprocess.PIPE, text=True))
-    for name, (spec, proc) in procs.items():
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2, (name, err[-2000:])
-        assert "Traceback" not in err and not out, (name, err[-2000:])
-        assert err.startswith(f"sysextant: error: {spec}") and err.count("sysextant: error:") == 1, (name, err[:500])
-        for line in err.splitlines():
-            assert len(line) < 700, (name, line[:300])
+    try:
+        for name, data in NASTY.items():
+            spec = tmp_path / f"{name}.yaml"
+            spec.write_bytes(data)
+            procs[name] = (spec, subprocess.Popen([*CLI, "plan", str(spec)], stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True))
+        for name, (spec, proc) in procs.items():
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 2, (name, err[-2000:])
+            assert "Traceback" not in err and not out, (name, err[-2000:])
+            assert err.startswith(f"sysextant: error: {spec}") and err.count("sysextant: error:") == 1, (name, err[:500])
+            for line in err.splitlines():
+                assert len(line) < 700, (name, line[:300])
+    finally:
+        for _spec, proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

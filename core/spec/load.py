@@ -66,12 +66,13 @@ from .model import (
 
 SPEC_VERSION = 1
 #: A spec is a small hand-written file (the demo's is 2 KiB); anything bigger is almost surely the
-#: wrong file. PyYAML's pure-Python reader (the one that keeps every line and column) takes about
-#: a second for a MiB, so the limits below also bound the time any spec can take to read.
-MAX_SPEC_BYTES = 1024 * 1024
-#: YAML tokens (keys, values, list entries, brackets) a spec may hold: room for some 20000 paths,
-#: while reading stays around a second even when every token is a one-character value.
-MAX_SPEC_TOKENS = 50_000
+#: wrong file. PyYAML's pure-Python reader (the one that keeps every line and column) takes up to
+#: about 3 s a MiB (quoted text of short lines), so this and the limits below also bound the time
+#: any spec can take to read: about 1.5 s at worst on a 2024 laptop core.
+MAX_SPEC_BYTES = 512 * 1024
+#: YAML tokens (keys, values, list entries, brackets) a spec may hold: room for some 8000 paths
+#: (a path in a list takes two), while reading stays under about a second (some 30 us a token).
+MAX_SPEC_TOKENS = 20_000
 #: Collections inside collections: a spec needs 4 levels (extensions, an item, its release, a value).
 MAX_SPEC_DEPTH = 64
 #: Longest piece of a user's value quoted in a problem (a problem stays one readable line).
@@ -1003,7 +1004,7 @@ def loads_spec(text: str, path: Path) -> Spec:
     """Read spec ``text`` (from the file ``path``, used for messages and relative paths)."""
     path = Path(path)
     if len(text) > MAX_SPEC_BYTES:  # what read_spec_text refuses from a file, refused as text too
-        raise SpecError([Problem(path, 0, 0, f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; "
+        raise SpecError([Problem(path, 0, 0, f"is larger than {MAX_SPEC_BYTES // 1024} KiB; "
                                              "a spec is a small YAML file", "is this the right file?")])
     node, problems = compose(text, path)
     if node is None:
@@ -1089,7 +1090,7 @@ def read_spec_text(path: Path) -> str:
     except ValueError:  # os.stat() of a name with a NUL (or a lone surrogate: UnicodeEncodeError)
         raise fail("is not a file name (it contains a NUL character or a lone surrogate)") from None
     if len(data) > MAX_SPEC_BYTES:
-        raise fail(f"is larger than {MAX_SPEC_BYTES // (1024 * 1024)} MiB; a spec is a small YAML file",
+        raise fail(f"is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a small YAML file",
                    "is this the right file?")
     for bom, encoding in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
                           (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16")):
