@@ -236,3 +236,65 @@ def test_excluded_entries_keep_their_folders_in_the_initrd(tree: Path, tmp_path:
                    capture_output=True)
     for name in kept:
         assert (out / name).exists() or (out / name).is_symlink()
+
+
+def _demo_cert(tmp_path: Path) -> tuple[Path, Path]:
+    from sysextant.core.keys import generate_demo_pair
+
+    key_pem, cert_pem = generate_demo_pair(bits=2048)
+    (tmp_path / "db.key").write_bytes(key_pem)
+    (tmp_path / "db.crt").write_bytes(cert_pem)
+    return tmp_path / "db.key", tmp_path / "db.crt"
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None or shutil.which("openssl") is None, reason="cpio/openssl missing")
+def test_trust_in_uki_and_extra_files_land_in_the_initrd_with_their_folders(tree: Path, tmp_path: Path) -> None:
+    """signing.trust_in_uki puts the db certificate at etc/verity.d/ (where systemd checks signed
+    verity root hashes in userspace); extra files (sysextant boot's check build) come with every
+    folder they need, replace a tree entry at their path, and the plan counts their exact bytes."""
+    from sysextant.core.spec.model import ExtraFile, SigningSpec
+
+    key, cert = _demo_cert(tmp_path)
+    spec = make_spec(tree, "none", 0)
+    spec.signing = SigningSpec(key=key, cert=cert, trust_in_uki=True)
+    (tree / "etc/hostname").write_text("from-the-tree\n")
+    spec.extra_files = [ExtraFile("etc/systemd/system/x.d/deep/check.conf", data=b"[Unit]\n"),
+                        ExtraFile("etc/systemd/system/multi-user.target.wants/check.service",
+                                  target="../check.service"),
+                        ExtraFile("etc/hostname", data=b"check-build\n", mode=0o600)]
+    try:
+        plan = make_plan(spec, scan(tree))
+        assert not plan.problems
+        result = build_initrd(spec, plan, tmp_path / "initrd")
+    finally:
+        (tree / "etc/hostname").unlink()
+    assert result.uncompressed_bytes == plan.initrd_cpio_after == (tmp_path / "initrd").stat().st_size
+    archive = (tmp_path / "initrd").read_bytes()
+    names = [n for n in subprocess.run(["cpio", "-it", "--quiet"], input=archive, capture_output=True,
+                                       check=True).stdout.decode().split("\n") if n]
+    assert len(names) == len(set(names)), "no path twice in the archive"
+    for name in names:
+        parent = os.path.dirname(name)
+        assert parent in ("", ".") or parent in names, f"{name} is in the initrd without its folder {parent}"
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(["cpio", "-idm", "--quiet", "--no-absolute-filenames"], input=archive, cwd=out, check=True,
+                   capture_output=True)
+    crt = out / "etc/verity.d/sysextant-db.crt"
+    shown = subprocess.run(["openssl", "x509", "-in", str(crt), "-noout", "-fingerprint", "-sha256"],
+                           capture_output=True, text=True, check=True).stdout
+    wanted = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256"],
+                            capture_output=True, text=True, check=True).stdout
+    assert shown == wanted
+    assert (out / "etc/systemd/system/x.d/deep/check.conf").read_bytes() == b"[Unit]\n"
+    assert os.readlink(out / "etc/systemd/system/multi-user.target.wants/check.service") == "../check.service"
+    assert (out / "etc/hostname").read_text() == "check-build\n"
+
+
+def test_trust_in_uki_with_an_unreadable_cert_is_a_plan_problem(tree: Path, tmp_path: Path) -> None:
+    from sysextant.core.spec.model import SigningSpec
+
+    spec = make_spec(tree, "none", 0)
+    spec.signing = SigningSpec(key=tmp_path / "k.pem", cert=tmp_path / "missing.pem", trust_in_uki=True)
+    plan = make_plan(spec, scan(tree))
+    assert any("signing.cert" in p and "missing.pem" in p and "does not exist" in p for p in plan.problems)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from ..atomic import scratch_for
+from ..formats.initrd import extras_digest, initrd_extra
 from ..formats.pcr import measured_sections, pcr_sections, stub_version
 from ..keys import PcrKey, Signer, load_pcr_key
 from ..progress import Reporter
@@ -73,6 +74,7 @@ def inputs_digest(spec: Spec, plan: Plan, signer: Signer | None, *, pcr_key: Pcr
             st = os.stat(path)
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}".encode())
     h.update(os_release(spec))
+    h.update(extras_digest(initrd_extra(spec, plan.index, plan.initrd_after)).encode())
     index = plan.index
     paths = sorted(index.path(i) for i in plan.initrd_after.indices())
     for rel in paths:

@@ -21,8 +21,10 @@ atomically (:mod:`.atomic`).
 from __future__ import annotations
 
 import gzip
+import hashlib
 import lzma
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,12 +33,13 @@ from typing import BinaryIO
 
 from ..atomic import atomic_output
 from ..errors import UserError
+from ..keys import load_certificate, read_pem_file
 from ..progress import Reporter
-from ..spec.model import UKI_COMPRESSIONS
+from ..spec.model import UKI_COMPRESSIONS, ExtraFile
 from ..tree.fsentry import FsEntry
 from ..tree.index import TreeIndex
 from ..tree.selection import IntervalSet
-from .cpio import archive_size, init_entry, write_newc
+from .cpio import archive_size, write_newc
 
 LEVELS = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9), "none": (0, 0)}
 
@@ -246,15 +249,74 @@ def write_initrd(index: TreeIndex, selection: IntervalSet, out_path: Path, *, co
     return InitrdResult(out_path, n, compressed, time.monotonic() - start, compression, level)
 
 
-def initrd_extra(spec) -> list[FsEntry]:
-    """Entries Kairos adds that are not in the tree: ``init -> uki.init`` when configured."""
-    return [init_entry(spec.uki.init)] if spec.uki.init else []
+#: where ``signing.trust_in_uki`` puts the db certificate: systemd (src/shared/dissect-image.c)
+#: checks a signed verity root hash in userspace against ``/etc/verity.d/*.crt`` (and the
+#: ``/run``, ``/usr/lib`` ... variants) when the kernel's keyrings refuse it
+TRUST_PATH = "etc/verity.d/sysextant-db.crt"
+
+
+def extra_files(spec) -> list[ExtraFile]:
+    """Files the UKI's initrd holds that are not in the tree: ``init -> uki.init`` (Kairos), the
+    db certificate with ``signing.trust_in_uki``, and ``spec.extra_files`` (``sysextant boot``'s
+    check build). A later one at the same path wins. Raises UserError for an unreadable cert."""
+    files: list[ExtraFile] = []
+    if spec.uki.init:
+        files.append(ExtraFile("init", target=spec.uki.init))
+    if spec.signing is not None and spec.signing.trust_in_uki:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        cert = load_certificate(read_pem_file(spec.signing.cert, "signing.cert", "certificate"), spec.signing.cert)
+        files.append(ExtraFile(TRUST_PATH, data=cert.public_bytes(Encoding.PEM), mode=0o644))
+    files += spec.extra_files
+    last = {f.path.strip("/"): f for f in files}
+    return [last[p] for p in sorted(last)]
+
+
+def extra_paths(spec) -> list[bytes]:
+    """Tree paths the extra files replace (their tree entries leave the initrd), no file read."""
+    paths = ["init"] if spec.uki.init else []
+    if spec.signing is not None and spec.signing.trust_in_uki:
+        paths.append(TRUST_PATH)
+    paths += [f.path.strip("/") for f in spec.extra_files]
+    return [os.fsencode(p) for p in paths]
+
+
+def initrd_extra(spec, index: TreeIndex | None = None, selection: IntervalSet | None = None) -> list[FsEntry]:
+    """The extra files as archive entries, each preceded by the parent folders it needs that
+    ``selection`` of ``index`` does not hold (the kernel's unpacker drops a file whose folder is
+    missing). Without an index every parent is added (0755 root folders)."""
+    out: dict[bytes, FsEntry] = {}
+    for f in extra_files(spec):
+        path = os.fsencode(f.path.strip("/"))
+        parts = path.split(b"/")
+        for n in range(1, len(parts)):
+            parent = b"/".join(parts[:n])
+            k = index.lookup(parent) if index is not None else None
+            if k is not None and selection is not None and k in selection and stat.S_ISDIR(index.mode[k]):
+                continue
+            out.setdefault(parent, FsEntry(path=parent, mode=stat.S_IFDIR | 0o755))
+        if f.target is not None:
+            t = os.fsencode(f.target)
+            out[path] = FsEntry(path=path, mode=stat.S_IFLNK | 0o777, size=len(t), target=t)
+        else:
+            data = f.data or b""
+            out[path] = FsEntry(path=path, mode=stat.S_IFREG | (f.mode & 0o7777), size=len(data), data=data)
+    return [out[p] for p in sorted(out)]
+
+
+def extras_digest(entries: Sequence[FsEntry]) -> str:
+    """What the extra entries put in the archive, for the build's reuse digest."""
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(b"%s\0%o\0%s\0%s\n" % (e.path, e.mode, e.target or b"", hashlib.sha256(e.data or b"").digest()))
+    return h.hexdigest()
 
 
 def build_initrd(spec, plan, out_path: Path, *, reporter: Reporter | None = None) -> InitrdResult:
     """The slimmed initrd of ``plan`` (``plan.initrd_after``) with the spec's compression and level."""
     return write_initrd(plan.index, plan.initrd_after, out_path, compression=spec.uki.compression,
-                        level=spec.uki.level, extra=initrd_extra(spec), expected=plan.initrd_cpio_after,
+                        level=spec.uki.level, extra=initrd_extra(spec, plan.index, plan.initrd_after),
+                        expected=plan.initrd_cpio_after,
                         reporter=reporter, threads=spec_threads(spec))
 
 

@@ -194,7 +194,8 @@ def prepared_estimator(spec: Spec, plan: Plan, reporter: Any = None, *, threads:
         threads = 1
 
     est = Estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,
-                    cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec), threads=threads)
+                    cache_dir=spec.output, reporter=reporter, extra=initrd_extra(spec, plan.index, plan.initrd_base),
+                    threads=threads)
     est.prepare()
     release_freed_memory()
     return est

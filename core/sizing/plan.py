@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..formats.cpio import extra_bytes
-from ..formats.initrd import initrd_extra
+from ..errors import UserError
+from ..formats.initrd import extra_paths, initrd_extra
 from ..keys import private_key_warnings
 from ..spec.load import splash_problem
 from ..spec.model import INITRD_SKIP_TOP, Spec
@@ -95,20 +96,35 @@ def render(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def extra_entry_bytes(spec: Spec, index: TreeIndex | None = None, selection: IntervalSet | None = None) -> int:
+    """newc bytes of the entries sysextant adds to the initrd (the ``init -> uki.init`` link Kairos
+    adds, the trust_in_uki certificate, the folders they need): the very entries the build
+    writes (:func:`.initrd.initrd_extra`); 0 when there are none or the certificate is unreadable
+    (which the plan reports)."""
+    try:
+        return extra_bytes(initrd_extra(spec, index, selection))
+    except UserError:
+        return 0
+
+
 def init_entry_bytes(spec: Spec) -> int:
-    """newc bytes of the ``init -> uki.init`` symlink Kairos adds, 0 when not configured (the
-    very entries the build writes, :func:`.initrd.initrd_extra`)."""
-    return extra_bytes(initrd_extra(spec))
+    """newc bytes of the entries sysextant adds, every parent folder counted (no tree at hand)."""
+    return extra_entry_bytes(spec)
 
 
 def initrd_base(spec: Spec, index: TreeIndex) -> IntervalSet:
     """Entries the initrd holds before any extension takes its share."""
     everything = IntervalSet([(1, len(index))])
     skipped = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
-    if spec.uki.init:
-        existing = index.child(0, b"init")
-        if existing is not None:
-            skipped.append(existing)  # replaced by the /init link
+    for path in extra_paths(spec):  # replaced by what sysextant adds there (the /init link, ...)
+        parts = path.split(b"/")
+        for n in range(1, len(parts) + 1):
+            k = index.lookup(b"/".join(parts[:n]))
+            if k is None:
+                break
+            if n == len(parts) or not index.is_dir(k):  # a file or link where a folder must be
+                skipped.append(k)
+                break
     for pattern in spec.os.exclude:
         skipped.extend(match(index, pattern))
     return everything.difference(subtree_set(index, skipped))
@@ -211,10 +227,14 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
 
     moved = IntervalSet().union(*(e.selected for e in ext_plans)) if ext_plans else IntervalSet()
     after = with_ancestors(index, base.difference(moved))  # an excluded file keeps its folders
-    extra = TRAILER_BYTES + init_entry_bytes(spec)
-    before_bytes = sums.cpio_bytes(base) + extra
-    after_bytes = sums.cpio_bytes(after) + extra
-    base_bytes = before_bytes - extra
+    if spec.signing is not None and spec.signing.trust_in_uki:
+        try:
+            initrd_extra(spec)
+        except UserError as exc:
+            problems.append(f"{spec.where('signing', 'trust_in_uki')}: {exc}")
+    before_bytes = sums.cpio_bytes(base) + TRAILER_BYTES + extra_entry_bytes(spec, index, base)
+    after_bytes = sums.cpio_bytes(after) + TRAILER_BYTES + extra_entry_bytes(spec, index, after)
+    base_bytes = sums.cpio_bytes(base)
     for e in ext_plans:  # what this extension alone takes out (a hardlink kept elsewhere keeps its data)
         e.initrd_bytes = base_bytes - sums.cpio_bytes(with_ancestors(index, base.difference(e.selected)))
     return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings)

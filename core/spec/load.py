@@ -10,7 +10,8 @@ Shape (relative host paths resolve against the spec file's folder)::
     os: {root: DIR, kernel: boot/vmlinuz, exclude: [GLOB...]}   # kernel: inside root unless absolute
     uki: {stub, cmdline, init, compression, level, zstd_mode, limit, output, splash, os_release,
           uname, pcr_key, pcr_cert}                             # all optional
-    signing: {key, cert, passphrase_env}                        # optional: unsigned without it
+    signing: {key, cert, passphrase_env, trust_in_uki}          # optional: unsigned without it
+    boot: {profile, keep, allow: [{path, reason}]}              # optional: what must stay to boot
     extensions: [{name, version, paths, exclude, filesystem, compression, release}]
     output: build                                               # folder for the sysext images
 
@@ -53,10 +54,13 @@ from ..rules import MAX_NAME_BYTES, MERGED_TOPS, OS_RELEASE, RELEASE_DIR, extens
 from ..units import LIMIT_PRESETS, THRESHOLDS, SizeError, parse_size
 from .model import (
     ARCHITECTURES,
+    BOOT_PROFILES,
     FILESYSTEMS,
     FS_COMPRESSIONS,
     UKI_COMPRESSIONS,
     ZSTD_MODES,
+    BootAllow,
+    BootSpec,
     ExtensionSpec,
     OsSpec,
     SigningSpec,
@@ -84,11 +88,13 @@ MAX_SHOWN_PROBLEMS = 100
 UKI_LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9), "xz": (0, 9)}
 UKI_DEFAULT_LEVELS: dict[str, int] = {"zstd": 19, "gzip": 9, "xz": 6, "none": 0}
 
-TOP_KEYS = ("version", "os", "uki", "signing", "extensions", "output")
+TOP_KEYS = ("version", "os", "uki", "signing", "boot", "extensions", "output")
 OS_KEYS = ("root", "kernel", "exclude")
 UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "zstd_mode", "limit", "output", "splash",
             "os_release", "uname", "pcr_key", "pcr_cert")
-SIGNING_KEYS = ("key", "cert", "passphrase_env")
+SIGNING_KEYS = ("key", "cert", "passphrase_env", "trust_in_uki")
+BOOT_KEYS = ("profile", "keep", "allow")
+BOOT_ALLOW_KEYS = ("path", "reason")
 EXTENSION_KEYS = ("name", "version", "paths", "exclude", "filesystem", "compression", "release")
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
@@ -106,6 +112,7 @@ _NUMBER_RE = re.compile(r"[-+]?(?:0x[0-9a-fA-F_]+|0b[01_]+|[0-9][0-9_:]*)")
 _GLOB_CHARS = "*?["
 _INT_TAG = "tag:yaml.org,2002:int"
 _NULL_TAG = "tag:yaml.org,2002:null"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 _STR_TAG = "tag:yaml.org,2002:str"
 
 KeyPath = tuple[str | int, ...]
@@ -451,6 +458,16 @@ class _Reader:
             self.problem(node, f"{dotted(keys)} must be a whole number, not {what}")
         return None
 
+    def boolean(self, node: Node, keys: KeyPath) -> bool | None:
+        """``true``/``false`` (YAML 1.1 also reads yes/no/on/off so)."""
+        if isinstance(node, ScalarNode) and node.tag == _BOOL_TAG:
+            return bool(_CONSTRUCTOR.construct_yaml_bool(node))
+        what = shown(node.value) if isinstance(node, ScalarNode) else _kind(node)
+        hint = "remove the quotes" if isinstance(node, ScalarNode) and node.style in ("'", '"') and \
+            node.value.lower() in ("true", "false") else "write true or false"
+        self.problem(node, f"{dotted(keys)} must be true or false, not {what}", hint)
+        return None
+
     def text_list(self, node: Node, keys: KeyPath, example: str) -> list[tuple[str, Node]] | None:
         """A list of text items (with their nodes); a lone text or wrong items reported."""
         if is_null(node):
@@ -786,9 +803,63 @@ def _read_signing(r: _Reader, node: Node | None) -> SigningSpec | None:
             r.problem(entries["passphrase_env"], f"signing.passphrase_env {shown(env)} is not an environment variable name",
                       "name the variable that holds the passphrase, e.g. DB_KEY_PASSPHRASE; never the passphrase itself")
             ok = False
+    trust = False
+    if "trust_in_uki" in entries:
+        value = r.boolean(entries["trust_in_uki"], ("signing", "trust_in_uki"))
+        ok = ok and value is not None
+        trust = bool(value)
     if not ok:
         return None
-    return SigningSpec(key=found["key"], cert=found["cert"], passphrase_env=env)
+    return SigningSpec(key=found["key"], cert=found["cert"], passphrase_env=env, trust_in_uki=trust)
+
+
+def _read_boot(r: _Reader, node: Node | None) -> BootSpec | None:
+    """The boot section: the boot profile, globs to keep in the UKI, paths allowed to move."""
+    if node is None or is_null(node):
+        return BootSpec()
+    entries = r.mapping(node, ("boot",), BOOT_KEYS)
+    if entries is None:
+        return None
+    ok = True
+    boot = BootSpec()
+    if "profile" in entries:
+        boot.profile = r.choice(entries["profile"], ("boot", "profile"), BOOT_PROFILES)
+        ok = boot.profile is not None
+    keep = _read_globs(r, entries.get("keep"), ("boot", "keep"))
+    if keep is None:
+        ok = False
+    else:
+        boot.keep = keep
+    allow = entries.get("allow")
+    if allow is not None and not is_null(allow):
+        if not isinstance(allow, SequenceNode):
+            r.problem(allow, f"boot.allow must be a list, not {_kind(allow)}",
+                      "for example allow: [{path: usr/bin/mount, reason: the initrd mounts with busybox}]")
+            return None
+        for i, item in enumerate(allow.value):
+            keys = ("boot", "allow", i)
+            r.locate(keys, item)
+            fields = r.mapping(item, keys, BOOT_ALLOW_KEYS)
+            if fields is None:
+                ok = False
+                continue
+            missing = [k for k in BOOT_ALLOW_KEYS if k not in fields]
+            if missing:
+                r.problem(item, f"boot.allow[{i}] has no {missing[0]!r}",
+                          "each waiver names the path (a glob in the tree) and the reason it may move")
+                ok = False
+                continue
+            text = r.text(fields["path"], (*keys, "path"))
+            path = None if text is None else r.tree_glob(fields["path"], (*keys, "path"), text, "glob")
+            reason = r.text(fields["reason"], (*keys, "reason"))
+            if reason is not None and not reason.strip():
+                r.problem(fields["reason"], f"boot.allow[{i}].reason is empty", "say why this may leave the UKI")
+                reason = None
+            if path is None or reason is None:
+                ok = False
+                continue
+            boot.allow.append(BootAllow(path, reason.strip()))
+    return boot if ok else None
 
 
 def _read_release(r: _Reader, node: Node, keys: KeyPath) -> dict[str, str] | None:
@@ -1023,17 +1094,18 @@ def loads_spec(text: str, path: Path) -> Spec:
     os_spec = _read_os(r, entries.get("os"))
     uki = _read_uki(r, entries.get("uki"))
     signing = _read_signing(r, entries.get("signing"))
+    boot = _read_boot(r, entries.get("boot"))
     extensions = _read_extensions(r, entries.get("extensions"))
     output = r.base / "build"
     if "output" in entries:
         output = r.host_path(entries["output"], ("output",))
-    if r.problems or os_spec is None or uki is None or extensions is None or output is None:
+    if r.problems or os_spec is None or uki is None or boot is None or extensions is None or output is None:
         if not r.problems:  # pragma: no cover - every None above reports a problem
             r.problem(node, "the spec could not be read")
         raise SpecError(r.problems)
     r.locations.setdefault((), (1, 1))
     return Spec(path=path, os=os_spec, uki=uki, signing=signing, extensions=extensions,
-                output=output, locations=r.locations)
+                output=output, boot=boot, locations=r.locations)
 
 
 def _file_kind(mode: int) -> str:

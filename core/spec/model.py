@@ -61,6 +61,43 @@ class SigningSpec:
     key: Path
     cert: Path
     passphrase_env: str | None = None  # name of an environment variable holding the key passphrase
+    #: put the certificate into the UKI's ``etc/verity.d/`` so systemd checks the extensions'
+    #: signatures in userspace: a plain systemd OS whose kernel trusts only its builtin keyrings
+    #: for dm-verity (Debian 12's 6.1) merges signed extensions only then (Kairos fills
+    #: ``/run/verity.d`` itself)
+    trust_in_uki: bool = False
+
+
+#: boot profiles: what the OS runs before it merges extensions (see sizing/bootset.py)
+BOOT_PROFILES = ("kairos", "systemd", "none")
+
+
+@dataclass
+class BootAllow:
+    """A path (glob) the user lets move although the boot set holds it, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class BootSpec:
+    profile: str | None = None  # one of BOOT_PROFILES; None: detected from the tree
+    keep: list[str] = field(default_factory=list)  # globs that must stay in the UKI too
+    allow: list[BootAllow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """A file or symlink added to the UKI's initrd that is not in the OS tree (never written to
+    the tree). Not read from YAML: set by sysextant itself (the db certificate of
+    ``signing.trust_in_uki``, the units of ``sysextant boot``'s check build). Missing parent
+    folders are added; a tree entry at the same path is replaced."""
+
+    path: str  # relative to the tree root, normalised, no leading '/'
+    data: bytes | None = None  # a regular file's content
+    mode: int = 0o644
+    target: str | None = None  # a symlink's target instead of data
 
 
 @dataclass
@@ -91,6 +128,9 @@ class Spec:
     signing: SigningSpec | None
     extensions: list[ExtensionSpec]
     output: Path
+    boot: BootSpec = field(default_factory=BootSpec)
+    #: added to the initrd (see ExtraFile); the build adds trust_in_uki's certificate itself
+    extra_files: list[ExtraFile] = field(default_factory=list)
     #: Where each value stands in the file: key path such as ("extensions", 0, "paths", 2)
     #: -> (line, column), both 1-based. Used to point problems at the right line.
     locations: dict[tuple[str | int, ...], tuple[int, int]] = field(default_factory=dict)
