@@ -97,7 +97,10 @@ class WorkbenchApp(App[int]):
     ENABLE_COMMAND_PALETTE = True
 
     BINDINGS = [
-        Binding("space", "toggle_mark", "Mark", priority=True),
+        # not a priority binding: a priority binding runs as the app reads the key, before the
+        # tree list has handled the keys queued ahead of it (j j space in one write marked the
+        # row the cursor left); this one runs in turn, after them
+        Binding("space", "toggle_mark", "Mark"),
         Binding("u,ctrl+z", "undo", "Undo"),
         Binding("a", "add_extension", "Add ext"),
         Binding("r", "rename_extension", "Rename", show=False),
