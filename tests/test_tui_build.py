@@ -42,6 +42,7 @@ from sysextant.tui.widgets.build import (  # noqa: E402
     ResultView,
     StagesView,
 )
+from sysextant.tui.widgets.gauge import LEVEL_WORDS  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
@@ -139,7 +140,8 @@ async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> Non
         uki = report.artefacts[-1]
         predicted = format_size(uki.predicted_size) if uki.predicted_size is not None else "—"
         assert f"size: predicted {predicted}" in text and f"actual {format_size(uki.size)}" in text
-        assert f"UKI against the limit 256 MiB: {report.verdict}" in text
+        assert f"UKI against the limit 256 MiB: {LEVEL_WORDS[report.verdict]}" in text
+        assert f"{report.verdict} ({LEVEL_WORDS[report.verdict]})" not in text  # said once, not twice
         assert "kairos-agent sysext install" in text and "--overlay-iso" in text
         # and the files themselves, read again by the independent checkers
         for a in report.artefacts:

@@ -12,12 +12,32 @@ from textual import events
 
 pytest.importorskip("textual")
 
-from test_tui import anyio_backend, demo_root, go, ready, spec_path, status, wait_for  # noqa: E402, F401
+from test_tui import go, project, ready, status, wait_for  # noqa: E402, F401
 
+from sysextant.core.demo import generate_tree  # noqa: E402
 from sysextant.core.spec.load import load_spec  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "rootfs"
+    generate_tree(root, scale=0.05)
+    return root
+
+
+@pytest.fixture
+def spec_path(tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    return project(tmp_path, demo_root)
 
 
 async def burst(app: WorkbenchApp, pilot, *keys: str) -> None:
@@ -54,3 +74,92 @@ async def test_keys_in_one_write_act_on_the_row_the_previous_key_left(spec_path:
         await burst(app, pilot, "j", "space")
         paths = load_spec(spec_path).extension("firmware").paths
         assert expected in paths and nxt in paths
+
+
+# -- (2) names first: the layout at small terminals ----------------------------------------------
+def row_texts(app: WorkbenchApp) -> list[str]:
+    tree = app.tree
+    n = min(len(tree.rows), tree.scrollable_content_region.height)
+    return ["".join(seg.text for seg in tree.render_line(y)) for y in range(n)]
+
+
+def line_text(app: WorkbenchApp, selector: str) -> str:
+    widget = app.query_one(selector)
+    return "".join(seg.text for seg in widget.render_line(0)) if hasattr(widget, "render_line") else ""
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30), (60, 15)])
+async def test_names_are_shown_whole_at_small_terminals(spec_path: Path, size: tuple[int, int]) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=size) as pilot:
+        await ready(app, pilot)
+        for folder in ("usr", "usr/lib/x86_64-linux-gnu", "boot"):
+            await go(app, pilot, folder)
+            await pilot.press("enter")
+            await pilot.pause()
+            index = app.session.index
+            names = [index.names[r].decode() for r in app.tree.rows]
+            rows = row_texts(app)
+            assert rows
+            for name, row in zip(names, rows, strict=False):
+                assert name in row, f"{name!r} cut at {size}: {row!r}"
+        header = str(app.query_one("#colhead").render())
+        assert "name" in header and "size" in header
+        crumb = str(app.query_one("#crumb").render())
+        assert "firmware" in crumb, f"the extension marked into is cut from {crumb!r}"
+        panel = app.query_one("#extensions")
+        if size[0] < 76:
+            assert not panel.display  # 60 columns: the names get the whole width
+        else:
+            assert panel.display and panel.outer_size.width <= 32 + 2
+
+
+async def test_narrow_columns_drop_before_the_name_is_cut(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await go(app, pilot, "usr/lib/x86_64-linux-gnu")
+        await pilot.press("enter")
+        await pilot.pause()
+        cols = app.tree.columns
+        assert cols.name >= 24 + 1  # the longest name there (libpartition662.so.4.2.2)
+        assert not cols.bar  # the bar gave way
+    async with WorkbenchApp(spec_path, watch=False, estimate=False).run_test(size=(140, 40)) as pilot:
+        app = pilot.app
+        await ready(app, pilot)
+        cols = app.tree.columns
+        assert cols.bar and cols.pct and cols.count and cols.owner  # room for all of them
+        header = str(app.query_one("#colhead").render())
+        assert "items" in header and "extension" in header
+
+
+async def test_p_hides_and_shows_the_extensions_panel(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        panel = app.query_one("#extensions")
+        before = app.tree.size.width
+        assert panel.display
+        await pilot.press("p")
+        await pilot.pause()
+        assert not panel.display and app.tree.size.width > before
+        await pilot.press("p")
+        await pilot.pause()
+        assert panel.display
+    async with WorkbenchApp(spec_path, watch=False, estimate=False).run_test(size=(60, 15)) as pilot:
+        app = pilot.app
+        await ready(app, pilot)
+        panel = app.query_one("#extensions")
+        assert not panel.display
+        await pilot.press("p")
+        await pilot.pause()
+        assert panel.display
+
+
+async def test_gauge_draws_no_verdict_from_the_uncompressed_initrd(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)  # the estimate never comes
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        text = str(app.query_one("#gauge").render())
+        assert "over the limit" not in text.lower() and "under the limit" not in text.lower()
+        assert "left" not in text and "≤" in text

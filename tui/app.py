@@ -109,6 +109,7 @@ class WorkbenchApp(App[int]):
         Binding("n", "sort('name')", "Name", show=False),
         Binding("c", "toggle_size", "Size column", show=False),
         Binding("slash", "filter", "Filter"),
+        Binding("p", "toggle_panel", "Panel"),
         Binding("b", "build(False)", "Build"),
         Binding("B", "build(True)", "Rebuild all", show=False),
         Binding("left_square_bracket", "cycle_extension(-1)", "Prev ext", show=False),
@@ -132,6 +133,7 @@ class WorkbenchApp(App[int]):
         self.entries_seen = 0
         self.estimator_note = ""
         self._last_progress = 0.0
+        self.panel_wanted: bool | None = None  # p: shown or hidden; None: by the terminal's width
 
     # -- setup --------------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -160,6 +162,7 @@ class WorkbenchApp(App[int]):
         self.base.query_one("#filter", Input).display = False
         self.base.query_one("#problems", Static).display = False
         self.tree.focus()
+        self.fit_layout()
         if self.session.index is not None:  # a session handed in already scanned (tests, bench)
             self.tree.set_index(self.session.index)
             self.start_estimator()
@@ -169,6 +172,28 @@ class WorkbenchApp(App[int]):
         self.set_status("space marks the entry under the cursor into the current extension · ? help", "info")
         if self.watch_enabled:
             self.watch_spec()
+
+    def on_resize(self, _event) -> None:  # noqa: ANN001 - events.Resize
+        self.fit_layout()
+
+    def fit_layout(self) -> None:
+        """Give the names room first: the extensions panel narrows with the terminal and hides
+        below 76 columns (``p`` shows or hides it at any width); the footer and the gauge get
+        compact on small terminals."""
+        width, height = self.size
+        panel = self.base.query_one(ExtensionsPanel)
+        shown = self.panel_wanted if self.panel_wanted is not None else width >= 76
+        panel.display = shown
+        panel.styles.width = max(30, min(40, width * 32 // 100))
+        self.base.query_one(Footer).compact = width < 110
+        self.base.query_one(UkiGauge).set_class(height < 20, "-short")
+
+    def action_toggle_panel(self) -> None:
+        panel = self.base.query_one(ExtensionsPanel)
+        self.panel_wanted = not panel.display
+        if not self.panel_wanted and panel.has_focus_within:
+            self.tree.focus()
+        self.fit_layout()
 
     def watch_theme(self, theme: str) -> None:
         """Remember the theme the user picked (palette or command)."""
@@ -413,12 +438,19 @@ class WorkbenchApp(App[int]):
         index = tree.index
         rel = os.fsdecode(index.path(tree.folder)) if index is not None else ""
         where = "/" + rel if rel else "/"
-        extra = f"  [dim]filter “{_escape(tree.name_filter)}”[/]" if tree.name_filter else ""
-        count = f"  [dim]{len(tree.rows):,} entries[/]" if index is not None else ""
-        ext = (f"  · marking into [b]{_escape(self.current_ext)}[/b]" if self.current_ext
-               else "  · [dim]no extension: press a to add one[/]")
-        self._update_if_changed("#crumb", f"[b]{_escape(where)}[/b]{count}{extra}{ext}")
-        self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort))
+        extra = f"  filter “{tree.name_filter}”" if tree.name_filter else ""
+        n = len(tree.rows)
+        count = f"  {n:,} {'entry' if n == 1 else 'entries'}" if index is not None else ""
+        ext = f"  → {self.current_ext}" if self.current_ext else "  no extension: + adds one"
+        # the folder's end and the extension keep their place; a long path loses its start
+        width = self.base.query_one("#crumb", Line).size.width or 80
+        room = width - len(count) - len(extra) - len(ext)
+        if len(where) > room:
+            where = "…" + where[len(where) - max(1, room - 1):]
+        self._update_if_changed(
+            "#crumb", f"[b]{_escape(where)}[/b][dim]{_escape(count)}{_escape(extra)}[/]"
+                      + (f"  → [b]{_escape(self.current_ext)}[/b]" if self.current_ext else f"[dim]{_escape(ext)}[/]"))
+        self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort, tree.columns))
 
     def _update_if_changed(self, selector: str, content: str) -> None:
         self.base.query_one(selector, Line).set(content)
@@ -541,6 +573,9 @@ class WorkbenchApp(App[int]):
             self.report(self.session.unmark_path(self.current_ext, message.path))
 
     def on_tree_list_moved(self, _message: TreeList.Moved) -> None:
+        self.update_crumb()
+
+    def on_tree_list_columns_changed(self, _message: TreeList.ColumnsChanged) -> None:
         self.update_crumb()
 
     def action_add_extension(self) -> None:

@@ -542,7 +542,7 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         vstyle = ok_style if r.verdict == "ok" else (warn_style if r.verdict in ("warn", "high-risk") else bad_style)
         out.append("UKI against the limit ", head)
         out.append(f"{format_size(r.limit_bytes)}: ")
-        out.append(f"{r.verdict} ({words})\n", vstyle)
+        out.append(f"{words}\n", vstyle)  # the words say the verdict; "over (over the limit)" said it twice
     if r.deploy:  # only for a build that can ship
         out.append("\nDeploy on Kairos\n", head)
         for line in r.deploy:

@@ -68,9 +68,17 @@ class ExtensionsPanel(Vertical):
         self.names: list[str] = []
         self.current: str | None = None
         self._updating = False
+        self._last: tuple[list[ExtensionFigures], str | None] | None = None
+        self._width = 0
+
+    def on_resize(self) -> None:
+        """Items are cut to the panel's width: draw them again at the new one."""
+        if self._last is not None and self.content_size.width != self._width:
+            self._width = self.content_size.width
+            self.update(*self._last)
 
     def compose(self) -> ComposeResult:
-        yield Static("Extensions  [dim]a add · r rename · x del[/]", classes="panel-title")
+        yield Static("Extensions", id="ext-title", classes="panel-title")
         yield ExtensionList(id="ext-list")
         yield Static("Paths", id="paths-title", classes="panel-title")
         yield PathList(id="ext-paths")
@@ -78,6 +86,7 @@ class ExtensionsPanel(Vertical):
     def update(self, figures: list[ExtensionFigures], current: str | None) -> None:
         """Show ``figures``; ``current`` is highlighted and its paths listed."""
         ext_list = self.query_one(ExtensionList)
+        self._last = (figures, current)
         self._updating = True
         try:
             self.names = [f.name for f in figures]
@@ -98,27 +107,39 @@ class ExtensionsPanel(Vertical):
             self._updating = False
 
     def _item(self, k: int, f: ExtensionFigures) -> Text:
+        """Three lines, each cut to the panel's width: name and entries; what it takes off the
+        UKI and its paths; its bytes and image size."""
         colour = self.get_component_rich_style(f"extensions--ext-{k % EXT_COLOURS}", partial=True)
         dim = self.get_component_rich_style("extensions--dim", partial=True)
-        t = Text(no_wrap=True, overflow="ellipsis")
-        t.append(f"{k + 1 if k < 9 else ' '} ", dim)
-        t.append("■ ", colour)
-        t.append(f.name, colour)
-        t.append(f"  {f.entries:,} entries\n", dim)
-        t.append(f"    {format_size(f.bytes)}", )
-        t.append(" · image ≈", dim)
-        t.append(format_size(f.image_bytes))
-        if f.uki_saved_estimated:
-            t.append("\n    UKI −", dim)
-            t.append(format_size(f.uki_saved))
-            t.append(" est.", dim)
-        else:
-            t.append("\n    initrd −", dim)
-            t.append(format_size(f.initrd_saved))
-        t.append(f" · {len(f.paths)} path{'s' if len(f.paths) != 1 else ''}", dim)
+        width = max(12, (self.content_size.width or 30) - 1)
+        saved = (f"UKI −{format_size(f.uki_saved)} est." if f.uki_saved_estimated
+                 else f"initrd −{format_size(f.initrd_saved)}" if f.entries
+                 else "nothing marked yet")
+        paths = f"{len(f.paths)} path{'' if len(f.paths) == 1 else 's'}"
+        entries = f"{f.entries:,} {'entry' if f.entries == 1 else 'entries'}"
+        lines = []
+        first = Text(no_wrap=True)
+        first.append(f"{k + 1 if k < 9 else ' '} ", dim)
+        first.append("■ ", colour)
+        first.append(f.name, colour)
+        if first.cell_len + 2 + len(entries) <= width:
+            first.append(f"  {entries}", dim)
+        lines.append(first)
+        second = Text("  ", no_wrap=True)
+        second.append(saved)
+        second.append(f" · {paths}", dim)
         if f.special:
-            t.append(f" · {f.special} special!", self.get_component_rich_style("extensions--dim", partial=True))
-        return t
+            second.append(f" · {f.special} special!", dim)
+        lines.append(second)
+        if f.entries:
+            third = Text("  ", no_wrap=True)
+            third.append(format_size(f.bytes))
+            third.append(" · image ≈", dim)
+            third.append(format_size(f.image_bytes))
+            lines.append(third)
+        for line in lines:
+            line.truncate(width, overflow="ellipsis")
+        return Text("\n").join(lines)
 
     def _show_paths(self, f: ExtensionFigures | None) -> None:
         paths = self.query_one(PathList)

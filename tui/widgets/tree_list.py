@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass, replace
 
 from rich.segment import Segment
 from rich.style import Style
@@ -26,16 +27,81 @@ from sysextant.core.units import format_size
 from sysextant.core.workbench.session import Session
 
 EXT_COLOURS = 6
-SIZE_W, BAR_W, PCT_W, COUNT_W, OWNER_W = 10, 12, 6, 9, 14
+SIZE_W, BAR_W, PCT_W = 9, 10, 6
+OWNER_MAX = 14  # an extension label wider than this is cut with …
+NAME_MIN, NAME_WANT = 12, 32  # a name column never narrower; optional columns give way up to this
 
 
-def header_text(size_mode: str, sort: str) -> str:
-    """The column header line matching :meth:`TreeList.render_line`."""
+@dataclass(frozen=True)
+class Columns:
+    """Which columns a row shows at a width, and how wide: the name comes first (it gets the
+    folder's longest name, up to ``NAME_WANT``), then the share percent, the extension that takes
+    the entry, the share bar and the item count, each only while the name keeps its room."""
+
+    width: int
+    pct: bool = False
+    owner: int = 0  # 0: not shown (nothing in this folder is in an extension, or no room)
+    bar: bool = False
+    count: int = 0
+
+    @property
+    def fixed(self) -> int:
+        """Columns before the name."""
+        return (2 + SIZE_W + 1 + (BAR_W + 1 if self.bar else 0) + (PCT_W + 1 if self.pct else 0)
+                + (self.count + 1 if self.count else 0) + (self.owner + 1 if self.owner else 0))
+
+    @property
+    def name(self) -> int:
+        return max(0, self.width - self.fixed)
+
+
+def plan_columns(width: int, longest_name: int, owner_w: int, count_w: int) -> Columns:
+    """Fit the optional columns around the name at ``width`` (see :class:`Columns`)."""
+    want = max(NAME_MIN, min(NAME_WANT, longest_name + 1))
+    cols = Columns(width)
+    for extra in ({"pct": True}, {"owner": min(owner_w, OWNER_MAX)} if owner_w else None,
+                  {"bar": True}, {"count": count_w} if count_w else None):
+        if extra:
+            wider = replace(cols, **extra)
+            if wider.name >= want:
+                cols = wider
+    return cols
+
+
+def header_text(size_mode: str, sort: str, cols: Columns | None = None, reverse: bool = False) -> str:
+    """The column header line matching :meth:`TreeList.render_line` for ``cols``."""
+    cols = cols or Columns(120, pct=True, owner=OWNER_MAX, bar=True, count=7)
     size = {"apparent": "size", "cpio": "initrd", "compressed": "zstd≈"}.get(size_mode, "size")
-    size += " ▼" if sort == "size" else ""
-    name = "name" + (" ▲" if sort == "name" else "")
-    return (f"  {size:>{SIZE_W}} {'share of UKI initrd':<{BAR_W + PCT_W + 1}} {'entries':>{COUNT_W}} "
-            f"{'extension':<{OWNER_W}} {name}")
+    size += (" ▲" if reverse else " ▼") if sort == "size" else ""
+    out = f"  {size:>{SIZE_W}} "
+    if cols.bar and cols.pct:
+        out += f"{'share of initrd':<{BAR_W + PCT_W + 1}} "
+    elif cols.pct:
+        out += f"{'share':>{PCT_W}} "
+    if cols.count:
+        out += f"{'items':>{cols.count}} "
+    if cols.owner:
+        out += f"{'extension'[:cols.owner]:<{cols.owner}} "
+    return out + "name" + ((" ▼" if reverse else " ▲") if sort == "name" else "")
+
+
+def owner_label(own: str | None, owners: list[str]) -> str:
+    """The extension column: the extension that takes the entry, or ``~name`` (``~name+2``)
+    for a folder some of whose entries are in extensions."""
+    if own:
+        return own
+    return "~" + owners[0] + (f"+{len(owners) - 1}" if len(owners) > 1 else "")
+
+
+def middle_cut(text: str, width: int) -> str:
+    """``text`` in ``width`` columns, cut in the middle (ncdu's way: the start and the suffix of
+    a long file name both stay readable)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    tail = (width - 1) // 2
+    return text[: width - 1 - tail] + "…" + (text[-tail:] if tail else "")
 
 
 class TreeList(ScrollView, can_focus=True):
@@ -48,8 +114,8 @@ class TreeList(ScrollView, can_focus=True):
         Binding("pagedown", "page(1)", "Page down", show=False),
         Binding("home,g", "jump(0)", "First", show=False),
         Binding("end,G", "jump(-1)", "Last", show=False),
-        Binding("enter,l,right", "enter", "Open"),
-        Binding("h,left,backspace", "leave", "Up a folder"),
+        Binding("enter,l,right", "enter", "Open", show=False),
+        Binding("h,left,backspace", "leave", "Up a folder", show=False),
     ]
 
     COMPONENT_CLASSES = {
@@ -75,6 +141,9 @@ class TreeList(ScrollView, can_focus=True):
             self.entry = entry
             self.folder = folder
 
+    class ColumnsChanged(Message):
+        """The columns shown changed (a resize, another folder, a first mark in it)."""
+
     def __init__(self, session: Session, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.session = session
@@ -89,6 +158,8 @@ class TreeList(ScrollView, can_focus=True):
         self._remember: dict[int, int] = {}  # folder -> entry the cursor was on
         self._ext_colour: dict[str, int] = {}
         self._lines: dict[tuple[int, int, bool], Strip] = {}  # (entry, width, cursor) -> rendered row
+        self.columns = Columns(80)
+        self._fit = (0, 0, 0)  # (longest name, owner label width, item count width) of the folder
 
     # -- data ---------------------------------------------------------------------------------
     def set_index(self, index: TreeIndex | None) -> None:
@@ -131,10 +202,37 @@ class TreeList(ScrollView, can_focus=True):
         self._ext_colour = {e.name: k % EXT_COLOURS for k, e in enumerate(self.session.spec.extensions)}
         pos = self.rows.index(keep) if keep is not None and keep in self.rows else min(self.cursor, len(self.rows) - 1)
         self.cursor = max(0, pos)
+        self._fit = self._measure()
+        self._fit_columns()
         self.virtual_size = Size(self.size.width, len(self.rows))
         self._lines.clear()
         self._scroll_cursor_visible()
         self.refresh()
+
+    def _measure(self) -> tuple[int, int, int]:
+        """What the folder's rows need: the longest name (with its ``/`` or `` @``), the
+        extension label width, the widest item count."""
+        index = self.index
+        if index is None or not self.rows:
+            return (0, 0, 0)
+        names = index.names
+        longest = max(len(names[r]) for r in self.rows) + 2
+        owners = self.session.owners_in(self.folder) if self.session.plan is not None else []
+        owner_w = 0
+        if owners:
+            whole = self.session.owner(self.folder)
+            owner_w = len(whole) if whole else len(owner_label(None, owners))
+        counts = [index.tot_count[r] for r in self.rows if stat.S_ISDIR(index.mode[r])]
+        count_w = max(len("items"), len(f"{max(counts):,}")) if counts else 0
+        return (longest, owner_w, count_w)
+
+    def _fit_columns(self) -> None:
+        width = self.scrollable_content_region.width or self.size.width
+        cols = plan_columns(width, *self._fit)
+        if cols != self.columns:
+            self.columns = cols
+            self._lines.clear()
+            self.post_message(self.ColumnsChanged())
 
     def invalidate(self) -> None:
         """Figures changed (a mark, a reload, a theme): render every row afresh."""
@@ -208,6 +306,7 @@ class TreeList(ScrollView, can_focus=True):
         self._lines.clear()
 
     def on_resize(self) -> None:
+        self._fit_columns()
         self.virtual_size = Size(self.size.width, len(self.rows))
         self._scroll_cursor_visible()
 
@@ -225,7 +324,7 @@ class TreeList(ScrollView, can_focus=True):
         key = (entry, width, row == self.cursor)
         strip = self._lines.get(key)
         if strip is None:
-            text = self._row_text(entry, width)
+            text = self._row_text(entry, self.scrollable_content_region.width or width)
             if row == self.cursor:
                 text.stylize(self.get_component_rich_style("tree-list--cursor"))
             segments = list(text.render(self.app.console))
@@ -259,34 +358,40 @@ class TreeList(ScrollView, can_focus=True):
         if marks:
             rel = os.fsdecode(index.path(i))
             is_mark = rel in marks.paths
+        cols = self.columns
         t = Text(no_wrap=True, overflow="ellipsis")
         t.append("● " if is_mark else "  ", self.get_component_rich_style("tree-list--marked"))
         t.append(f"{format_size(size):>{SIZE_W}} ")
-        filled = share * BAR_W
-        full = int(filled)
-        bar = "█" * full + ("▌" if filled - full >= 0.5 and full < BAR_W else "")
-        t.append(bar, self.get_component_rich_style("tree-list--bar"))
-        t.append("░" * (BAR_W - len(bar)), self.get_component_rich_style("tree-list--bar-empty"))
-        pct = f"{share * 100:5.1f}%" if kept else "    - "
-        t.append(f"{pct:>{PCT_W}} ", dim if not kept else Style())
-        count = f"{index.tot_count[i]:,}" if is_dir else ""
-        t.append(f"{count:>{COUNT_W}} ", dim)
-        owners = session.owners_in(i) if session.plan is not None else []
-        if owners:
-            own = session.owner(i)
-            label = own if own else "~" + ",".join(owners)
-            colour = self._ext_colour.get(own or owners[0], 0)
-            label = label if len(label) <= OWNER_W - 1 else label[: OWNER_W - 2] + "…"
-            t.append(f"{label:<{OWNER_W}}", self.get_component_rich_style(f"tree-list--ext-{colour}"))
-        else:
-            t.append(" " * OWNER_W)
+        if cols.bar:
+            filled = share * BAR_W
+            full = int(filled)
+            bar = "█" * full + ("▌" if filled - full >= 0.5 and full < BAR_W else "")
+            t.append(bar, self.get_component_rich_style("tree-list--bar"))
+            t.append("░" * (BAR_W - len(bar)) + " ", self.get_component_rich_style("tree-list--bar-empty"))
+        if cols.pct:
+            pct = f"{share * 100:5.1f}%" if kept else "    - "
+            t.append(f"{pct:>{PCT_W}} ", dim if not kept else Style())
+        if cols.count:
+            count = f"{index.tot_count[i]:,}" if is_dir else ""
+            t.append(f"{count:>{cols.count}} ", dim)
+        if cols.owner:
+            owners = session.owners_in(i) if session.plan is not None else []
+            if owners:
+                own = session.owner(i)
+                label = owner_label(own, owners)
+                colour = self._ext_colour.get(own or owners[0], 0)
+                label = label if len(label) <= cols.owner else label[: cols.owner - 1] + "…"
+                t.append(f"{label:<{cols.owner}} ", self.get_component_rich_style(f"tree-list--ext-{colour}"))
+            else:
+                t.append(" " * (cols.owner + 1))
+        room = max(1, width - t.cell_len)
         name = os.fsdecode(index.names[i])
         if is_dir:
-            t.append(name + "/", self.get_component_rich_style("tree-list--dir"))
+            t.append(middle_cut(name, room - 1) + "/", self.get_component_rich_style("tree-list--dir"))
         elif stat.S_ISLNK(mode):
-            t.append(name, self.get_component_rich_style("tree-list--link"))
+            t.append(middle_cut(name, room - 2), self.get_component_rich_style("tree-list--link"))
             t.append(" @", dim)
         else:
-            t.append(name)
+            t.append(middle_cut(name, room))
         t.truncate(width, overflow="ellipsis")
         return t
