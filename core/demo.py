@@ -151,6 +151,78 @@ def _fake_bzimage(gen: _Gen, size: int) -> bytes:
     return bytes(img)
 
 
+def demo_elf(*, interp: str | None = None, needed: tuple[str, ...] = (), runpath: str | None = None,
+             soname: str | None = None, size: int = 0, seed: str = "") -> bytes:
+    """A real-shaped x86-64 ELF (executable or shared object): the headers the dynamic loader,
+    ``readelf``, ``lddtree`` and the boot set read (PT_INTERP, PT_DYNAMIC with DT_NEEDED,
+    DT_RUNPATH, DT_SONAME), then ``size`` bytes of stand-in filler. It has no code: it cannot run."""
+    strtab = bytearray(b"\0")
+
+    def name(text: str) -> int:
+        strtab.extend(text.encode() + b"\0")
+        return len(strtab) - len(text) - 1
+
+    dyn = [(1, name(n)) for n in needed]  # DT_NEEDED
+    if soname:
+        dyn.append((14, name(soname)))  # DT_SONAME
+    if runpath:
+        dyn.append((29, name(runpath)))  # DT_RUNPATH
+    interp_bytes = interp.encode() + b"\0" if interp else b""
+    phnum = 2 + bool(interp)
+    interp_off = 64 + 56 * phnum
+    str_off = interp_off + len(interp_bytes)
+    dyn_off = (str_off + len(strtab) + 7) & ~7
+    dyn += [(5, str_off), (10, len(strtab)), (0, 0)]  # DT_STRTAB (vaddr = offset), DT_STRSZ, DT_NULL
+    dyn_bytes = b"".join(struct.pack("<qQ", tag, val) for tag, val in dyn)
+    end = dyn_off + len(dyn_bytes)
+    filler = random.Random(seed).randbytes(max(0, size - end)) if size > end else b""
+    total = end + len(filler)
+    e_type = 3 if soname or not interp else 2  # ET_DYN, ET_EXEC
+    ehdr = (b"\x7fELF\x02\x01\x01" + b"\0" * 9
+            + struct.pack("<HHIQQQIHHHHHH", e_type, 62, 1, 0, 64, 0, 0, 64, 56, phnum, 64, 0, 0))
+    phdrs = b""
+    if interp:
+        phdrs += struct.pack("<IIQQQQQQ", 3, 4, interp_off, interp_off, interp_off, len(interp_bytes),
+                             len(interp_bytes), 1)  # PT_INTERP
+    phdrs += struct.pack("<IIQQQQQQ", 1, 5, 0, 0, 0, total, total, 0x1000)  # PT_LOAD of the whole file
+    phdrs += struct.pack("<IIQQQQQQ", 2, 6, dyn_off, dyn_off, dyn_off, len(dyn_bytes), len(dyn_bytes), 8)  # PT_DYNAMIC
+    head = ehdr + phdrs + interp_bytes + bytes(strtab)
+    return head + b"\0" * (dyn_off - len(head)) + dyn_bytes + filler
+
+
+#: real-shaped ELF programs and libraries of the demo tree: path -> (interp, needed, runpath, soname,
+#: size); enough for the boot set to explain itself (libc <- DT_NEEDED of systemd <- ...)
+LD_SO = "/lib64/ld-linux-x86-64.so.2"
+MULTIARCH = "usr/lib/x86_64-linux-gnu"
+DEMO_ELF = {
+    f"{MULTIARCH}/ld-linux-x86-64.so.2": (None, (), None, "ld-linux-x86-64.so.2", 210_000),
+    f"{MULTIARCH}/libc.so.6": (None, ("ld-linux-x86-64.so.2",), None, "libc.so.6", 1_900_000),
+    f"{MULTIARCH}/libzstd.so.1.5.4": (None, ("libc.so.6",), None, "libzstd.so.1", 800_000),
+    f"{MULTIARCH}/libmount.so.1.1.0": (None, ("libblkid.so.1", "libc.so.6"), None, "libmount.so.1", 300_000),
+    f"{MULTIARCH}/libblkid.so.1.1.0": (None, ("libc.so.6",), None, "libblkid.so.1", 320_000),
+    f"{MULTIARCH}/systemd/libsystemd-shared-252.so": (None, ("libzstd.so.1", "libmount.so.1", "libc.so.6"), None,
+                                                      "libsystemd-shared-252.so", 3_500_000),
+    "usr/lib/systemd/systemd-journald": (LD_SO, ("libsystemd-shared-252.so", "libc.so.6"),
+                                         f"/{MULTIARCH}/systemd", None, 180_000),
+    "usr/lib/systemd/systemd-udevd": (LD_SO, ("libsystemd-shared-252.so", "libc.so.6"), f"/{MULTIARCH}/systemd",
+                                      None, 240_000),
+    "usr/bin/systemd-sysext": (LD_SO, ("libsystemd-shared-252.so", "libc.so.6"), f"/{MULTIARCH}/systemd", None,
+                               60_000),
+    "usr/bin/systemd-dissect": (LD_SO, ("libsystemd-shared-252.so", "libc.so.6"), f"/{MULTIARCH}/systemd", None,
+                                70_000),
+    "usr/bin/mount": (LD_SO, ("libmount.so.1", "libc.so.6"), None, None, 60_000),
+    "usr/bin/kmod": (LD_SO, ("libzstd.so.1", "libc.so.6"), None, None, 170_000),
+    "usr/bin/dash": (LD_SO, ("libc.so.6",), None, None, 125_000),
+}
+#: their symlinks: the soname links, the loader's /lib64 path, the commands kmod and dash serve
+DEMO_LINKS = {
+    f"{MULTIARCH}/libzstd.so.1": "libzstd.so.1.5.4", f"{MULTIARCH}/libmount.so.1": "libmount.so.1.1.0",
+    f"{MULTIARCH}/libblkid.so.1": "libblkid.so.1.1.0", "usr/lib64/ld-linux-x86-64.so.2":
+    "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "usr/bin/sh": "dash", "usr/sbin/modprobe": "../bin/kmod",
+    "usr/sbin/depmod": "../bin/kmod",
+}
+
+
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -257,7 +329,15 @@ def generate_tree(root: Path, *, seed: int = 1, scale: float = 1.0, reporter: Re
     (root / "usr/sbin").mkdir(parents=True, exist_ok=True)
     for k in range(n(150)):
         _write(root / "usr/sbin" / f"{rng.choice(_WORDS)}ctl-{k}", gen.binary(int(rng.paretovariate(1.6) * 25000)), 0o755)
-    _write(root / "usr/lib/systemd/systemd", gen.binary(n(2_000_000)), 0o755)
+    systemd = gen.binary(n(2_000_000))
+    head = demo_elf(interp=LD_SO, needed=("libsystemd-shared-252.so", "libc.so.6"), runpath=f"/{MULTIARCH}/systemd")
+    _write(root / "usr/lib/systemd/systemd", head + systemd[len(head):], 0o755)
+    for path, (interp, needed, runpath, soname, size) in DEMO_ELF.items():
+        _write(root / path, demo_elf(interp=interp, needed=needed, runpath=runpath, soname=soname, size=n(size),
+                                     seed=path), 0o755)
+    for path, target in DEMO_LINKS.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / path)
     for k in range(n(300)):
         _write(root / "usr/lib/systemd/system" / f"unit-{k}.service", gen.text(400))
 

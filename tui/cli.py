@@ -21,7 +21,7 @@ from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter, clear_stop, request_stop, stop_requested
 from sysextant.core.units import failing_verdict, format_size
 
-COMMANDS = ("scan", "plan", "demo", "open", "build", "uki", "verify")
+COMMANDS = ("scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify")
 
 
 # -- output helpers ----------------------------------------------------------------------------
@@ -166,6 +166,47 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if result.problems or failing_verdict(fig.verdict) else 0
 
 
+def cmd_boot_set(args: argparse.Namespace) -> int:
+    from sysextant.core.sizing.bootset import boot_set
+    from sysextant.core.tree.index import scan
+
+    spec = _load(args.spec)
+    index = scan(spec.os.root)
+    boot = boot_set(spec, index)
+    if args.json:
+        _emit_json({"spec": str(spec.path), "root": os.fsdecode(index.root), **boot.to_json()})
+        return 0
+    print(f"boot set of {os.fsdecode(index.root)}: {len(boot.entries):,} entries must stay in the UKI "
+          f"(profile {boot.profile}, {boot.profile_source}; {boot.seconds * 1000:.0f} ms)")
+    by_kind: dict[str, list[int]] = {}
+    for k, r in sorted(boot.reasons.items()):
+        if k in boot.entries:
+            by_kind.setdefault(r.kind, []).append(k)
+    titles = {"kernel": "kernel", "init": "the init and the links to it", "program": "programs run before the merge",
+              "library": "libraries and interpreters they load", "data": "data read before the merge (whole folders)",
+              "module": "kernel modules needed before the merge", "module-index": "modules index files",
+              "keep": "boot.keep"}
+    for kind, title in titles.items():
+        ks = by_kind.get(kind, [])
+        if not ks:
+            continue
+        print(f"\n{title} ({len(ks):,}):")
+        for k in ks[: None if args.all else 40]:
+            n = boot.count(k)
+            print(f"  {boot.chain(k)}" + (f"  [{n:,} entries]" if n > 1 else ""))
+        if not args.all and len(ks) > 40:
+            print(f"  ... and {len(ks) - 40:,} more (--all lists every one)")
+    if boot.soft:
+        print(f"\nfirmware kept modules load (moving it is a warning) ({len(boot.soft):,}):")
+        for k in list(boot.soft.indices())[: None if args.all else 40]:
+            print(f"  {boot.chain(k)}")
+    for k, why in boot.waived:
+        print(f"waived by boot.allow: {os.fsdecode(index.path(k))}: {why}")
+    for name, by in boot.missing[:20]:
+        print(f"warning: {name} (needed by {by}) resolves nowhere in the tree")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sysextant.core.demo import create_demo
 
@@ -287,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compress every part of the initrd at the build's level for an estimate within about 1%% "
                         "(takes as long as the build's compression; the result is cached for later plans)")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("boot-set", help="what must stay in the UKI for the system to boot, with the reasons",
+                       description="Every entry of the spec's OS tree that must stay in the UKI (the init, what "
+                                   "runs before the extensions are merged and the libraries it loads, the kernel "
+                                   "modules needed to reach the disk, boot.keep), each with its chain of reasons. "
+                                   "boot.profile (kairos | systemd | none) is detected when the spec has none.")
+    p.add_argument("spec", help="the YAML spec file")
+    p.add_argument("--all", action="store_true", help="list every entry (default: 40 per group)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_boot_set)
 
     p = sub.add_parser("demo", help="write the built-in demo project and open it",
                        description="Write a demo project (spec, a Kairos-like stand-in OS tree, a fresh "

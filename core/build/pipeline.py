@@ -207,7 +207,9 @@ def build(spec: Spec, *, only: Sequence[str] | None = None, force: bool = False,
         for warning in plan.warnings:
             reporter.log("plan", warning, "step")
         if plan.problems:
-            raise UserError(f"{spec.path} has problems; fix them before building:\n  " + "\n  ".join(plan.problems))
+            n = len(plan.problems)
+            raise UserError(f"{spec.path} has {n} problem{'s' if n > 1 else ''}; fix {'them' if n > 1 else 'it'} "
+                            "before building:\n  " + "\n  ".join(plan.problems))
         state = load_state(out)
         removed = _remove_dropped(spec, state, reporter)
         if removed:

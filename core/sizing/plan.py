@@ -22,6 +22,7 @@ from ..tree.fsentry import host_path_in_tree
 from ..tree.index import TRAILER_BYTES, TreeIndex, scan
 from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancestors
 from ..units import format_size
+from .bootset import BootSet, boot_set
 from .init import init_problems, init_program
 from .merge import read_hierarchies, release_problems, unmerged
 from .modules import module_problems
@@ -50,6 +51,7 @@ class Plan:
     initrd_cpio_after: int
     problems: list[str]
     warnings: list[str]
+    boot: BootSet | None = None  # what must stay in the UKI
 
     def owner(self, i: int) -> str | None:
         """Name of the extension that takes entry ``i``, if any."""
@@ -72,6 +74,9 @@ class Plan:
             "initrd_cpio_bytes": {"before": self.initrd_cpio_before, "after": self.initrd_cpio_after},
             "problems": self.problems,
             "warnings": self.warnings,
+            "boot": None if self.boot is None else {
+                "profile": self.boot.profile, "profile_source": self.boot.profile_source,
+                "entries": len(self.boot.entries), "seconds": round(self.boot.seconds, 3)},
         }
 
 
@@ -225,6 +230,10 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
             problems.append(f"{spec.where('os', 'exclude')}: {prog.path} is needed to boot ({way}) but os.exclude "
                             f"leaves {os.fsdecode(index.path(dropped))} out of the UKI")
 
+    boot = boot_set(spec, index)
+    problems += boot_problems(spec, boot, ext_plans, base)
+    warnings += boot_warnings(spec, boot, ext_plans)
+
     moved = IntervalSet().union(*(e.selected for e in ext_plans)) if ext_plans else IntervalSet()
     after = with_ancestors(index, base.difference(moved))  # an excluded file keeps its folders
     if spec.signing is not None and spec.signing.trust_in_uki:
@@ -237,4 +246,72 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     base_bytes = sums.cpio_bytes(base)
     for e in ext_plans:  # what this extension alone takes out (a hardlink kept elsewhere keeps its data)
         e.initrd_bytes = base_bytes - sums.cpio_bytes(with_ancestors(index, base.difference(e.selected)))
-    return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings)
+    return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings, boot)
+
+
+#: boot-set kinds the plan reports here; the init's way and the kernel modules have problems of
+#: their own (init_problems, module_problems) that say more
+_GENERIC_KINDS = ("program", "library", "data", "keep")
+
+
+def _hint(boot: BootSet, hit: IntervalSet, most: int = 6) -> str:
+    """The entries to name in ``exclude:`` so the extension leaves ``hit`` in the UKI."""
+    index = boot.index
+    tops: dict[int, None] = {}
+    for k in hit.indices():
+        a: int | None = k
+        while a is not None and a >= 0 and a not in boot.reasons:
+            a = index.parent[a]
+        tops.setdefault(k if a is None or a < 0 else a, None)
+        if len(tops) > most:
+            break
+    names = [os.fsdecode(index.path(k)) for k in list(tops)[:most]]
+    return ", ".join(names) + (", ..." if len(tops) > most else "")
+
+
+def boot_problems(spec: Spec, boot: BootSet, ext_plans: list[ExtensionPlan], base: IntervalSet) -> list[str]:
+    """Extensions (and os.exclude) that take out of the UKI what the system needs to boot."""
+    out = []
+    for n, ep in enumerate(ext_plans):
+        hit = boot.in_kinds(ep.selected, _GENERIC_KINDS)
+        if hit:
+            first = hit.starts[0]
+            out.append(f"{spec.where('extensions', n, 'paths')}: extension {ep.name} moves {len(hit):,} "
+                       f"entr{'y' if len(hit) == 1 else 'ies'} the system needs to boot out of the UKI, e.g. "
+                       f"{boot.chain(first)}. Booted, {'it is' if len(hit) == 1 else 'they are'} needed before any "
+                       f"extension is merged: leave {'it' if len(hit) == 1 else 'them'} in the UKI (exclude: "
+                       f"[{_hint(boot, hit)}]) or waive a path with boot.allow and a reason")
+    dropped = boot.in_kinds(IntervalSet([(1, len(boot.index))]).difference(base),
+                            (*_GENERIC_KINDS, "module", "module-index"))
+    if dropped:
+        out.append(f"{spec.where('os', 'exclude')}: os.exclude leaves {len(dropped):,} entr"
+                   f"{'y' if len(dropped) == 1 else 'ies'} the system needs to boot out of the UKI, e.g. "
+                   f"{boot.chain(dropped.starts[0])}")
+    return out
+
+
+def boot_warnings(spec: Spec, boot: BootSet, ext_plans: list[ExtensionPlan]) -> list[str]:
+    """Firmware kept modules name moved out; signatures a plain systemd OS cannot check; libraries
+    nothing in the tree provides."""
+    out = []
+    for n, ep in enumerate(ext_plans):
+        hit = ep.selected.intersection(boot.soft)
+        if hit:
+            out.append(f"{spec.where('extensions', n, 'paths')}: extension {ep.name} moves {len(hit)} firmware "
+                       f"file(s) that kernel modules kept in the UKI load, e.g. {boot.chain(hit.starts[0])}: a "
+                       "device probed before the merge would miss it")
+    signed = spec.signing is not None and any(ep.entries for ep in ext_plans)
+    if signed and boot.profile == "systemd" and not spec.signing.trust_in_uki:
+        index = boot.index
+        certs = [k for folder in ("etc/verity.d", "usr/lib/verity.d") if (top := index.lookup(folder)) is not None
+                 for k in index.children(top) if index.names[k].endswith(b".crt")]
+        if not certs:
+            out.append(f"{spec.where('signing')}: the extensions are signed, but this plain systemd OS has no "
+                       "certificate in etc/verity.d: a kernel that trusts only its builtin keyrings for dm-verity "
+                       "(Debian 12's) refuses the signature, systemd then checks in userspace and finds no cert, "
+                       "and the extensions never merge. Set signing.trust_in_uki: true")
+    if boot.missing:
+        name, by = boot.missing[0]
+        out.append(f"{spec.where('os', 'root')}: {len(boot.missing)} librar{'y' if len(boot.missing) == 1 else 'ies'} "
+                   f"needed to boot resolve nowhere in the tree, e.g. {name} (needed by {by})")
+    return out

@@ -86,19 +86,26 @@ class SpecEditor:
 
     def set_paths(self, ext_name: str, paths: list[str]) -> None:
         """Make extension ``ext_name`` carry exactly ``paths`` (in this order)."""
-        paths = [str(p) for p in paths]
+        self._set_list(ext_name, "paths", paths)
+
+    def set_exclude(self, ext_name: str, globs: list[str]) -> None:
+        """Make extension ``ext_name``'s ``exclude`` exactly ``globs`` (in this order)."""
+        self._set_list(ext_name, "exclude", globs)
+
+    def _set_list(self, ext_name: str, key: str, items: list[str]) -> None:
+        items = [str(p) for p in items]
         root = self._root()
         index, ext = self._extension(root, ext_name)
-        entry = _entry(ext, "paths")
+        entry = _entry(ext, key)
         if entry is None:
-            splices = self._insert_key(ext, "paths", paths)
+            splices = self._insert_key(ext, key, items)
         else:
-            splices = self._replace_list(entry[0], entry[1], paths, f"paths of {ext_name!r}")
+            splices = self._replace_list(entry[0], entry[1], items, f"{key} of {ext_name!r}")
 
         def change(data: dict) -> None:
-            data["extensions"][index]["paths"] = paths
+            data["extensions"][index][key] = items
 
-        self._apply(splices, change, f"the paths of {ext_name!r}")
+        self._apply(splices, change, f"the {key} of {ext_name!r}")
 
     def add_extension(self, ext: ExtensionSpec) -> None:
         """Append ``ext`` at the end of ``extensions`` (creating the list if needed)."""

@@ -28,9 +28,8 @@ from typing import Any
 from ..errors import UserError
 from ..rules import FORBIDDEN_IN_EXTENSION, MERGED_TOPS, extension_name_problem
 from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
-from ..sizing.init import init_program
+from ..sizing.bootset import BootSet
 from ..sizing.merge import Hierarchies, read_hierarchies, unmerged
-from ..sizing.modules import INDEX_FILE, boot_modules, module_name, read_module_trees
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TreeIndex, scan
@@ -52,11 +51,12 @@ FORBIDDEN = tuple(p.encode() for p in FORBIDDEN_IN_EXTENSION)
 
 @dataclass(frozen=True)
 class SetPaths:
-    """Replace an extension's ``paths`` list."""
+    """Replace an extension's ``paths`` list (and its ``exclude`` list, when given)."""
 
     ext: str
     paths: tuple[str, ...]
     label: str = ""
+    exclude: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -313,45 +313,61 @@ class Session:
         return total
 
     # -- checks -------------------------------------------------------------------------------
-    def _boot_needed(self) -> list[tuple[int, str]]:
-        """Entries that must stay in the UKI, with why; computed once per scan and boot-relevant
-        spec fields (marks stay as fast as before: this reads the tree's modules.dep)."""
-        index, spec = self.index, self.spec
-        if index is None:
-            return []
-        key = (index, spec.os.kernel, spec.uki.init, spec.uki.pcr_key, tuple(sorted({e.filesystem for e in spec.extensions})))
-        cached = getattr(self, "_boot_cache", None)
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        out = self._boot_needed_now()
-        self._boot_cache = (key, out)
-        return out
+    def boot(self) -> BootSet | None:
+        """What must stay in the UKI (the plan's boot set, computed once per tree and boot-relevant
+        spec fields, so marks stay as fast as before)."""
+        return self.plan.boot if self.plan is not None else None
 
-    def _boot_needed_now(self) -> list[tuple[int, str]]:
-        index, spec = self.index, self.spec
-        out: list[tuple[int, str]] = []
-        try:
-            rel = os.path.relpath(spec.os.kernel, spec.os.root)
-        except ValueError:
-            rel = ""
-        if rel and not rel.startswith(".."):
-            k = index.lookup(rel)
-            if k is not None:
-                out.append((k, f"the kernel ({rel})"))
-        prog = init_program(spec, index)
-        if prog is not None and prog.needed:
-            *way, program = prog.needed
-            out.append((program, f"the init program ({prog.path}, {prog.source})"))
-            out += [(k, f"a link on the way to the init program ({prog.path}, {prog.source})") for k in way]
-        for mt in read_module_trees(index):
-            for path, why in boot_modules(spec, index, mt).items():
-                k = index.lookup(f"{mt.folder}/{path}")
-                if k is not None:
-                    out.append((k, f"kernel module {module_name(path)} ({why})"))
-            top = index.lookup(mt.folder)
-            out += [(c, "a modules index file modprobe reads before any merge") for c in index.children(top)
-                    if INDEX_FILE.fullmatch(os.fsdecode(index.names[c]))]
-        return out
+    def boot_reason(self, i: int) -> str | None:
+        """Why entry ``i`` must stay in the UKI (its chain of reasons), or None. Firmware that
+        modules kept in the UKI load is named too, marked as a should."""
+        boot = self.boot()
+        if boot is None or not 0 < i < len(boot.index):
+            return None
+        if i in boot.entries:
+            return boot.chain(i)
+        if i in boot.soft:
+            return f"{boot.chain(i)} (should stay: a device probed before the merge would miss it)"
+        return None
+
+    def boot_count(self, i: int) -> int:
+        """How many entries of folder ``i`` (itself included) must stay in the UKI to boot."""
+        boot = self.boot()
+        if boot is None or not 0 <= i < len(boot.index):
+            return 0
+        return boot.count(i)
+
+    def mark_all_but_boot(self, i: int, ext: str | None) -> Outcome:
+        """Mark folder ``i`` into ``ext`` with excludes for the entries boot needs (its kept
+        folders whole, else the entries themselves), as one undoable step."""
+        boot, index = self.boot(), self.index
+        if boot is None or index is None or ext is None or self.spec.extension(ext) is None:
+            return self.mark(i, ext)  # the same refusal a plain mark gives
+        needed = self.boot_count(i)
+        if not needed:
+            return self.mark(i, ext)
+        if i in boot.entries:
+            return _refuse(f"{_rel(index, i)} itself is needed to boot: {boot.chain(i).split(' <- ', 1)[-1]}")
+        text = _rel(index, i)
+        span = IntervalSet(self._spans(i))
+        hit = span.intersection(boot.entries)
+        keep: dict[int, None] = {}
+        for k in hit.indices():
+            a = k
+            while a > i and a not in boot.reasons:
+                a = index.parent[a]
+            keep.setdefault(a if a > i else k, None)
+        exclude = [_rel(index, k) for k in keep]
+        why = self.refusal(i, ext, ignore_boot=True)
+        if why:
+            return _refuse(why)
+        e = self.spec.extension(ext)
+        paths = [p for p in e.paths if p != text]
+        excludes = [x for x in e.exclude if x not in exclude] + exclude
+        return self.apply(SetPaths(ext, (*paths, text), f"mark {text} into {ext} but the {len(exclude)} "
+                                   f"entr{'y' if len(exclude) == 1 else 'ies'} boot needs "
+                                   f"({needed:,} entr{'y' if needed == 1 else 'ies'} stay in the UKI)",
+                                   exclude=tuple(excludes)))
 
     def hierarchies(self) -> Hierarchies:
         """What the OS merges from extensions, read from the tree once per scan."""
@@ -360,8 +376,9 @@ class Session:
             cached = self._hierarchies = (self.index, read_hierarchies(self.index))
         return cached[1]
 
-    def refusal(self, i: int, ext: str | None) -> str | None:
-        """Why entry ``i`` cannot be marked into extension ``ext``, or None when it can."""
+    def refusal(self, i: int, ext: str | None, *, ignore_boot: bool = False) -> str | None:
+        """Why entry ``i`` cannot be marked into extension ``ext``, or None when it can
+        (``ignore_boot``: as if what boot needs were excluded)."""
         index, plan = self.index, self.plan
         if index is None or plan is None:
             return "the tree is still being scanned; mark when the scan is done"
@@ -389,10 +406,18 @@ class Session:
                 what = ("the OS release file, which systemd-sysext refuses in an extension"
                         if bad.endswith(b"os-release") else "the extension release folder sysextant writes itself")
                 return f"{text} holds {os.fsdecode(bad)}, {what}; mark its other folders instead"
-        for k, what in self._boot_needed():
-            if self._within(spans, k):
-                return (f"{text} is {what}, needed to boot" if k == i
-                        else f"{text} holds {what}, needed to boot; mark its other entries instead")
+        boot = self.boot()
+        if boot is not None and not ignore_boot:
+            if i in boot.entries:
+                return f"{text} is needed to boot: {boot.chain(i).split(' <- ', 1)[-1]}"
+            inside = IntervalSet(spans).intersection(boot.entries)
+            if inside:
+                n = len(inside)
+                first, _, rest = boot.chain(inside.starts[0]).partition(" <- ")
+                if n == 1:
+                    return f"{text} holds {first}, needed to boot: {rest}; mark its other entries instead"
+                return (f"{text} holds {n:,} entries needed to boot, e.g. {first} <- {rest}; "
+                        "mark all but what boot needs instead")
         specials = index.special  # in index order, so sorted
         if not (stat.S_ISREG(index.mode[i]) or stat.S_ISDIR(index.mode[i]) or stat.S_ISLNK(index.mode[i])):
             return f"{text} is a special file (device, FIFO or socket), which an extension cannot carry"
@@ -500,7 +525,10 @@ class Session:
             if old is None:
                 raise UserError(f"there is no extension {op.ext}")
             editor.set_paths(op.ext, list(op.paths))
-            inverse: Operation = SetPaths(op.ext, tuple(old.paths), op.label)
+            if op.exclude is not None:
+                editor.set_exclude(op.ext, list(op.exclude))
+            inverse: Operation = SetPaths(op.ext, tuple(old.paths), op.label,
+                                          None if op.exclude is None else tuple(old.exclude))
         elif isinstance(op, AddExtension):
             editor.add_extension(op.ext)
             inverse = RemoveExtension(op.ext.name, op.label)
