@@ -163,3 +163,73 @@ async def test_gauge_draws_no_verdict_from_the_uncompressed_initrd(spec_path: Pa
         text = str(app.query_one("#gauge").render())
         assert "over the limit" not in text.lower() and "under the limit" not in text.lower()
         assert "left" not in text and "≤" in text
+
+
+# -- what boot needs -----------------------------------------------------------------------------
+KERNEL = "usr/lib/modules/6.6.60-kairos-demo/kernel"
+
+
+async def test_boot_needs_are_shown_and_e_marks_all_but_them(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        s = app.session
+        await pilot.press("2")  # drivers
+        fs = await go(app, pilot, f"{KERNEL}/fs")
+        needed = s.boot_count(fs)
+        assert needed > 0
+        item = str(app.query_one("#item").render())
+        assert f"{needed} entries inside needed to boot" in item and "e marks the rest" in item
+        assert row_texts(app)[app.tree.cursor].startswith(" ◇")  # a folder holding some
+        original = spec_path.read_text()
+        await pilot.press("space")
+        assert "needed to boot" in status(app) and spec_path.read_text() == original
+        await pilot.press("e")
+        spec = load_spec(spec_path).extension("drivers")
+        assert f"{KERNEL}/fs" in spec.paths and spec.exclude
+        assert "boot needs" in status(app)
+        assert s.plan is not None and all(k not in e.selected for e in s.plan.extensions
+                                           for k in s.boot().entries.indices() if s.index.path(k).decode()
+                                           .startswith(f"{KERNEL}/fs/"))
+        await pilot.press("enter")  # inside: folders holding needed modules carry ◇
+        await pilot.pause()
+        tree = app.tree
+        holding = [r for r in tree.rows if s.boot_count(r)]
+        assert holding and all(tree._row_text(r, 100).plain.startswith(" ◇") for r in holding)
+        assert all(tree._row_text(r, 100).plain[1] == " " for r in tree.rows if not s.boot_count(r))
+        module = await go(app, pilot, f"{KERNEL}/fs/erofs/erofs.ko.zst")  # a needed one carries ◆
+        assert module in s.boot().entries and tree._row_text(module, 100).plain.startswith(" ◆")
+        assert "needed to boot:" in str(app.query_one("#item").render())
+        await pilot.press("u")
+        back = load_spec(spec_path).extension("drivers")
+        assert f"{KERNEL}/fs" not in back.paths and not back.exclude  # one undo step
+        # (the text may keep an empty "exclude: []": the spec editor's undo, not the workbench's)
+
+
+async def test_item_pane_shows_every_figure(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(app, pilot)
+        await go(app, pilot, "usr/bin/immucore")
+        await pilot.press("i")
+        await pilot.pause()
+        info = app.query_one("#info")
+        text = str(info.render())
+        assert info.display and "/usr/bin/immucore" in text
+        assert "apparent" in text and "on disk" in text and "initrd (newc)" in text
+        assert "needed to boot:" in text and "uki.init" in text
+        assert "a mark would be refused" in text
+        await pilot.press("i")
+        assert not info.display
+
+
+async def test_palette_names_the_three_way_size_column_and_boot_mark(spec_path: Path) -> None:
+    from sysextant.tui.commands import WorkbenchCommands
+
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        names = {name: help_text for name, _cb, help_text in WorkbenchCommands(app.screen)._commands()}
+        assert "Toggle size column" not in names
+        assert "compressed estimate" in names["Cycle size column"]
+        assert "Mark all but what boot needs" in names

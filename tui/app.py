@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.text import Text
 from textual import on, work
 from textual.actions import SkipAction
 from textual.app import App, ComposeResult
@@ -38,6 +39,7 @@ from .widgets.build import BuildScreen
 from .widgets.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
+from .widgets.item import item_line, item_pane
 from .widgets.line import Line
 from .widgets.tree_list import TreeList, header_text
 
@@ -110,6 +112,8 @@ class WorkbenchApp(App[int]):
         Binding("c", "toggle_size", "Size column", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("p", "toggle_panel", "Panel"),
+        Binding("i", "toggle_info", "Info", show=False),
+        Binding("e", "mark_all_but_boot", "Mark but boot", show=False),
         Binding("b", "build(False)", "Build"),
         Binding("B", "build(True)", "Rebuild all", show=False),
         Binding("left_square_bracket", "cycle_extension(-1)", "Prev ext", show=False),
@@ -146,6 +150,8 @@ class WorkbenchApp(App[int]):
                 yield Line(id="crumb")
                 yield Line(id="colhead")
                 yield TreeList(self.session, id="tree")
+                yield Line(id="item")
+                yield Static(id="info")
                 yield Input(placeholder="filter this folder by name (enter keeps, esc clears)", id="filter")
             yield ExtensionsPanel(id="extensions")
         yield Static(id="problems")
@@ -161,6 +167,7 @@ class WorkbenchApp(App[int]):
         self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
         self.base.query_one("#filter", Input).display = False
         self.base.query_one("#problems", Static).display = False
+        self.base.query_one("#info", Static).display = False
         self.tree.focus()
         self.fit_layout()
         if self.session.index is not None:  # a session handed in already scanned (tests, bench)
@@ -187,6 +194,31 @@ class WorkbenchApp(App[int]):
         panel.styles.width = max(30, min(40, width * 32 // 100))
         self.base.query_one(Footer).compact = width < 110
         self.base.query_one(UkiGauge).set_class(height < 20, "-short")
+        self.base.query_one("#item", Line).display = height >= 20
+
+    def action_toggle_info(self) -> None:
+        """i: the item pane (full path, every size, hard links, extension, boot, refusal)."""
+        info = self.base.query_one("#info", Static)
+        info.display = not info.display
+        self.update_item()
+
+    def action_mark_all_but_boot(self) -> None:
+        """e: mark the folder under the cursor into the current extension, excluding what the
+        UKI needs to boot (the session writes the excludes; one undo step)."""
+        if not self._on_main_screen():
+            raise SkipAction()
+        entry = self.tree.entry
+        if entry is None:
+            self.set_status("nothing under the cursor to mark", "refused")
+            return
+        if self.current_ext is None:
+            self.set_status("there is no extension to mark into yet: press a to add one", "refused")
+            return
+        if self.session.plan is not None and not self.session.boot_count(entry):
+            # nothing to leave out: a plain mark says the same as space
+            self.report(self.session.mark(entry, self.current_ext))
+            return
+        self.report(self.session.mark_all_but_boot(entry, self.current_ext))
 
     def action_toggle_panel(self) -> None:
         panel = self.base.query_one(ExtensionsPanel)
@@ -451,6 +483,16 @@ class WorkbenchApp(App[int]):
             "#crumb", f"[b]{_escape(where)}[/b][dim]{_escape(count)}{_escape(extra)}[/]"
                       + (f"  → [b]{_escape(self.current_ext)}[/b]" if self.current_ext else f"[dim]{_escape(ext)}[/]"))
         self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort, tree.columns))
+        self.update_item()
+
+    def update_item(self) -> None:
+        """The line under the list (and the item pane when open) for the entry under the cursor."""
+        entry = self.tree.entry
+        warn = self.get_css_variables().get("warning", "yellow")
+        self._update_if_changed("#item", item_line(self.session, entry, self.current_ext, warn))
+        info = self.base.query_one("#info", Static)
+        if info.display:
+            info.update(Text.from_markup(item_pane(self.session, entry, self.current_ext, warn)))
 
     def _update_if_changed(self, selector: str, content: str) -> None:
         self.base.query_one(selector, Line).set(content)

@@ -13,7 +13,7 @@ from textual.widget import Widget
 class Line(Widget):
     """Console markup on one line, cropped with an ellipsis."""
 
-    DEFAULT_CSS = "Line { height: 1; }"
+    DEFAULT_CSS = "Line { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }"
 
     def __init__(self, markup: str = "", *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)

@@ -85,6 +85,21 @@ def header_text(size_mode: str, sort: str, cols: Columns | None = None, reverse:
     return out + "name" + ((" ▼" if reverse else " ▲") if sort == "name" else "")
 
 
+BOOT_NEEDED, BOOT_HOLDS = "◆", "◇"
+
+
+def boot_glyph(session: Session, i: int) -> str:
+    """``◆`` on an entry the UKI needs to boot, ``◇`` on a folder holding some, else a blank."""
+    boot = session.boot()
+    if boot is None:
+        return " "
+    if i in boot.entries:
+        return BOOT_NEEDED
+    if stat.S_ISDIR(boot.index.mode[i]) and session.boot_count(i):
+        return BOOT_HOLDS
+    return " "
+
+
 def owner_label(own: str | None, owners: list[str]) -> str:
     """The extension column: the extension that takes the entry, or ``~name`` (``~name+2``)
     for a folder some of whose entries are in extensions."""
@@ -126,6 +141,7 @@ class TreeList(ScrollView, can_focus=True):
         "tree-list--bar",
         "tree-list--bar-empty",
         "tree-list--marked",
+        "tree-list--boot",
         *(f"tree-list--ext-{k}" for k in range(EXT_COLOURS)),
     }
 
@@ -360,7 +376,8 @@ class TreeList(ScrollView, can_focus=True):
             is_mark = rel in marks.paths
         cols = self.columns
         t = Text(no_wrap=True, overflow="ellipsis")
-        t.append("● " if is_mark else "  ", self.get_component_rich_style("tree-list--marked"))
+        t.append("●" if is_mark else " ", self.get_component_rich_style("tree-list--marked"))
+        t.append(boot_glyph(session, i), self.get_component_rich_style("tree-list--boot"))
         t.append(f"{format_size(size):>{SIZE_W}} ")
         if cols.bar:
             filled = share * BAR_W
