@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from kernel import real_modules
 
 from sysextant.core.demo import create_demo
 from sysextant.core.sizing.bootset import boot_set
@@ -23,8 +24,6 @@ from sysextant.core.sizing.plan import make_plan
 from sysextant.core.spec.load import load_spec
 from sysextant.core.tree.index import scan
 from sysextant.core.workbench.session import Session
-
-from kernel import real_modules
 
 CLI = [sys.executable, "-m", "sysextant.tui.cli"]
 REAL_PROGRAMS = ("/usr/lib/systemd/systemd", "/usr/bin/mount", "/usr/bin/systemd-sysext")

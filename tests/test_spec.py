@@ -21,10 +21,9 @@ from sysextant.core.spec.load import (
     extension_name_problem,
     load_spec,
     loads_spec,
-    new_spec_text,
-    scalar_text,
 )
 from sysextant.core.spec.model import ExtensionSpec
+from sysextant.core.spec.write import new_spec_text, scalar_text
 from sysextant.core.units import GiB, MiB
 
 FULL = """\

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..formats.cpio import extra_bytes
 from ..errors import UserError
+from ..formats.cpio import extra_bytes
 from ..formats.initrd import extra_paths, initrd_extra
 from ..keys import private_key_warnings
 from ..spec.load import splash_problem

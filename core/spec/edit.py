@@ -4,7 +4,7 @@ Each edit re-composes the current text with PyYAML (:func:`sysextant.core.spec.l
 the exact character span of the node to change, and splices new text in; every other byte stays
 as it was: comments, blank lines, key order, quoting, indentation. The edited node keeps its
 style: a flow list ``[a, b]`` stays flow, a block list keeps its dash column. New scalars are
-quoted only when YAML needs it (:func:`sysextant.core.spec.load.scalar_text`).
+quoted only when YAML needs it (:func:`sysextant.core.spec.write.scalar_text`).
 
 Every edit is checked before it is kept: the new text must compose, and its data must equal the
 old data with exactly the intended change. An edit that cannot be made that way raises
@@ -29,18 +29,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from ..atomic import atomic_output
 from ..errors import UserError
 from ..rules import extension_name_problem
-from .load import (
-    FLOW_WIDTH,
-    SpecError,
-    compose,
-    dotted,
-    extension_fields,
-    extension_lines,
-    flow_text,
-    is_null,
-    scalar_text,
-)
+from .load import SpecError, compose, dotted, is_null
 from .model import ExtensionSpec
+from .write import FLOW_WIDTH, extension_fields, extension_lines, flow_text, scalar_text
 
 Key = str | int
 Splice = tuple[int, int, str]  # replace text[start:end] with the string

@@ -27,8 +27,8 @@ from typing import Any
 
 from ..errors import UserError
 from ..rules import FORBIDDEN_IN_EXTENSION, MERGED_TOPS, extension_name_problem
-from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
 from ..sizing.bootset import BootSet
+from ..sizing.forecast import Figures, UkiLayout, extension_savings, forecast
 from ..sizing.merge import Hierarchies, read_hierarchies, unmerged
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import ExtensionSpec, Spec
