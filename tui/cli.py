@@ -21,7 +21,7 @@ from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter, clear_stop, request_stop, stop_requested
 from sysextant.core.units import failing_verdict, format_size
 
-COMMANDS = ("scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify")
+COMMANDS = ("init", "scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify")
 
 
 # -- output helpers ----------------------------------------------------------------------------
@@ -166,6 +166,20 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if result.problems or failing_verdict(fig.verdict) else 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from sysextant.core.workbench.starter import write_starter
+
+    spec = Path(args.spec)
+    found = write_starter(Path(args.root), spec, key=Path(args.key) if args.key else None,
+                          cert=Path(args.cert) if args.cert else None, limit=args.limit)
+    print(f"wrote {spec}: boot profile {found.profile}, kernel {found.kernel or '(not found)'}, "
+          f"init {found.init or 'the tree' + chr(39) + 's own /init'}")
+    for note in found.notes:
+        print(f"  note: {note}")
+    print(f"next: mark what leaves the UKI with `sysextant {spec}`, or edit it and run `sysextant plan {spec}`")
+    return 0
+
+
 def cmd_boot_set(args: argparse.Namespace) -> int:
     from sysextant.core.sizing.bootset import boot_set
     from sysextant.core.tree.index import scan
@@ -306,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"sysextant {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init", help="write a starter spec for an OS tree (kernel, init, boot profile detected)",
+                       description="Write a commented starter spec for ROOT: the kernel, the init the UKI "
+                                   "starts and the boot profile (kairos, systemd, none) are detected inside the "
+                                   "tree; every other value is the default, written out. Never overwrites a file.")
+    p.add_argument("root", help="the OS tree (a folder)")
+    p.add_argument("--spec", default="sysextant.yaml", help="where to write the spec (default: sysextant.yaml)")
+    p.add_argument("--key", help="the db signing key (PEM); with --cert")
+    p.add_argument("--cert", help="the db certificate (PEM); with --key")
+    p.add_argument("--limit", help="the firmware's size limit (a size such as 800MiB, or a preset)")
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("scan", help="index an OS tree and print its totals",
                        description="Scan an OS tree (lstat only, symlinks never followed, hardlinks once) "

@@ -95,44 +95,47 @@ def new_spec_text(root: str, *, kernel: str = "boot/vmlinuz", cmdline: str | Non
     """
     d = UkiSpec()
     s = scalar_text
+
+    def c(line: str, comment: str) -> str:  # a comment aligned at column 31 (or after a long value)
+        return f"{line.ljust(30)} # {comment}"
+
     lines = [
         "# Sysextant spec: which parts of the OS tree leave the UKI as signed system extensions.",
         "# Relative paths are relative to this file's folder. `sysextant plan` checks it.",
         f"version: {SPEC_VERSION}",
         "",
         "os:",
-        f"  root: {s(root)}                 # the OS tree (a folder); never modified",
-        f"  kernel: {s(kernel)}       # inside root unless absolute",
-        "  exclude: []                  # extra globs left out of the UKI initrd",
+        c(f"  root: {s(root)}", "the OS tree (a folder); never modified"),
+        c(f"  kernel: {s(kernel)}", "inside root unless absolute"),
+        c("  exclude: []", "extra globs left out of the UKI initrd"),
         "",
         "uki:",
         f"  stub: {s(str(d.stub))}",
         f"  cmdline: {s(d.cmdline if cmdline is None else cmdline)}",
-        f"  init: {s(init)}" + ("                   # e.g. /usr/bin/immucore: the /init symlink Kairos uses"
-                                 if init is None else ""),
-        f"  compression: {s(d.compression)}            # {' | '.join(UKI_COMPRESSIONS)}",
+        c(f"  init: {s(init)}", "e.g. /usr/bin/immucore: the /init symlink Kairos uses") if init is None
+        else c(f"  init: {s(init)}", "what the kernel starts from the initrd"),
+        c(f"  compression: {s(d.compression)}", " | ".join(UKI_COMPRESSIONS)),
         f"  level: {d.level}",
-        f"  limit: {s(d.limit_text if limit is None else limit)}                 # a size with unit, or a preset: "
-        f"{', '.join(LIMIT_PRESETS)}",
+        c(f"  limit: {s(d.limit_text if limit is None else limit)}", f"a size with unit, or a preset: "
+          f"{', '.join(LIMIT_PRESETS)}"),
         f"  output: {s(uki_output)}",
         "",
     ]
     if key and cert:
-        lines += ["signing:                       # the Secure Boot db key pair",
+        lines += [c("signing:", "the Secure Boot db key pair"),
                   f"  key: {s(key)}", f"  cert: {s(cert)}", ""]
     else:
-        lines += ["# signing:                     # without it, images are built unsigned",
-                  "#   key: keys/db.key", "#   cert: keys/db.pem", "#   trust_in_uki: false  # true: the cert goes "
-                  "into the UKI's etc/verity.d (plain systemd)", ""]
+        lines += [c("# signing:", "without it, images are built unsigned"),
+                  "#   key: keys/db.key", "#   cert: keys/db.pem",
+                  c("#   trust_in_uki: false", "true: the cert goes into the UKI's etc/verity.d (plain systemd)"), ""]
     if profile:
-        lines += ["boot:", f"  profile: {s(profile)}             # kairos | systemd | none: what runs before the merge "
-                  "(`sysextant boot-set`)", ""]
+        lines += ["boot:", c(f"  profile: {s(profile)}", "kairos | systemd | none: what runs before the merge "
+                             "(`sysextant boot-set`)"), ""]
     if extensions:
         lines.append("extensions:")
         for ext in extensions:
             lines.extend(extension_lines(ext))
     else:
-        lines += ["extensions: []                 # e.g. - name: firmware",
-                  "                               #        paths: [usr/lib/firmware]"]
+        lines += [c("extensions: []", "e.g. - name: firmware"), c("", "       paths: [usr/lib/firmware]")]
     lines += ["", "# Where the extension images go.", f"output: {s(output)}", ""]
     return "\n".join(lines)
