@@ -10,6 +10,7 @@ The layers, bottom first (a module may import from its own layer and those below
 2. ``keys``: the signer and the PCR key, loaded once per build;
 3. ``tree/``: the index of an OS tree and selections over it;
 4. ``formats/``: bytes in, bytes out (cpio, EROFS, verity, GPT, PKCS#7, PE, the UKI, the DDI);
+   ``packages/``: the tree's package database (dpkg, apk, rpm) and the entries each package owns;
 5. ``sizing/``: the plan, the estimate and the forecast;
 6. ``build/``: the pipeline, the artefacts, verification;
 7. ``workbench/``, ``demo``, ``vm/``: what the front ends drive (``vm/`` boots a build in QEMU).
@@ -26,7 +27,7 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "core"
 LAYERS = {"errors": 0, "units": 0, "progress": 0, "atomic": 0, "spec": 1, "rules": 1, "keys": 2, "tree": 3,
-          "formats": 4, "sizing": 5, "build": 6, "workbench": 7, "demo": 7, "vm": 7}
+          "formats": 4, "packages": 4, "sizing": 5, "build": 6, "workbench": 7, "demo": 7, "vm": 7}
 
 
 def modules() -> dict[str, Path]:
