@@ -326,7 +326,7 @@ async def test_build_refused_while_scanning_and_while_the_spec_is_broken(
             assert await wait_for(pilot, lambda: bool(app.session.disk_problems))
             await pilot.press("b")
             assert not isinstance(app.screen, BuildScreen)
-            assert "on disk has 1 problem(s)" in status(app)
+            assert "on disk has 1 problem;" in status(app)
             assert not (spec_path.parent / "build").exists()
     finally:
         release.set()

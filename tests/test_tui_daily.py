@@ -233,3 +233,121 @@ async def test_palette_names_the_three_way_size_column_and_boot_mark(spec_path: 
         assert "Toggle size column" not in names
         assert "compressed estimate" in names["Cycle size column"]
         assert "Mark all but what boot needs" in names
+
+
+# -- the build screen's words --------------------------------------------------------------------
+def slow_build(spec, *, reporter, **_kw):  # noqa: ANN001, ANN201 - stands in for core.build.build
+    """A build that runs until it is cancelled."""
+    import time
+
+    from sysextant.core.errors import Cancelled
+
+    while not reporter.cancelled:
+        time.sleep(0.02)
+    raise Cancelled("build cancelled")
+
+
+async def test_q_during_a_build_says_what_it_does_then_stops_and_quits(spec_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysextant.tui.widgets import build as build_module
+
+    monkeypatch.setattr(build_module, "build", slow_build)
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await pilot.press("b")
+        assert await wait_for(pilot, lambda: isinstance(app.screen, build_module.BuildScreen))
+        screen = app.screen
+        await pilot.press("q")
+        await pilot.pause()
+        assert screen.running and app.is_running  # the first q does not stop a build unasked
+        log = "\n".join(str(line) for line in screen.query_one("#build-log").lines)
+        assert "q again stops it and quits" in log
+        await pilot.press("q")
+        assert await wait_for(pilot, lambda: not app.is_running, 5)
+    assert app.return_code == 0
+
+
+def test_a_stopped_build_names_what_it_replaced_without_contradiction(spec_path: Path) -> None:
+    from sysextant.tui.widgets.build import BuildScreen
+
+    spec = load_spec(spec_path)
+    screen = BuildScreen(spec, None, None)
+    screen.running, screen.kind = False, "cancelled"
+    assert screen.outcome_summary()[1] == "build cancelled; previous outputs kept"
+    screen.replaced = [("firmware", spec.output / "firmware.sysext.raw")]
+    summary = screen.outcome_summary()[1]
+    text = str(screen.outcome_text())
+    for words in (summary, text):
+        assert "firmware.sysext.raw already rebuilt whole" in words
+        assert "previous outputs kept" not in words and "the other outputs are the previous ones" in words
+
+
+# -- (3) the smaller bugs ------------------------------------------------------------------------
+async def test_h_that_clears_the_filter_also_removes_the_box(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await go(app, pilot, "usr/share")
+        await pilot.press("enter", "slash", *"loc", "enter")
+        await pilot.pause()
+        box = app.query_one("#filter")
+        assert app.tree.name_filter == "loc" and box.display
+        await pilot.press("h")  # clears the filter first
+        await pilot.pause()
+        assert app.tree.name_filter == "" and not box.display
+        assert box not in app.screen.focus_chain
+
+
+async def test_remove_dialog_shows_its_whole_question(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        app.action_remove_extension()
+        await pilot.pause()
+        label = app.screen.query_one("#question")
+        dialog = label.parent
+        assert label.outer_size.width <= dialog.content_region.width
+        assert label.size.height >= 2  # wrapped, not cut
+        await pilot.press("n")
+
+
+async def test_del_in_the_paths_list_unmarks_at_once(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        app.query_one("#ext-paths").focus()
+        await pilot.pause()
+        await pilot.press("delete")
+        await pilot.pause()
+        assert load_spec(spec_path).extension("firmware").paths == []
+        assert "unmark usr/lib/firmware from firmware" in status(app)
+
+
+async def test_one_is_singular(spec_path: Path) -> None:
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)
+        await go(app, pilot, "usr/share")
+        await pilot.press("enter", "slash", *"locale", "enter")
+        await pilot.pause()
+        crumb = str(app.query_one("#crumb").render())
+        assert "1 entry" in crumb and "1 entries" not in crumb
+        panel = str(app.query_one("#ext-list").get_option_at_index(0).prompt)
+        assert "1 path" in panel and "1 paths" not in panel
+
+
+async def test_the_scan_count_in_the_header_is_the_index_as_painted(spec_path: Path) -> None:
+    from sysextant.core.tree.index import scan
+
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        # a half-grown index on screen, as while scanning, growing after the message came
+        index = scan(app.session.root)
+        app.session.plan = None
+        app.entries_seen = 10
+        app.tree.set_index(index)
+        app.update_topbar()
+        await pilot.pause()
+        top = str(app.query_one("#topbar").render())
+        assert f"scanning {len(index):,} entries" in top

@@ -39,7 +39,7 @@ from .widgets.build import BuildScreen
 from .widgets.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
-from .widgets.item import item_line, item_pane
+from .widgets.item import item_line, item_pane, plural
 from .widgets.line import Line
 from .widgets.tree_list import TreeList, header_text
 
@@ -293,7 +293,7 @@ class WorkbenchApp(App[int]):
         else:
             tree.reload_rows()
         self.update_topbar()
-        self.base.query_one(UkiGauge).show(None, note=f"scanning the OS tree… {self.entries_seen:,} entries so far; "
+        self.base.query_one(UkiGauge).show(None, note=f"scanning the OS tree… {plural(self.entries_seen, 'entry', 'entries')} so far; "
                                                  "marks can be made when the scan is done")
 
     def on_scan_done(self, message: ScanDone) -> None:
@@ -305,7 +305,8 @@ class WorkbenchApp(App[int]):
         self.tree.set_index(message.index)
         problems = message.index.problems
         if problems:
-            self.set_status(f"{len(problems)} entries could not be read and are not counted, e.g. {problems[0]}",
+            self.set_status(f"{plural(len(problems), 'entry', 'entries')} could not be read and are not counted, "
+                            f"e.g. {problems[0]}",
                             "refused")
         self.refresh_all()
         self.start_estimator()
@@ -385,7 +386,8 @@ class WorkbenchApp(App[int]):
     def on_estimator_refined(self, message: EstimatorRefined) -> None:
         if message.estimator is self.session.estimator:
             self.session.estimator_changed()
-            self.estimator_note = (f"refining the estimate: {message.left} groups to go" if message.left else "")
+            self.estimator_note = (f"refining the estimate: {plural(message.left, 'group')} to go"
+                                   if message.left else "")
             self.refresh_all()
 
     # -- watching the spec --------------------------------------------------------------------
@@ -428,7 +430,8 @@ class WorkbenchApp(App[int]):
                 lines.append(f"  … and {len(result.problems) - 6} more")
             problems.update("\n".join(lines))
             problems.display = True
-            self.set_status(f"spec not reloaded: {len(result.problems)} problem(s); fix the file and save", "refused")
+            self.set_status(f"spec not reloaded: {plural(len(result.problems), 'problem')}; fix the file and save",
+                            "refused")
             return
         problems.display = False
         names = [e.name for e in self.session.spec.extensions]
@@ -451,19 +454,26 @@ class WorkbenchApp(App[int]):
         self._update_if_changed("#status", _escape(text))
 
     def update_topbar(self) -> None:
+        topbar = self.base.query_one("#topbar", Line)
+        if self.session.plan is None:
+            topbar.follow(self.topbar_markup)  # the scan's count as the rows painted with it
+        else:
+            topbar.set(self.topbar_markup())
+
+    def topbar_markup(self) -> str:
         s = self.session
         index = self.tree.index
         if s.plan is None:
-            state = f"[b]scanning[/b] {self.entries_seen:,} entries…" if index is not None or self.entries_seen else "starting…"
+            seen = len(index) if index is not None else self.entries_seen
+            state = f"[b]scanning[/b] {plural(seen, 'entry', 'entries')}…" if index is not None or seen else "starting…"
         else:
             state = f"{len(s.index):,} entries" + (
                 f" scanned in {self.scan_seconds:.1f} s" if self.scan_seconds and self.show_timings else "")
         if self.estimator_note:
             state += f" · {self.estimator_note}"
         unsaved = " · [b]NOT SAVED[/b]" if s.unsaved else ""
-        self._update_if_changed("#topbar",
-            f"[b]sysextant[/b]  spec {_escape(_short(s.path, Path.cwd()))} · tree "
-            f"{_escape(_short(s.root, s.path.absolute().parent))} · {state}{unsaved}")
+        return (f"[b]sysextant[/b]  spec {_escape(_short(s.path, Path.cwd()))} · tree "
+                f"{_escape(_short(s.root, s.path.absolute().parent))} · {state}{unsaved}")
 
     def update_crumb(self) -> None:
         tree = self.tree
@@ -615,6 +625,10 @@ class WorkbenchApp(App[int]):
             self.report(self.session.unmark_path(self.current_ext, message.path))
 
     def on_tree_list_moved(self, _message: TreeList.Moved) -> None:
+        box = self.base.query_one("#filter", Input)
+        if box.display and not self.tree.name_filter and not box.has_focus:
+            box.value = ""
+            box.display = False  # h cleared the filter (or another folder was opened): no empty box left
         self.update_crumb()
 
     def on_tree_list_columns_changed(self, _message: TreeList.ColumnsChanged) -> None:
@@ -653,7 +667,7 @@ class WorkbenchApp(App[int]):
             self.set_status("no extension to remove", "refused")
             return
         ext = self.session.spec.extension(name)
-        held = f" and its {len(ext.paths)} path(s)" if ext and ext.paths else ""
+        held = f" and its {plural(len(ext.paths), 'path')}" if ext and ext.paths else ""
 
         def done(yes: bool | None) -> None:
             if not yes:
@@ -677,7 +691,7 @@ class WorkbenchApp(App[int]):
         if self.build_screen() is not None:
             return "a build is already running"
         if s.disk_problems:
-            return (f"not building: {s.path} on disk has {len(s.disk_problems)} problem(s); "
+            return (f"not building: {s.path} on disk has {plural(len(s.disk_problems), 'problem')}; "
                     "fix the file and save it first")
         if s.unsaved:
             return f"not building: the last change could not be saved ({s.save_error}); the build reads the spec file"

@@ -43,6 +43,7 @@ from sysextant.core.units import format_size
 from sysextant.core.workbench.session import Figures
 
 from .gauge import LEVEL_WORDS
+from .item import plural
 
 #: How often one task's progress is forwarded to the screen (seconds between events).
 THROTTLE = 0.1
@@ -523,7 +524,7 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
                 out.append(f"{c['detail']}\n")
         others = [c["name"] for c in a.checks if c["ok"] and c["name"] not in KEY_CHECKS]
         if a.checks:
-            out.append(f"    ✓ all {len(a.checks)} checks passed" if not failed else
+            out.append(f"    ✓ all {plural(len(a.checks), 'check')} passed" if not failed else
                        f"    ✗ {len(failed)} of {len(a.checks)} checks FAILED", ok_style if not failed else bad_style)
             out.append(f" ({' '.join(others)})\n" if others else "\n", dim)
         if a.kind == "uki":
@@ -557,7 +558,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
 
     BINDINGS = [
         Binding("escape", "cancel_build", "Cancel build"),
-        Binding("escape,q", "close", "Back to the workbench"),
+        Binding("escape", "close", "Back to the workbench"),
+        Binding("q", "quit_key", "Back / quit", show=False),
         Binding("s", "save_summary", "Save JSON summary"),
         Binding("l", "toggle_stages", "Stages/result"),
     ]
@@ -600,6 +602,7 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         self.wall_started = time.time()
         self.replaced: list[tuple[str, Path]] = []  # (artefact, file) this build replaced before it stopped
         self._last_post: dict[str, float] = {}
+        self._quit_armed = False  # q pressed once while the build runs
 
     def compose(self) -> ComposeResult:
         with Vertical(id="build-box"):
@@ -720,10 +723,10 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
             if self.report.over_limit:
                 return "refused", (f"build FAILED: the UKI is {self.report.verdict} the limit "
                                    f"{format_size(self.report.limit_bytes)}; do not deploy it")
-            return "ok", (f"build ok: {len(arts)} artefacts verified ({len(arts) - reused} built, {reused} reused) "
+            return "ok", (f"build ok: {plural(len(arts), 'artefact')} verified ({len(arts) - reused} built, {reused} reused) "
                           f"in {format_seconds(self.report.seconds)} → {self.report.output}")
         if self.kind == "cancelled":
-            return "refused", "build cancelled; previous outputs kept" + self._replaced_note()
+            return "refused", "build cancelled; " + self._kept_words()
         if self.kind == "error":
             return "refused", f"build failed: {self.error.splitlines()[0] if self.error else ''}"
         return "refused", f"build stopped by an internal error ({self.error}); previous outputs kept"
@@ -734,16 +737,12 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         if self.kind == "ok" and self.report is not None:
             text.append(self.outcome_summary()[1], "bold")
         elif self.kind == "cancelled":
-            text.append("Cancelled; previous outputs kept.", "bold")
+            text.append(f"Cancelled; {self._kept_words()}.", "bold")
             text.append(" Nothing of this build was half-written into the output folder.")
-            if self.replaced:
-                text.append(self._replaced_line())
         elif self.kind == "error":
             text.append("The build stopped: ", "bold")
             text.append(self.error)
-            text.append("\nNothing was half-written; the previous outputs are kept. Fix this and press b again.")
-            if self.replaced:
-                text.append(self._replaced_line())
+            text.append(f"\nNothing was half-written; {self._kept_words()}. Fix this and press b again.")
         else:
             text.append("The build stopped on an internal error (a bug; please report it): ", "bold")
             text.append(self.error)
@@ -758,16 +757,14 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         """The artefact files this (stopped) build replaced: written after it started."""
         return replaced_since(self.spec, self.wall_started)
 
-    def _replaced_line(self) -> str:
-        names = ", ".join(p.name for _, p in self.replaced)
-        return (f"\n{names} had been rebuilt whole before the stop (not yet verified); "
-                "the other outputs are the previous ones.")
-
-    def _replaced_note(self) -> str:
+    def _kept_words(self) -> str:
+        """What a stop left: the previous outputs, or which ones this build had already replaced
+        (saying "previous outputs kept" and "X had been rebuilt" together contradicted itself)."""
         if not self.replaced:
-            return ""
+            return "previous outputs kept"
         names = ", ".join(p.name for _, p in self.replaced)
-        return f" ({names} already rebuilt whole, not yet verified)"
+        return (f"{names} already rebuilt whole (not yet verified); "
+                f"the other outputs are the previous ones")
 
     # -- actions --------------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -792,6 +789,21 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
     def action_close(self) -> None:
         if not self.running:
             self.dismiss(self.outcome_summary())
+
+    async def action_quit_key(self) -> None:
+        """q: back to the workbench once the build is over; while it runs, the first q says what
+        q and esc do, a second q stops the build (outputs stay whole) and quits."""
+        if not self.running:
+            self.dismiss(self.outcome_summary())
+            return
+        if self._quit_armed:
+            self.log_line("build", "q again: stopping the build and quitting")
+            await self.app.action_quit()
+            return
+        self._quit_armed = True
+        message = "a build is running: q again stops it and quits; esc stops it and stays (outputs stay whole)"
+        self.log_line("build", message)
+        self.notify(message, title="Build running", timeout=4)
 
     def action_toggle_stages(self) -> None:
         stages, result = self.query_one("#build-stages"), self.query_one("#build-result")

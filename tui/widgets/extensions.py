@@ -7,6 +7,7 @@ into. The lower list holds the current extension's paths; ``delete``/``x`` there
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -148,9 +149,11 @@ class ExtensionsPanel(Vertical):
         if f is None:
             title.update("Paths")
             return
-        title.update(f"Paths of {f.name}  [dim](del unmarks)[/]")
+        room = (self.content_size.width or 30) - 2 - len(f"Paths of {f.name}")
+        title.update(f"Paths of {escape(f.name)}" + ("  [dim](del unmarks)[/]" if room >= 15 else ""))
         if f.paths:
             paths.add_options([Option(p, id=p) for p in f.paths])
+            paths.highlighted = 0  # del acts at once, without a first ↓ to pick a row
         else:
             paths.add_option(Option(Text("none yet: space marks the entry under the cursor",
                                          style=self.get_component_rich_style("extensions--dim", partial=True)), disabled=True))
