@@ -20,8 +20,9 @@ from pathlib import Path
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter, clear_stop, request_stop, stop_requested
 from sysextant.core.units import failing_verdict, format_size
+from sysextant.tui.bootcmd import add_boot_parser
 
-COMMANDS = ("init", "scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify")
+COMMANDS = ("init", "scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify", "boot")
 
 
 # -- output helpers ----------------------------------------------------------------------------
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("open", help="open the workbench on a spec (same as `sysextant SPEC`)")
     p.add_argument("spec", help="the YAML spec file")
     p.set_defaults(func=cmd_open)
+    add_boot_parser(sub)
     return parser
 
 
