@@ -236,3 +236,29 @@ def test_demo_spec_is_boot_safe_and_explains_a_refused_mark(demo: Path) -> None:
     s.attach(scan(s.spec.os.root))
     out = s.mark(s.index.lookup("usr/lib/x86_64-linux-gnu/libc.so.6"), "drivers")
     assert not out.ok and out.message.startswith("usr/lib/x86_64-linux-gnu/libc.so.6 is needed to boot: DT_NEEDED")
+
+
+def test_boot_profile_from_the_spec_decides_programs_and_modules(tmp_path: Path) -> None:
+    """boot.profile overrides the detection: none keeps only the init's closure and the modules the
+    extensions' filesystems need; kairos adds immucore's driver list on any tree."""
+    base, release = real_modules()
+    root = tmp_path / "rootfs"
+    shutil.copytree(base / "lib/modules", root / "usr/lib/modules", symlinks=True)
+    (root / "usr/lib/os-release").write_text("ID=debian\n")
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    (root / "usr/lib/systemd/systemd").write_bytes(b"#!/bin/sh\n")
+    (root / "usr/lib/systemd/systemd").chmod(0o755)
+    (root / "boot").mkdir()
+    (root / "boot/vmlinuz").write_bytes(b"MZ")
+    kinds = {}
+    for profile in ("none", "systemd", "kairos"):
+        spec = load_spec(_spec(root, tmp_path, "  - {name: x, paths: [usr/share]}\n", f"boot: {{profile: {profile}}}\n"))
+        boot = boot_set(spec, scan(root))
+        assert boot.profile == profile and f"boot.profile in {spec.path}" in boot.profile_source
+        mods = {os.path.basename(os.fsdecode(boot.index.path(k))) for k, r in boot.reasons.items() if r.kind == "module"}
+        kinds[profile] = mods
+    # the extensions' filesystem and what it depends on (erofs' softdep crc32c) only
+    assert "erofs.ko" in kinds["none"] and not {"dm-verity.ko", "loop.ko", "overlay.ko"} & kinds["none"]
+    assert {"dm-verity.ko", "loop.ko", "overlay.ko", "virtio_blk.ko"} <= kinds["systemd"]
+    assert "af_packet.ko" in kinds["kairos"] or "squashfs.ko" in kinds["kairos"]
+    assert "squashfs.ko" not in kinds["systemd"]

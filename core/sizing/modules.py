@@ -154,11 +154,15 @@ def is_kairos(index: TreeIndex) -> bool:
 
 
 def boot_modules(spec: Spec, index: TreeIndex, mt: ModuleTree) -> dict[str, str]:
-    """The modules of ``mt`` that must stay in the UKI (path -> why)."""
+    """The modules of ``mt`` that must stay in the UKI (path -> why): the boot profile's list
+    (``boot.profile``, else Kairos when its markers are in the tree, else systemd; none with
+    ``boot.profile: none``), the extensions' filesystems, TPM drivers with a PCR key."""
     seeds: list[tuple[str, str]] = []
-    profile, names = ("Kairos (immucore loads it before switching root)", KAIROS_MODULES) if is_kairos(index) \
-        else ("systemd (needed up to local-fs.target and the merge)", SYSTEMD_MODULES)
-    seeds += [(n, f"boot profile {profile}") for n in names]
+    chosen = spec.boot.profile or ("kairos" if is_kairos(index) else "systemd")
+    if chosen == "kairos":
+        seeds += [(n, "boot profile kairos (immucore loads it before switching root)") for n in KAIROS_MODULES]
+    elif chosen == "systemd":
+        seeds += [(n, "boot profile systemd (needed up to local-fs.target and the merge)") for n in SYSTEMD_MODULES]
     for fs in sorted({e.filesystem for e in spec.extensions}):
         seeds.append((f"fs-{fs}", f"mounts the {fs} extension images"))
         seeds.append((fs, f"mounts the {fs} extension images"))
