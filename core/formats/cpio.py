@@ -19,6 +19,8 @@ the end. A name whose inode has no other name in the archive is written as a pla
 
 The byte count equals the size model's exactly: ``Sums.cpio_bytes(selection) + TRAILER_BYTES``
 plus the bytes of any extra entries (the ``init`` symlink).
+
+See docs/formats.md, section 1 (newc cpio, as the kernel unpacks it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..progress import Reporter
 from ..tree.fsentry import FsEntry, open_nofollow
 from ..tree.index import HEADER, TreeIndex, cpio_entry_bytes
 from ..tree.selection import IntervalSet
+from ..tree.sidecar import entry_truth
 
 MAGIC = b"070701"
 TRAILER_NAME = b"TRAILER!!!"
@@ -336,6 +339,9 @@ def _write_index_entry(w: NewcWriter, index: TreeIndex, i: int, path: bytes, dir
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if keep_owners:
                 uid, gid = st.st_uid, st.st_gid
+                truth = entry_truth(index.root, path, st)  # a flattened image's sidecar
+                if truth is not None:
+                    uid, gid = truth[1], truth[2]
         if stat.S_ISREG(mode):
             size = index.data_bytes(i)
             key = member_of.get(i)
@@ -370,6 +376,11 @@ def _write_index_entry(w: NewcWriter, index: TreeIndex, i: int, path: bytes, dir
             w.entry(path, ino=ino, mode=mode, nlink=2, uid=uid, gid=gid)
         else:
             rdev = st.st_rdev if st is not None and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0
+            truth = entry_truth(index.root, path, st) if st is not None else None
+            if truth is not None:  # a flattened image's device this user could not create
+                rdev = truth[3]
+                if keep_owners:
+                    uid, gid = truth[1], truth[2]
             w.entry(path, ino=ino, mode=mode, nlink=1, rdev=rdev, uid=uid, gid=gid)
     except OSError as exc:
         if exc.errno in WRITE_ERRNOS:  # the archive's own disk (full, quota, read-only): the writer names it

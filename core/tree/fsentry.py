@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from .sidecar import entry_truth
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _O_FILE = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOATIME", 0)
@@ -142,6 +143,15 @@ def entry_from_lstat(root: bytes, rel: bytes, st: os.stat_result, *, xattrs: boo
         entry.size = len(entry.target)
     if xattrs:
         entry.xattrs = read_xattrs(host)
+    truth = entry_truth(root, rel, st)  # a flattened image: owners, devices, xattrs from its sidecar
+    if truth is not None:
+        entry.mode, entry.uid, entry.gid, entry.rdev, extra = truth
+        if xattrs:
+            entry.xattrs = {**entry.xattrs, **extra}
+        if not stat.S_ISREG(entry.mode):
+            entry.source = entry.link_id = None
+            if not stat.S_ISLNK(entry.mode):
+                entry.size = 0
     return entry
 
 

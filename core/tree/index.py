@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from .sidecar import apply_to_index
 
 HEADER = 110
 TRAILER_BYTES = 124  # align4(110 + len("TRAILER!!!") + 1)
@@ -354,6 +355,7 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
                 progress(idx)
     idx.outside_inodes = outside
     idx.complete = True
+    apply_to_index(idx)  # a flattened container image: what this user could not put on disk
     if progress is not None:
         progress(idx)
     return idx
