@@ -12,6 +12,8 @@ and ``src/sysext/sysext.c`` / ``src/basic/os-util.c`` of systemd 252-256:
 - the name becomes a file name, and systemd 255+ cuts an image name at the first ``_`` or ``+``.
 
 Boot safety (what must stay in the UKI for the system to boot and merge) lands beside these rules.
+
+See docs/formats.md, section 13 (what systemd-sysext merges and refuses).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ deterministic).
 Checking (:func:`verify_authenticode`) reads the PKCS#7 with :mod:`.pkcs7`'s strict reader and
 shares its certificate and trust checks; tests/test_signature_flips.py holds its verdicts to
 sbverify's and osslsigncode's, byte flip by byte flip.
+
+See docs/formats.md, section 9 (Authenticode).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ the last 128 bits, so systemd can pair them from the root hash alone.
 
 Everything is derived from the content and the caller's ``seed``: two runs on the same input
 give byte-identical images. The filesystem image is streamed, never loaded whole.
+
+See docs/formats.md, sections 6 (GPT and the sysext DDI) and 7 (the verity signature).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ SignedData whose content type is SpcIndirectDataContent, hence this small module
 The reader is strict, since it reads signatures that an attacker may have shaped: definite and
 minimal lengths only, every constructed element filled exactly by its children, INTEGERs and
 OBJECT IDENTIFIERs minimally encoded. Anything else is a ValueError naming the rule broken.
+
+See docs/formats.md, section 9 (Authenticode).
 """
 
 from __future__ import annotations

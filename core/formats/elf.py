@@ -18,6 +18,8 @@ exception types (``ELFError``, ``ELFParseError``, struct and construct errors) r
 
 Both classes (32/64-bit) and both byte orders are read. Malformed input raises :class:`ElfError`
 naming what is wrong and at which offset; a file that is not ELF at all gives ``None``.
+
+See docs/formats.md, section 11 (ELF: what the boot set reads).
 """
 
 from __future__ import annotations

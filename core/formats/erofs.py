@@ -17,6 +17,8 @@ Format reference: Linux ``fs/erofs/erofs_fs.h`` (on-disk structures) and erofs-u
 
 Layout happens in a first pass over the entries (no file content read), the image is written in
 a second pass that streams file contents (``copy_file_range`` into a real output file).
+
+See docs/formats.md, section 3 (EROFS).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Discoverable Partitions Specification (systemd ``docs/DISCOVERABLE_PARTITIONS.md
 for the partition type GUIDs. The type table below was checked against
 ``systemd-id128 show`` of systemd 252. 512-byte LBAs, 128 entries of 128 bytes, GUIDs stored
 mixed-endian (``uuid.UUID.bytes_le``), partition names UTF-16LE.
+
+See docs/formats.md, section 6 (GPT and the sysext DDI).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ decoders (``lib/decompress_unzstd.c``, ``lib/decompress_inflate.c``, ``lib/decom
 
 Nothing is held in memory beyond the compressor's window and 1 MiB buffers; the output appears
 atomically (:mod:`.atomic`).
+
+See docs/formats.md, section 2 (initrd compression).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ name). ``modinfo -F firmware`` lists the ``firmware=`` values in section order; 
 
 Compressed modules are inflated in memory up to :data:`MAX_MODULE` bytes (the largest real module,
 amdgpu, is about 30 MiB uncompressed); a plain ``.ko`` is read with ``pread``, section by section.
+
+See docs/formats.md, section 12 (kernel modules).
 """
 
 from __future__ import annotations

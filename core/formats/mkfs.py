@@ -12,6 +12,8 @@ device nodes are given to mksquashfs as pseudo definitions instead (names with a
 double quote or a backslash cannot be written there and are refused with a clear error);
 mkfs.erofs has no such mechanism, so a non-root build that would lose ownership is refused.
 The tool is run as a child that is terminated when the build is cancelled or interrupted.
+
+See docs/formats.md, sections 3 (EROFS) and 4 (squashfs).
 """
 
 from __future__ import annotations

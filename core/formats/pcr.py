@@ -20,6 +20,8 @@ hash over ``pol``, ``pkfp`` the SHA-256 of the public key's DER (OpenSSL ``i2d_P
 PKCS#1 RSAPublicKey, see src/shared/openssl-util.c ``pubkey_fingerprint``). ``.pcrpkey`` is that
 public key as PEM SubjectPublicKeyInfo (what ukify writes when given only the private key); it is
 measured, ``.pcrsig`` is not. Checked byte for byte against systemd-measure 252 on a software TPM.
+
+See docs/formats.md, section 10 (PCR 11 prediction and .pcrsig).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ has (`.sbat`) is replaced in place.
 
 Only headers are parsed here (a few KiB); section data is streamed by the caller, so a 500 MB
 initrd never has to be in memory.
+
+See docs/formats.md, section 8 (PE/COFF and the UKI).
 """
 
 from __future__ import annotations

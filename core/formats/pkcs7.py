@@ -13,6 +13,8 @@ Checking reads the whole SignedData strictly (:func:`parse_signed_data`) and app
 kernel parser's rules and a trust check on the embedded signer certificate
 (:func:`check_detached`); :mod:`.authenticode` shares the reader and the certificate checks.
 tests/test_signature_flips.py holds the verdicts to ``openssl cms`` byte flip by byte flip.
+
+See docs/formats.md, section 7 (the verity signature: partition JSON and PKCS#7).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Everything is streamed: section files are copied in 1 MiB chunks into the atomic
 Authenticode digest and CheckSum are computed by re-reading the written temp file, and the
 signature is appended to the same temp file before it is renamed into place. Peak memory does
 not grow with the initrd.
+
+See docs/formats.md, section 8 (PE/COFF and the UKI).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ the top level (one block) first and level 0 (the digests of the data blocks) las
 is ``sha256(salt || block)``; 128 digests fill a hash block, the last block of each level is zero
 padded. The root hash is the digest of the single top block (of the only data block when there
 is just one). A trailing partial data block is not covered, exactly like veritysetup.
+
+See docs/formats.md, section 5 (dm-verity hash device).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ its bundled cloud-config writes at boot (kairos-init's ``99_sysext.yaml``): not 
 ``/usr/lib64``, ``/usr/libexec`` or ``/usr/lib32``; files an extension holds there never appear.
 So the value is looked for where the tree keeps it (drop-ins of systemd-sysext.service, the
 Kairos cloud-configs) and, in a Kairos tree where none is found, Kairos' own list is assumed.
+
+See docs/formats.md, sections 13 (what systemd-sysext merges) and 14 (Kairos conventions).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ output (a Debian 12 tree, kernel 6.1):
   merged copy, which is still the UKI's;
 - so a module moved into an extension can be loaded after the merge only if that ``modules.dep``
   lists it (built by depmod over the whole tree, it lists every module the tree had).
+
+See docs/formats.md, sections 12 (kernel modules) and 14 (Kairos conventions).
 """
 
 from __future__ import annotations
