@@ -351,3 +351,41 @@ async def test_the_scan_count_in_the_header_is_the_index_as_painted(spec_path: P
         await pilot.pause()
         top = str(app.query_one("#topbar").render())
         assert f"scanning {len(index):,} entries" in top
+
+
+async def test_a_new_extension_keeps_the_users_quoting(spec_path: Path) -> None:
+    assert 'version: "1.0"' in spec_path.read_text()
+    app = WorkbenchApp(spec_path, watch=False, estimate=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        app.action_add_extension()
+        await pilot.pause()
+        await pilot.press(*"k3s", "enter")
+        await pilot.pause()
+        text = spec_path.read_text()
+        assert load_spec(spec_path).extension("k3s") is not None
+        assert "'1.0'" not in text and text.count('version: "1.0"') == 3
+        item = str(app.query_one("#ext-list").get_option_at_index(2).prompt)
+        assert "nothing marked yet" in item and "−0 B" not in item  # not "initrd −0 B"
+    single = spec_path.read_text().replace('"1.0"', "'1.0'").replace('"console=ttyS0', "'console=ttyS0")
+    single = single.replace('rd.immucore.debug"', "rd.immucore.debug'")
+    from sysextant.core.workbench.session import Session
+
+    spec_path.write_text(single)
+    s = Session.open(spec_path)
+    s.add_extension("gpu")
+    assert s.text.count("version: '1.0'") == 4 and '"1.0"' not in s.text
+
+
+def test_refusal_of_os_release_itself_does_not_say_it_holds_itself(spec_path: Path) -> None:
+    from sysextant.core.workbench.session import Session
+
+    s = Session.open(spec_path)
+    s.scan()
+    ext = s.spec.extensions[0].name
+    for rel in ("usr/lib/os-release", "usr/lib/extension-release.d"):
+        i = s.index.lookup(rel)
+        if i is None:
+            continue
+        why = s.refusal(i, ext)
+        assert why and f"{rel} holds {rel}" not in why

@@ -31,7 +31,8 @@ from ..errors import UserError
 from ..rules import extension_name_problem
 from .load import SpecError, compose, dotted, is_null
 from .model import ExtensionSpec
-from .write import FLOW_WIDTH, extension_fields, extension_lines, flow_text, scalar_text
+from .write import FLOW_WIDTH, extension_fields, flow_text, scalar_text
+from .write import extension_lines as _extension_lines
 
 Key = str | int
 Splice = tuple[int, int, str]  # replace text[start:end] with the string
@@ -105,6 +106,11 @@ class SpecEditor:
         fields = extension_fields(ext)
         unit = self._unit(root)
         entry = _entry(root, "extensions")
+        quote = _quote_style(root)
+
+        def extension_lines(ext: ExtensionSpec, indent: int, unit: int) -> list[str]:
+            return _in_quote_style(_extension_lines(ext, indent, unit), fields, quote)
+
         splices: list[Splice]
         if entry is None:
             if root.flow_style:
@@ -472,3 +478,39 @@ def _child(node: Node, key: Key) -> Node | None:
         return entry[1] if entry else None
     return None
 
+
+def _quote_style(root: Node) -> str | None:
+    """The quote the spec's author uses for quoted strings (``"`` or ``'``, the more frequent),
+    or None when nothing is quoted: new text follows it (``version: "1.0"`` next to the user's
+    ``"1.0"``, not ``'1.0'``)."""
+    counts = {'"': 0, "'": 0}
+    todo = [root]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ScalarNode):
+            if node.style in counts:
+                counts[node.style] += 1
+        elif isinstance(node, MappingNode):
+            for k, v in node.value:
+                todo += [k, v]
+        elif isinstance(node, SequenceNode):
+            todo += node.value
+    if not any(counts.values()):
+        return None
+    return '"' if counts['"'] >= counts["'"] else "'"
+
+
+def _in_quote_style(lines: list[str], fields: dict, quote: str | None) -> list[str]:
+    """``lines`` of a new extension with the string values that need quotes quoted in ``quote``."""
+    if quote is None:
+        return lines
+    out = []
+    for line in lines:
+        for key, value in fields.items():
+            if not isinstance(value, str):
+                continue
+            plain = scalar_text(value)
+            if plain[:1] in "'\"" and plain[0] != quote and line.endswith(f"{key}: {plain}"):
+                line = line[: len(line) - len(plain)] + scalar_text(value, style=quote)
+        out.append(line)
+    return out

@@ -405,6 +405,8 @@ class Session:
             if k is not None and self._within(spans, k):
                 what = ("the OS release file, which systemd-sysext refuses in an extension"
                         if bad.endswith(b"os-release") else "the extension release folder sysextant writes itself")
+                if k == i:  # not "usr/lib/os-release holds usr/lib/os-release"
+                    return f"{text} is {what}"
                 return f"{text} holds {os.fsdecode(bad)}, {what}; mark its other folders instead"
         boot = self.boot()
         if boot is not None and not ignore_boot:
