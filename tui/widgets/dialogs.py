@@ -17,9 +17,12 @@ HELP = """\
   s / n             sort by size / name
   c                 size column: apparent → initrd (newc) → compressed estimate
   /                 filter this folder by name (esc clears)
+  i                 item pane: full path, every size, hard links, boot chain
+  p                 show or hide the extensions panel (hidden below 76 columns)
 
 [b]Mark[/b]
   space             mark / unmark the entry into the current extension
+  e                 mark a folder but what boot needs (◆ needed, ◇ holds some)
   1-9  [  ]         pick the current extension      tab  focus the panels
   a  r  x           add, rename, remove an extension
   del (in Paths)    unmark a path               u  ctrl+z   undo
