@@ -1,8 +1,8 @@
 """A spec applied to a scanned tree: what each extension takes and what stays in the initrd.
 
 Moving is logical: the tree is never touched. The UKI initrd holds every entry under the root
-except the top-level ``proc sys dev run tmp boot`` folders and ``os.exclude``, as Kairos packs
-it (plus ``/init`` when ``uki.init`` is set); the slimmed initrd leaves out what the extensions
+except what the top-level ``proc sys dev run tmp boot`` folders hold (they stay, empty, as mount
+points) and ``os.exclude``, as Kairos packs it (plus ``/init`` when ``uki.init`` is set); the slimmed initrd leaves out what the extensions
 take as well. All figures here are exact newc byte counts from the index.
 """
 
@@ -120,7 +120,12 @@ def init_entry_bytes(spec: Spec) -> int:
 def initrd_base(spec: Spec, index: TreeIndex) -> IntervalSet:
     """Entries the initrd holds before any extension takes its share."""
     everything = IntervalSet([(1, len(index))])
-    skipped = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
+    tops = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
+    # their content stays out, the folders themselves stay in, empty, as mount points: a plain
+    # systemd boot mounts nothing on /tmp, and systemd-sysext 252 cannot read an image's metadata
+    # without it (seen booting the UKI: "Failed to read metadata for image ...")
+    emptied = IntervalSet((sub.start, sub.stop) for c in tops if (sub := index.subtree(c)))
+    skipped = [c for c in tops if not index.is_dir(c)]
     for path in extra_paths(spec):  # replaced by what sysextant adds there (the /init link, ...)
         parts = path.split(b"/")
         for n in range(1, len(parts) + 1):
@@ -132,7 +137,7 @@ def initrd_base(spec: Spec, index: TreeIndex) -> IntervalSet:
                 break
     for pattern in spec.os.exclude:
         skipped.extend(match(index, pattern))
-    return everything.difference(subtree_set(index, skipped))
+    return everything.difference(subtree_set(index, skipped)).difference(emptied)
 
 
 def _nested_dropped(index: TreeIndex, marks: list[int]) -> list[int]:
