@@ -677,3 +677,11 @@ def test_spec_file_name_that_no_file_can_have() -> None:
     for name in ("spec\0.yaml", "spec\ud800.yaml"):
         with pytest.raises(SpecError, match="is not a file name"):
             load_spec(Path(name))
+
+
+def test_unclosed_bracket_is_reported_where_it_opens() -> None:
+    """PyYAML notices an unclosed '[' at the next line's ':'; the problem points at the '['."""
+    text = "version: 1\nos: {root: r}\nextensions:\n  - name: a\n    paths: [usr/a, usr/b\n  - name: b\n"
+    found = problems(text)
+    assert [(p.line, p.column) for p in found] == [(5, 12)]
+    assert "noticed at line 6" in found[0].message and "close the list's '['" in found[0].hint

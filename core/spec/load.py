@@ -268,6 +268,8 @@ _SYNTAX_HINTS = (
     ("found character '`'", "quote values that start with '@' or '`'"),
     ("found undefined alias", "anchors and aliases are not supported; write the value out"),
     ("expected a single document", "a spec is one YAML document: remove the '---' or '...' line"),
+    ("while parsing a flow sequence", "close the list's '[' with ']'"),
+    ("while parsing a flow mapping", "close the mapping's '{' with '}'"),
 )
 
 
@@ -307,6 +309,12 @@ def compose(text: str, file: Path) -> tuple[Node | None, list[Problem]]:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(x for x in (exc.context, exc.problem) if x) or "unreadable YAML"
         what = _one_line(what)
+        if exc.context and exc.context.startswith("while parsing a flow") and exc.context_mark and exc.problem_mark \
+                and exc.context_mark.line != exc.problem_mark.line:
+            # an unclosed [ or {: PyYAML notices at the next line's ':'; the mistake is where it opened
+            noticed = exc.problem_mark
+            mark = exc.context_mark
+            what += f" (noticed at line {noticed.line + 1}, column {noticed.column + 1})"
         hint = next((h for needle, h in _SYNTAX_HINTS if needle in what), "")
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         problems.append(Problem(file, line, col, f"YAML syntax error: {what}", hint))
