@@ -417,11 +417,12 @@ def is_image_path(path: Path) -> bool:
 
 
 def read_source(path: Path, platform: str | None = None, *, work: Path | None = None,
-                check: Callable[[], None] | None = None) -> ImageSource:
+                check: Callable[[], None] | None = None, explicit: bool | None = None) -> ImageSource:
     """Read the image at ``path`` far enough to flatten it. ``work`` is where a tar compressed
-    whole is decompressed first (it needs random access)."""
+    whole is decompressed first (it needs random access). An ``explicit`` platform (the default
+    when one is given) must match a single-image file; otherwise it only picks from an index."""
     want = platform or host_platform()
-    explicit = platform is not None
+    explicit = (platform is not None) if explicit is None else explicit
     path = Path(path)
     try:
         st = os.stat(path)
@@ -481,7 +482,7 @@ def _compressed(path: Path, want: str, explicit: bool, work: Path | None, check)
             out.write(chunk)
             if check is not None:
                 check()
-    src = read_source(plain, want if explicit else None, check=check)
+    src = read_source(plain, want, check=check, explicit=explicit)
     src.path = path
     for layer in src.layers:
         layer.what = layer.what.replace("image.tar:", f"{path.name}:", 1)
@@ -549,7 +550,7 @@ def _remember(cache: Path, path: Path, platform: str | None, info: dict) -> None
 
 def open_image(path: Path | str, *, platform: str | None = None, cache: Path | None = None,
                limits: Limits | None = None, reporter: Reporter | None = None,
-               privileged: bool | None = None) -> OpenedImage:
+               privileged: bool | None = None, explicit: bool | None = None) -> OpenedImage:
     """The flattened tree of the image at ``path``: from the cache when it is there, else
     flattened now (into a temp folder renamed into place)."""
     path = Path(path)
@@ -573,7 +574,7 @@ def open_image(path: Path | str, *, platform: str | None = None, cache: Path | N
     tmp = cache / f"{temp_prefix('image')}{os.urandom(4).hex()}"
     try:
         tmp.mkdir(mode=0o700)
-        src = read_source(path, platform, work=tmp / "work", check=check)
+        src = read_source(path, platform, work=tmp / "work", check=check, explicit=explicit)
         info = {"key": src.key, "format": src.format, "platform": src.platform, "layers": len(src.layers)}
         hit = _find_cached(cache, src.key, privileged)
         if hit is None:
@@ -600,6 +601,14 @@ def open_image(path: Path | str, *, platform: str | None = None, cache: Path | N
     finally:
         if tmp.exists():
             _rmtree(tmp)
+
+
+def open_for_spec(image: Path, platform: str | None, arch: str | None) -> Path:
+    """The spec's hook (core/spec/load.py IMAGE_OPENER): the flattened tree of os.root's image for
+    ``os.platform``, else the extensions' architecture, else this machine's."""
+    if platform is None and arch is not None:
+        return open_image(image, platform=platform_for_arch(arch), explicit=False).root
+    return open_image(image, platform=platform).root
 
 
 def _rmtree(path: Path) -> None:
