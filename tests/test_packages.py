@@ -123,6 +123,8 @@ def test_dpkg_files_map_onto_a_usr_merged_tree_as_dpkg_and_the_trees_links_say(t
                 assert name == "grep" and db.packages[name].moved == {"/bin/grep": "/bin/grep.distrib"}
         expected = set()
         for p in paths:
+            if p in db.packages[name].dirs:  # a folder to dpkg (/bin holds /bin/grep), a link in the tree
+                continue
             real = db.packages[name].moved.get(p, p)
             parent, _, base = real.rpartition("/")
             try:

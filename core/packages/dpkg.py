@@ -70,6 +70,10 @@ def read(root: bytes) -> PackageDb | None:
         else:
             p.files = [line for line in read_text(listing, "dpkg file list").splitlines()
                        if line.startswith("/") and line != "/."]
+            # the list does not say which paths are folders: those holding another listed path are
+            # (``/lib`` is one to dpkg even where the tree keeps a ``lib -> usr/lib`` link there)
+            listed = set(p.files)
+            p.dirs = {d for f in p.files if (d := f.rpartition("/")[0]) in listed}
         pkgs.append(p)
     db.packages = unique_keys(pkgs)
     _diversions(root, db)

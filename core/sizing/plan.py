@@ -26,6 +26,7 @@ from .bootset import BootSet, boot_set
 from .init import init_problems, init_program
 from .merge import read_hierarchies, release_problems, unmerged
 from .modules import module_problems
+from .packages import PackagePlan, render_packages, resolve_packages
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Plan:
     problems: list[str]
     warnings: list[str]
     boot: BootSet | None = None  # what must stay in the UKI
+    packages: PackagePlan | None = None  # extensions[].packages resolved: what moved, what stayed and why
 
     def owner(self, i: int) -> str | None:
         """Name of the extension that takes entry ``i``, if any."""
@@ -77,6 +79,7 @@ class Plan:
             "boot": None if self.boot is None else {
                 "profile": self.boot.profile, "profile_source": self.boot.profile_source,
                 "entries": len(self.boot.entries), "seconds": round(self.boot.seconds, 3)},
+            "packages": [m.to_json(self.index) for m in self.packages.moves] if self.packages else [],
         }
 
 
@@ -94,6 +97,7 @@ def render(plan: Plan) -> str:
         lines.append(f"  {e.name:<{width}}  {e.entries:>8,}  {format_size(e.bytes):>10}  {format_size(e.initrd_bytes):>12}")
     lines.append(f"  initrd (newc, uncompressed): {format_size(plan.initrd_cpio_before)} before, "
                  f"{format_size(plan.initrd_cpio_after)} after ({plan.initrd_cpio_after:,} bytes)")
+    lines += render_packages(plan.packages, plan.index)
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     for p in plan.problems:
@@ -193,6 +197,13 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
         ext_plans.append(ExtensionPlan(ext.name, marks, selected, len(selected), sums.apparent(selected), 0,
                                        special))
 
+    packages = None
+    if any(e.packages for e in spec.extensions):  # the files of extensions[].packages that may move
+        packages = resolve_packages(spec, index, ext_plans, sums, boot_set(spec, index), read_hierarchies(index),
+                                    initrd_base(spec, index))
+        problems += packages.problems if packages else []
+        warnings += packages.warnings if packages else []
+
     # files outside the hierarchies the OS merges would never appear
     hierarchies = read_hierarchies(index)
     for n, ep in enumerate(ext_plans):
@@ -251,7 +262,7 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     base_bytes = sums.cpio_bytes(base)
     for e in ext_plans:  # what this extension alone takes out (a hardlink kept elsewhere keeps its data)
         e.initrd_bytes = base_bytes - sums.cpio_bytes(with_ancestors(index, base.difference(e.selected)))
-    return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings, boot)
+    return Plan(spec, index, sums, ext_plans, base, after, before_bytes, after_bytes, problems, warnings, boot, packages)
 
 
 #: boot-set kinds the plan reports here; the init's way and the kernel modules have problems of

@@ -80,9 +80,28 @@ class SpecEditor:
         """Make extension ``ext_name`` carry exactly ``paths`` (in this order)."""
         self._set_list(ext_name, "paths", paths)
 
-    def set_exclude(self, ext_name: str, globs: list[str]) -> None:
-        """Make extension ``ext_name``'s ``exclude`` exactly ``globs`` (in this order)."""
+    def set_exclude(self, ext_name: str, globs: list[str] | None) -> None:
+        """Make extension ``ext_name``'s ``exclude`` exactly ``globs`` (in this order); None removes
+        the key (undoing an edit that added it), where its lines can go whole."""
+        if globs is None:
+            root = self._root()
+            index, ext = self._extension(root, ext_name)
+            entry = _entry(ext, "exclude")
+            if entry is None:
+                return
+            key, value = entry
+            start = self._line_start(key.start_mark.index)
+            if getattr(ext, "flow_style", False) or self._text[start:key.start_mark.index].strip():
+                self._set_list(ext_name, "exclude", [])  # a {...} item or a key after a dash: keep it, empty
+                return
+
+            def drop(data: dict) -> None:
+                del data["extensions"][index]["exclude"]
+
+            self._apply([(start, self._line_end(self._content_end(value)), "")], drop, f"the exclude of {ext_name!r}")
+            return
         self._set_list(ext_name, "exclude", globs)
+
 
     def _set_list(self, ext_name: str, key: str, items: list[str]) -> None:
         items = [str(p) for p in items]

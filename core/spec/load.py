@@ -12,7 +12,7 @@ Shape (relative host paths resolve against the spec file's folder)::
           uname, pcr_key, pcr_cert}                             # all optional
     signing: {key, cert, passphrase_env, trust_in_uki}          # optional: unsigned without it
     boot: {profile, keep, allow: [{path, reason}]}              # optional: what must stay to boot
-    extensions: [{name, version, paths, exclude, filesystem, compression, release}]
+    extensions: [{name, version, paths, exclude, packages, filesystem, compression, release}]
     output: build                                               # folder for the sysext images
 
 ``uki.output``, ``uki.splash``, ``uki.os_release``, ``uki.pcr_key``, ``uki.pcr_cert`` and
@@ -94,7 +94,7 @@ UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "zstd_mode", "lim
 SIGNING_KEYS = ("key", "cert", "passphrase_env", "trust_in_uki")
 BOOT_KEYS = ("profile", "keep", "allow")
 BOOT_ALLOW_KEYS = ("path", "reason")
-EXTENSION_KEYS = ("name", "version", "paths", "exclude", "filesystem", "compression", "release")
+EXTENSION_KEYS = ("name", "version", "paths", "exclude", "packages", "filesystem", "compression", "release")
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _RELEASE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -943,9 +943,15 @@ def _read_extension(r: _Reader, node: Node, i: int) -> ExtensionSpec | None:
             ok = False
         else:
             ext.version = version
-    if "paths" not in entries:
+    if "paths" not in entries and "packages" not in entries:
         r.problem(node, f"{dotted(keys)} has no paths", "list what it carries, e.g. paths: [usr/lib/firmware]")
         ok = False
+    if "packages" in entries:
+        packages = _read_packages(r, entries["packages"], (*keys, "packages"))
+        if packages is None:
+            ok = False
+        else:
+            ext.packages = packages
     exclude = _read_globs(r, entries.get("exclude"), (*keys, "exclude"))
     if exclude is None:
         ok = False
@@ -1023,6 +1029,31 @@ def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -
             continue
         seen[norm] = i
         out.append(norm)
+    return out if ok else None
+
+
+#: package names as dpkg, rpm and apk write them, with dpkg's optional ``:ARCH``
+_PACKAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._~@-]*(:[a-z0-9-]+)?")
+
+
+def _read_packages(r: _Reader, node: Node, keys: KeyPath) -> list[str] | None:
+    """``packages:``: names of installed packages (checked against the tree at plan time)."""
+    items = r.text_list(node, keys, "[linux-firmware, nvidia-driver]")
+    if items is None:
+        return None
+    out: list[str] = []
+    ok = True
+    for i, (value, item) in enumerate(items):
+        if not _PACKAGE_RE.fullmatch(value) or len(value) > 255:
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} is not a package name",
+                      "a name as the package manager lists it, e.g. linux-firmware or libc6:amd64")
+            ok = False
+        elif value in out:
+            r.problem(item, f"{dotted((*keys, i))}: {shown(value)} is listed twice",
+                      f"already {dotted((*keys, out.index(value)))}")
+            ok = False
+        else:
+            out.append(value)
     return out if ok else None
 
 

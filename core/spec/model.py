@@ -106,6 +106,9 @@ class ExtensionSpec:
     version: str = "1.0"
     paths: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
+    #: installed packages whose files it carries, resolved against the tree's package database at
+    #: plan time (the files that may move; see sizing/packages.py)
+    packages: list[str] = field(default_factory=list)
     filesystem: str = "erofs"
     compression: str = "none"
     release: dict[str, str] = field(default_factory=lambda: {"ID": "_any", "ARCHITECTURE": "x86-64"})

@@ -58,6 +58,8 @@ def extension_fields(ext: ExtensionSpec) -> dict[str, object]:
     fields: dict[str, object] = {"name": ext.name, "version": ext.version, "paths": list(ext.paths)}
     if ext.exclude:
         fields["exclude"] = list(ext.exclude)
+    if ext.packages:
+        fields["packages"] = list(ext.packages)
     fields.update(filesystem=ext.filesystem, compression=ext.compression, release=dict(ext.release))
     return fields
 
