@@ -217,6 +217,7 @@ def test_workbench_marks_all_but_what_boot_needs(demo: Path) -> None:
     needed = s.boot_count(i)
     assert needed >= 9  # ld.so, libc, libzstd, libmount, libblkid (+ soname links), libsystemd-shared
     assert s.boot_reason(s.index.lookup("usr/share/doc")) is None and s.boot_count(s.index.lookup("usr/share/doc")) == 0
+    original = s.text
     out = s.mark_all_but_boot(i, "drivers")
     assert out.ok, out.message
     assert f"({needed:,} entries stay in the UKI)" in out.message
@@ -227,6 +228,7 @@ def test_workbench_marks_all_but_what_boot_needs(demo: Path) -> None:
     assert libc not in plan.extensions[1].selected and libc in plan.initrd_after
     assert s.undo().ok and "usr/lib/x86_64-linux-gnu" not in s.spec.extension("drivers").paths
     assert s.spec.extension("drivers").exclude == []
+    assert s.text == original  # the exclude key it added is gone again, not left as exclude: []
 
 
 def test_demo_spec_is_boot_safe_and_explains_a_refused_mark(demo: Path) -> None:

@@ -57,6 +57,7 @@ class SetPaths:
     paths: tuple[str, ...]
     label: str = ""
     exclude: tuple[str, ...] | None = None
+    drop_exclude: bool = False  # remove the exclude key (the undo of an edit that added it)
 
 
 @dataclass(frozen=True)
@@ -527,10 +528,12 @@ class Session:
             if old is None:
                 raise UserError(f"there is no extension {op.ext}")
             editor.set_paths(op.ext, list(op.paths))
-            if op.exclude is not None:
-                editor.set_exclude(op.ext, list(op.exclude))
+            if op.exclude is not None or op.drop_exclude:
+                editor.set_exclude(op.ext, None if op.drop_exclude else list(op.exclude or ()))
+            had_key = (*self._ext_key(op.ext), "exclude") in self.spec.locations
             inverse: Operation = SetPaths(op.ext, tuple(old.paths), op.label,
-                                          None if op.exclude is None else tuple(old.exclude))
+                                          None if op.exclude is None else tuple(old.exclude),
+                                          drop_exclude=op.exclude is not None and not had_key)
         elif isinstance(op, AddExtension):
             editor.add_extension(op.ext)
             inverse = RemoveExtension(op.ext.name, op.label)
@@ -547,6 +550,11 @@ class Session:
         else:  # pragma: no cover - the union above is exhaustive
             raise TypeError(op)
         return editor.text, inverse
+
+    def _ext_key(self, name: str) -> tuple[str, int]:
+        """The spec key path of extension ``name`` (for :attr:`Spec.locations`)."""
+        n = next((k for k, e in enumerate(self.spec.extensions) if e.name == name), -1)
+        return ("extensions", n)
 
     def apply(self, op: Operation, *, record: bool = True) -> Outcome:
         """Apply ``op`` to the spec (checked by the loader), re-plan, save; push its inverse."""
