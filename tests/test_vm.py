@@ -307,24 +307,59 @@ def test_secure_boot_boot_merges_the_extensions_and_every_check_passes(debian_pr
           + ", ".join(f"{k} {s['seconds']}s" for k, s in stages.items()))
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_uki_signed_by_another_key_is_refused_by_the_firmware(debian_project, keypair, tmp_path) -> None:
-    other = tmp_path / "other.yaml"
-    text = debian_project.read_text().replace(str(keypair[0]), str(keypair[2])).replace(str(keypair[1]), str(keypair[3]))
-    other.write_text(text.replace("output: build/uki.efi", f"output: {tmp_path}/uki.efi")
-                     .replace("output: build\n", f"output: {tmp_path}/out\n"))
+def _bad_uki(kind: str, spec: Path, keypair, tmp: Path) -> Path:
+    """A UKI the firmware must refuse: signed by another key, or the spec's own signed UKI with its
+    signature taken off or one byte of its kernel flipped."""
+    text = spec.read_text().replace("output: build/uki.efi", f"output: {tmp}/uki.efi") \
+        .replace("output: build\n", f"output: {tmp}/out\n")
+    from sysextant.core.formats.pe import parse_pe
+
+    uki = tmp / "uki.efi"
+    if kind == "unsigned":  # the spec's UKI with its Authenticode signature taken off
+        shutil.copyfile(spec.parent / "build/uki.efi", uki)
+        pe = parse_pe(uki)
+        security = pe.pe_offset + 24 + 112 + 4 * 8  # PE32+ optional header: data directory 4
+        with open(uki, "r+b") as f:
+            f.seek(security)
+            offset = int.from_bytes(f.read(4), "little")
+            assert offset, "the spec's UKI is not signed"
+            f.seek(security)
+            f.write(bytes(8))
+            f.truncate(offset)
+        return uki
+    if kind == "flipped":
+        shutil.copyfile(spec.parent / "build/uki.efi", uki)
+        linux = parse_pe(uki).section(".linux")
+        with open(uki, "r+b") as f:
+            f.seek(linux.raw_offset + linux.raw_size // 2)
+            byte = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([byte[0] ^ 0x01]))
+        return uki
+    text = text.replace(str(keypair[0]), str(keypair[2])).replace(str(keypair[1]), str(keypair[3]))
+    other = tmp / "bad.yaml"
+    other.write_text(text)
     proc = subprocess.run([*SYSEXTANT, "uki", str(other), "--json"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp / "uki.efi"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("kind", ["other-key", "unsigned", "flipped"])
+def test_uki_the_firmware_must_refuse_is_refused(kind, debian_project, keypair, tmp_path) -> None:
+    """Signed by another key, unsigned, or one kernel byte flipped after signing: OVMF with the
+    spec's db enrolled says Access Denied, and boot exits 1 with every later stage not reached."""
+    uki = _bad_uki(kind, debian_project, keypair, tmp_path)
     t0 = time.monotonic()
-    proc = subprocess.run([*SYSEXTANT, "boot", str(debian_project), "--uki", str(tmp_path / "uki.efi"),
-                           "--check", "--json"], capture_output=True, text=True, timeout=560)
+    proc = subprocess.run([*SYSEXTANT, "boot", str(debian_project), "--uki", str(uki), "--check", "--json"],
+                          capture_output=True, text=True, timeout=560)
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and not report["ok"]
     fw = report["stages"][0]
-    assert fw["stage"] == "firmware" and fw["status"] == "failed" and "Access Denied" in fw["evidence"]
+    assert fw["stage"] == "firmware" and fw["status"] == "failed" and "Access Denied" in fw["evidence"], report
     assert all(s["status"] == "failed" for s in report["stages"][1:])
-    print(f"\nrefused in {time.monotonic() - t0:.0f} s wall ({report['seconds']} s in the VM)")
+    print(f"\n{kind}: refused in {time.monotonic() - t0:.0f} s wall ({report['seconds']} s in the VM)")
 
 
 @pytest.mark.slow
@@ -349,3 +384,40 @@ def test_ctrl_c_stops_qemu_and_swtpm_and_leaves_no_temp_files(debian_project, tm
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     assert list(tmp.iterdir()) == []
+
+
+# -- the check build ---------------------------------------------------------------------------------
+def test_check_build_adds_files_under_etc_only_and_announces_its_checks(tmp_path, keypair) -> None:
+    from test_plan import make_os, write_spec
+
+    from sysextant.core.sizing.plan import plan_spec
+    from sysextant.core.spec.load import load_spec
+    from sysextant.core.vm.checkbuild import CHECK_DIR, make_check_build
+
+    make_os(tmp_path / "rootfs")
+    spec_path = write_spec(tmp_path, "  - name: gpu\n    paths: [usr/lib/modules/6.1/kernel/gpu]\n"
+                                     "  - name: docs\n    paths: [usr/share/doc]\n",
+                           extra_uki="  init: /usr/bin/immucore")
+    text = spec_path.read_text().replace("extensions:", f"signing: {{key: {keypair[0]}, cert: {keypair[1]}}}\n"
+                                                        "extensions:")
+    spec_path.write_text(text)
+    spec = load_spec(spec_path)
+    cb = make_check_build(spec, plan_spec(spec))
+    added = cb.spec.extra_files[len(spec.extra_files):]
+    assert added and all(f.path.startswith("etc/") for f in added)
+    assert spec.extra_files == []  # the user's spec is not touched
+    assert cb.spec.output == spec.output / CHECK_DIR and cb.spec.uki.output.parent == spec.output / CHECK_DIR
+    by_path = {f.path: f for f in added}
+    assert by_path["etc/sysextant-check/run"].mode == 0o755
+    assert by_path["etc/systemd/system/multi-user.target.wants/sysextant-check.service"].target
+    run = by_path["etc/sysextant-check/run"].data.decode()
+    names = [n for n, _ in cb.checks]
+    assert names[:3] == ["sysext-service", "merged-gpu", "merged-docs"] and "verity" in names
+    assert "module-drm" in names and "files-docs" in names and "pcr11" not in names  # no pcr_key
+    assert "check_module drm /usr/lib/modules/6.1/kernel/gpu/drm.ko" in run
+    assert run.rstrip().endswith("systemctl poweroff --no-block")
+    assert any("not enabled" in n for n in cb.notes)
+    sh = shutil.which("sh")
+    if sh:  # the guest scripts are valid POSIX shell
+        for path in ("etc/sysextant-check/run", "etc/sysextant-check/link-extensions"):
+            subprocess.run([sh, "-n", "-c", by_path[path].data.decode()], check=True)

@@ -103,6 +103,21 @@ class SpecEditor:
         self._set_list(ext_name, "exclude", globs)
 
 
+    def set_os_exclude(self, globs: list[str]) -> None:
+        """Make ``os.exclude`` exactly ``globs`` (in this order), adding the key when missing."""
+        items = [str(g) for g in globs]
+        os_node = _child(self._root(), "os")
+        if not isinstance(os_node, MappingNode) or not os_node.value:
+            raise self._cannot("set os.exclude", "os is not a mapping of keys")
+        entry = _entry(os_node, "exclude")
+        splices = (self._insert_key(os_node, "exclude", items) if entry is None
+                   else self._replace_list(entry[0], entry[1], items, "os.exclude"))
+
+        def change(data: dict) -> None:
+            data["os"]["exclude"] = items
+
+        self._apply(splices, change, "os.exclude")
+
     def _set_list(self, ext_name: str, key: str, items: list[str]) -> None:
         items = [str(p) for p in items]
         root = self._root()

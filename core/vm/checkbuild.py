@@ -35,7 +35,7 @@ from pathlib import Path
 from ..formats.pcr import extend_phase, kernel_pcr11, measured_sections, stub_version
 from ..formats.pe import parse_pe
 from ..sizing.plan import Plan
-from ..spec.model import INITRD_SKIP_TOP, ExtraFile, Spec
+from ..spec.model import ExtraFile, Spec
 from .disks import EXT_LABEL
 
 CHECK_DIR = "boot-check"
@@ -250,7 +250,8 @@ def make_check_build(spec: Spec, plan: Plan) -> CheckBuild:
         ExtraFile(f"{UNIT_DIR}/multi-user.target.wants/sysextant-check.service", target="../sysextant-check.service"),
         ExtraFile(f"{UNIT_DIR}/systemd-sysext.service.d/sysextant-check.conf", SYSEXT_DEBUG.encode()),
     ]
-    if b"tmp" in INITRD_SKIP_TOP and index.lookup("tmp") is not None:
+    tmp = index.lookup("tmp")
+    if tmp is None or tmp not in plan.initrd_after:
         notes.append("the UKI has no /tmp (top-level tmp is left out of the initrd, as Kairos packs it): "
                      "systemd-sysext 252 mounts each image under /tmp/dissect-XXXXXX to read its metadata and "
                      "fails at boot with 'Failed to read metadata for image NAME: No such file or directory'. "
@@ -296,6 +297,9 @@ def pcr11_judge(uki: Path, stub: Path) -> Callable[[str], tuple[bool, str]]:
         ran = [w.split("=")[0] for w in words[1:] if w.endswith("=active")]
         expected = extend_phase(base, ":".join(ran), "sha256").hex()
         phases = "+".join(["stub", *ran])
+        failed = [w.split("=")[0] for w in words[1:] if w.endswith("=failed")]
+        if failed:  # e.g. no libtss2 in the tree: systemd-pcrphase cannot reach the TPM
+            phases += f"; systemd-pcrphase failed for {', '.join(failed)}"
         if value == expected:
             return True, f"PCR 11 = {value[:16]}… equals the prediction ({phases})"
         return False, f"PCR 11 = {value or 'unreadable'}, predicted {expected} ({phases})"
