@@ -22,7 +22,7 @@ from ..formats.pcr import pcrsig_size
 from ..keys import PcrKey, load_certificate, load_pcr_key
 from ..spec.model import Spec
 from ..tree.index import TreeIndex
-from ..units import THRESHOLDS, format_size
+from ..units import LIMIT_PRESETS, THRESHOLDS, format_size
 from .plan import Plan
 
 #: an Authenticode PKCS#7 is the signer certificate plus about this much (digest info, signer
@@ -58,6 +58,12 @@ class Figures:
         if self.verdict == "ok" and self.uki_high > self.limit * 0.9:
             return "warn"
         return self.verdict
+
+    @property
+    def limit_label(self) -> str:
+        """The limit as every other size is shown (``256 MiB``), with the preset's name if it is one."""
+        shown = format_size(self.limit)
+        return f"{shown} ({self.limit_text})" if self.limit_text in LIMIT_PRESETS else shown
 
     @property
     def error_pct(self) -> float:
@@ -219,4 +225,4 @@ def describe(fig: Figures) -> str:
     label = f"estimate ±{fig.error_pct:.1f}%" if fig.estimated else "exact" if "exact" in fig.method else "uncompressed"
     room = (f"{format_size(fig.limit - fig.uki_bytes)} left" if fig.uki_bytes <= fig.limit
             else f"{format_size(fig.over_by)} over: move about that much more (compressed) out")
-    return f"UKI {format_size(fig.uki_bytes)} ({label}) against the limit {fig.limit_text}: {fig.verdict}; {room}"
+    return f"UKI {format_size(fig.uki_bytes)} ({label}) against the limit {fig.limit_label}: {fig.verdict}; {room}"
