@@ -162,6 +162,7 @@ def test_fit_by_package_lands_under_the_limit_once_applied(tree: Path) -> None:
     assert all("base" not in p.packages for p in fit.extensions)  # all of it stays: nothing to gain
     text = apply_fit(spec_path.read_text(), spec_path, spec, fit)
     assert "# what the OS leaves out of the UKI" in text  # comments kept
+    assert f"limit: {fit.limit_text}" in text
     spec_path.write_text(text)
     spec2 = load_spec(spec_path)
     plan2 = make_plan(spec2, scan(spec2.os.root))

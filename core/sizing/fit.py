@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import UserError
@@ -28,6 +28,7 @@ from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TRAILER_BYTES, TreeIndex
 from ..tree.selection import IntervalSet, match, subtree_set, with_ancestors
 from ..units import format_size
+from .bootset import boot_set
 from .forecast import UkiLayout
 from .merge import host_architecture, read_hierarchies
 from .packages import Rules, tree_database
@@ -198,7 +199,12 @@ def propose_fit(spec: Spec, plan: Plan, layout: UkiLayout, estimator: Any = None
     notes: list[str] = []
 
     uki_before = layout.size(sizer.initrd(plan.initrd_after)[0])
+    # the boot set as it will be with the proposed extensions: mounting their (erofs) images needs
+    # the filesystem's modules and their dependencies in the UKI
+    fs = ExtensionSpec(name="proposed").filesystem
     boot = plan.boot
+    if all(e.filesystem != fs for e in spec.extensions):
+        boot = boot_set(replace(spec, extensions=[*spec.extensions, ExtensionSpec(name="proposed")]), index)
     rules = Rules(spec, index, boot, read_hierarchies(index), plan.initrd_base)
     claimed = IntervalSet().union(*(e.selected for e in plan.extensions)) if plan.extensions else IntervalSet()
     claims = [(e.name, e.selected) for e in plan.extensions]
@@ -435,6 +441,8 @@ def apply_fit(text: str, path: Any, spec: Spec, fit: FitResult) -> str:
     from ..spec.edit import SpecEditor
 
     editor = SpecEditor(text, path)
+    if fit.limit != spec.uki.limit:  # the limit the proposal was made for is the one to judge by
+        editor.set_value(("uki", "limit"), fit.limit_text)
     if fit.os_exclude:
         editor.set_os_exclude([*spec.os.exclude, *(g for g, _w, _s in fit.os_exclude if g not in spec.os.exclude)])
     arch = host_architecture(spec) or (spec.extensions[0].architecture if spec.extensions else "x86-64")
