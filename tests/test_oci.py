@@ -357,3 +357,89 @@ def test_unprivileged_extraction_gives_the_outputs_of_a_root_one(tmp_path: Path)
             assert as_nobody[key] == as_root[key], key
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# -- end to end: a spec whose os.root is an image -------------------------------------------------
+def _tree_tar(root: Path, keep, extra: list[E] = ()) -> bytes:
+    """A layer of the folder ``root``: the entries ``keep(rel)`` accepts (parents included)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                p = Path(dirpath) / name
+                rel = p.relative_to(root).as_posix()
+                if keep(rel) or (p.is_dir() and not p.is_symlink() and any(keep(x) for x in _below(root, rel))):
+                    tar.add(p, arcname=rel, recursive=False)
+        for e in extra:
+            data = layer_tar([e])
+            with tarfile.open(fileobj=io.BytesIO(data)) as one:
+                for ti in one.getmembers():
+                    tar.addfile(ti, one.extractfile(ti) if ti.isreg() else None)
+    return buf.getvalue()
+
+
+def _without(value, keys: tuple[str, ...]):
+    """``value`` with the named keys dropped at every depth (paths and timings differ)."""
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without(v, keys) for v in value]
+    return value
+
+
+def _below(root: Path, rel: str) -> list[str]:
+    return [Path(dp, n).relative_to(root).as_posix() for dp, ds, fs in os.walk(root / rel) for n in ds + fs]
+
+
+@pytest.fixture(scope="module")
+def demo_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The small demo project, and the same project whose os.root is a docker-save image of its
+    tree in three layers (firmware in its own layer; junk added, then whited out and hidden)."""
+    from sysextant.core.demo import create_demo
+
+    base = tmp_path_factory.mktemp("oci-e2e")
+    spec = create_demo(base / "folder", scale=0.03)
+    spec.write_text(spec.read_text().replace("level: 19", "level: 3"))
+    rootfs = spec.parent / "rootfs"
+    fw = "usr/lib/firmware"
+    layer1 = _tree_tar(rootfs, lambda rel: not (rel == fw or rel.startswith(fw + "/")),
+                       [d("usr/share/junkdir"), f("usr/share/junkdir/a", "junk"), f("usr/share/junk", "junk" * 1000)])
+    layer2 = _tree_tar(rootfs, lambda rel: rel == fw or rel.startswith(fw + "/"), [wh("usr/share/junk")])
+    layer3 = layer_tar([wh("usr/share/junkdir")])
+    image_project = base / "image"
+    shutil.copytree(spec.parent, image_project, symlinks=True, ignore=shutil.ignore_patterns("rootfs", "build"))
+    docker_save(image_project / "os.tar", [layer1, layer2, layer3])
+    ispec = image_project / spec.name
+    ispec.write_text(spec.read_text().replace("root: rootfs", "root: os.tar"))
+    return spec, ispec
+
+
+def test_plan_and_build_on_an_image_equal_the_folder(demo_image: tuple[Path, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from sysextant.core.spec.load import load_spec
+    from sysextant.tui.cli import main as cli
+
+    monkeypatch.setenv("SYSEXTANT_IMAGE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    folder_spec, image_spec = demo_image
+    loaded = load_spec(image_spec)
+    assert loaded.os.image == image_spec.parent / "os.tar" and loaded.os.root.name == "rootfs"
+    assert loaded.os.kernel == loaded.os.root / "boot/vmlinuz"
+    assert tree_listing(loaded.os.root) == tree_listing(folder_spec.parent / "rootfs")
+
+    plans = []
+    for spec in (folder_spec, image_spec):
+        cli(["plan", str(spec), "--json"])
+        out = json.loads(capsys.readouterr().out)
+        plans.append(_without(out, ("spec", "root", "os_root", "seconds")))
+    assert plans[0] == plans[1]
+
+    digests = []
+    for spec in (folder_spec, image_spec):
+        assert cli(["build", str(spec), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        digests.append(sorted((Path(a["path"]).name, a["digest"], a["size"]) for a in summary["artefacts"]))
+    assert digests[0] == digests[1] and len(digests[0]) >= 2
+

@@ -88,7 +88,7 @@ UKI_LEVELS: dict[str, tuple[int, int]] = {"zstd": (1, 22), "gzip": (1, 9), "xz":
 UKI_DEFAULT_LEVELS: dict[str, int] = {"zstd": 19, "gzip": 9, "xz": 6, "none": 0}
 
 TOP_KEYS = ("version", "os", "uki", "signing", "boot", "extensions", "output")
-OS_KEYS = ("root", "kernel", "exclude")
+OS_KEYS = ("root", "kernel", "exclude", "platform")
 UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "zstd_mode", "limit", "output", "splash",
             "os_release", "uname", "pcr_key", "pcr_cert")
 SIGNING_KEYS = ("key", "cert", "passphrase_env", "trust_in_uki")
@@ -622,12 +622,70 @@ def _read_os(r: _Reader, node: Node | None) -> OsSpec | None:
     kpath = None
     if kernel_text:
         kpath = r.expand(entries.get("kernel", node), ("os", "kernel"), kernel_text)
+    platform = None
+    if "platform" in entries:
+        platform = r.text(entries["platform"], ("os", "platform"))
+        if platform is not None and not re.fullmatch(r"[a-z0-9]+/[a-z0-9_]+(/[a-z0-9]+)?", platform):
+            r.problem(entries["platform"], f"os.platform {shown(platform)} is not an OCI platform",
+                      "for example linux/amd64 or linux/arm64")
+            return None
     if root is None or kpath is None or exclude is None:
         return None
     real = _resolve_root_link(root)
     if kpath.is_absolute() and kpath.is_relative_to(root):  # written through the link: still in the tree
         kpath = real / kpath.relative_to(root)
-    return OsSpec(root=real, kernel=kpath if kpath.is_absolute() else real / kpath, exclude=exclude)
+    image = real if _is_image(real) else None  # opened once the extensions' architecture is known
+    return OsSpec(root=real, kernel=kpath if kpath.is_absolute() else real / kpath, exclude=exclude,
+                  image=image, platform=platform)
+
+
+#: Opens a container image named by os.root: (image, os.platform, the extensions' architecture)
+#: -> the folder of its flattened tree. The tree layer (core/tree/oci.py) sets it when the engine
+#: is imported (core/__init__.py): the spec layer cannot import the tree layer itself.
+IMAGE_OPENER = None
+
+
+def _is_image(root: Path) -> bool:
+    """os.root names a container image: a tar (ustar magic), a gzip or zstd file, or a folder
+    holding an OCI layout. Anything else stays as written, for the scan to say what is wrong."""
+    try:
+        if root.is_dir():
+            return (root / "oci-layout").is_file() and (root / "index.json").is_file()
+        if not root.is_file():
+            return False
+        with open(root, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    return head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd" or head[257:262] == b"ustar"
+
+
+def _value_node(mapping: Node | None, key: str) -> Node | None:
+    if isinstance(mapping, MappingNode):
+        for k, v in mapping.value:
+            if isinstance(k, ScalarNode) and k.value == key:
+                return v
+    return mapping
+
+
+def _open_os_image(r: _Reader, node: Node | None, os_spec: OsSpec, extensions: list[ExtensionSpec] | None) -> OsSpec | None:
+    """os.root as the flattened tree of the image it names; os.kernel rebased into it."""
+    image = os_spec.image
+    assert image is not None
+    arches = {e.architecture for e in extensions or []}
+    where = node if node is not None else yaml.Mark("", 0, 0, 0, None, None)
+    if IMAGE_OPENER is None:  # pragma: no cover - core/__init__.py sets it
+        r.problem(where, f"os.root {image} is a file, not an OS tree folder")
+        return None
+    try:
+        root = IMAGE_OPENER(image, os_spec.platform, arches.pop() if len(arches) == 1 else None)
+    except UserError as exc:
+        r.problem(where, f"os.root: {exc}")
+        return None
+    kernel = os_spec.kernel
+    if kernel.is_relative_to(image):
+        kernel = root / kernel.relative_to(image)
+    return OsSpec(root=root, kernel=kernel, exclude=os_spec.exclude, image=image, platform=os_spec.platform)
 
 
 def _resolve_root_link(root: Path) -> Path:
@@ -1137,6 +1195,8 @@ def loads_spec(text: str, path: Path) -> Spec:
     output = r.base / "build"
     if "output" in entries:
         output = r.host_path(entries["output"], ("output",))
+    if os_spec is not None and os_spec.image is not None and not r.problems:
+        os_spec = _open_os_image(r, _value_node(entries.get("os"), "root"), os_spec, extensions)
     if r.problems or os_spec is None or uki is None or boot is None or extensions is None or output is None:
         if not r.problems:  # pragma: no cover - every None above reports a problem
             r.problem(node, "the spec could not be read")

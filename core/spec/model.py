@@ -30,6 +30,9 @@ class OsSpec:
     root: Path
     kernel: Path  # absolute on this machine (inside root unless the spec gave an absolute path)
     exclude: list[str] = field(default_factory=list)
+    #: the container image os.root named (root is then its flattened tree, see core/tree/oci.py)
+    image: Path | None = None
+    platform: str | None = None  # os.platform: which image of a multi-platform index (linux/arm64)
 
 
 @dataclass

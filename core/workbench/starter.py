@@ -16,9 +16,11 @@ from pathlib import Path
 
 from ..atomic import write_atomic
 from ..errors import UserError
+from ..progress import Reporter
 from ..sizing.merge import KAIROS_MARKERS
 from ..spec.write import new_spec_text
 from ..tree.fsentry import resolve_in_tree
+from ..tree.oci import is_image_path, open_image
 
 KERNEL_CANDIDATES = ("boot/vmlinuz", "vmlinuz", "boot/vmlinuz-linux")
 SYSTEMD_INITS = ("usr/lib/systemd/systemd", "lib/systemd/systemd", "sbin/init")
@@ -80,9 +82,14 @@ def detect(root: Path) -> Detected:
 
 
 def write_starter(root: Path, spec_path: Path, *, key: Path | None = None, cert: Path | None = None,
-                  limit: str | None = None) -> Detected:
-    """Write a starter spec for ``root`` at ``spec_path`` (never over an existing file)."""
+                  limit: str | None = None, reporter: Reporter | None = None) -> Detected:
+    """Write a starter spec for ``root`` at ``spec_path`` (never over an existing file). ``root``
+    may be a container image (core/tree/oci.py): the spec names the image, detection reads its
+    flattened tree."""
     root, spec_path = Path(root), Path(spec_path)
+    named = root
+    if is_image_path(root):  # a file, or a folder holding an OCI layout
+        root = open_image(root, reporter=reporter).root
     if not root.is_dir():
         raise UserError(f"{root} is not a folder: give the OS tree to slim (a folder holding usr/, etc/, boot/)")
     if not (root / "usr").is_dir() and not (root / "etc").is_dir():
@@ -101,7 +108,7 @@ def write_starter(root: Path, spec_path: Path, *, key: Path | None = None, cert:
         except ValueError:
             return str(p)
 
-    text = new_spec_text(rel(root), kernel=found.kernel or "boot/vmlinuz", init=found.init, limit=limit,
+    text = new_spec_text(rel(named), kernel=found.kernel or "boot/vmlinuz", init=found.init, limit=limit,
                          key=rel(key) if key else None, cert=rel(cert) if cert else None, profile=found.profile)
     try:
         write_atomic(spec_path, text.encode())
