@@ -227,6 +227,8 @@ class Target:
                 except OSError:
                     pass
             for name, value in m.xattrs.items():
+                if not name or b"\0" in name:
+                    raise self._fail(f"the xattr name {name!r} is not valid")
                 try:
                     os.setxattr(target, name, value, **nofollow)
                 except OSError as exc:
