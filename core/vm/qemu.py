@@ -45,8 +45,10 @@ def find_swtpm() -> str:
     return find_tool("swtpm", "swtpm", "for the VM's TPM (the UKI has uki.pcr_key: its PCR 11 signature needs one)")
 
 
-def choose_accel(qemu: str, *, smm: bool) -> Accel:
-    """KVM if this host's KVM runs a q35 machine with (``smm``) or without SMM, else TCG; with why."""
+def choose_accel(qemu: str, *, smm: bool, firmware: Firmware | None = None) -> Accel:
+    """KVM if this host's KVM runs a q35 machine with (``smm``) or without SMM and, given the
+    ``firmware``, runs its first instructions (nested KVM can fail there: "KVM internal error.
+    Suberror: 1, emulation failure" while OVMF executes from flash); else TCG. With why."""
     forced = os.environ.get("SYSEXTANT_VM_ACCEL", "").strip().lower()
     if forced in ("kvm", "tcg"):
         return Accel(forced, f"forced by SYSEXTANT_VM_ACCEL={forced}")
@@ -62,12 +64,52 @@ def choose_accel(qemu: str, *, smm: bool) -> Accel:
     except (OSError, subprocess.TimeoutExpired) as exc:
         return Accel("tcg", f"KVM probe did not answer ({exc})")
     if proc.returncode == 0:
-        return Accel("kvm", "KVM accepts " + ("the Secure Boot machine (SMM)" if smm else "the machine"))
+        failure = _kvm_runs_firmware(qemu, machine, firmware) if firmware is not None else None
+        if failure:
+            return Accel("tcg", f"KVM cannot run the firmware on this host ({failure}): emulating (slower)")
+        return Accel("kvm", "KVM accepts " + ("the Secure Boot machine (SMM)" if smm else "the machine")
+                     + (" and runs the firmware" if firmware is not None else ""))
     errors = [ln.split(": ", 1)[-1] for ln in proc.stderr.splitlines() if "warning" not in ln]
     reason = errors[-1] if errors else f"exit {proc.returncode}"
     if smm:
         return Accel("tcg", f"KVM refuses SMM, which Secure Boot needs ({reason.rstrip('.')}): emulating (slower)")
     return Accel("tcg", f"KVM refuses the machine ({reason.rstrip('.')}): emulating (slower)")
+
+
+def _kvm_runs_firmware(qemu: str, machine: str, firmware: Firmware, wait: float = 8.0) -> str | None:
+    """None if OVMF under KVM prints on the serial console within ``wait`` seconds (or says
+    nothing either way), else QEMU's error. The variable store is the read-only template in
+    snapshot mode: nothing is written."""
+    cmd = [qemu, "-machine", machine, "-cpu", "host", "-m", "256", "-nodefaults", "-display", "none",
+           "-no-user-config", "-monitor", "none", "-serial", "stdio"]
+    if firmware.secure_boot:
+        cmd += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+    cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={firmware.code}",
+            "-drive", f"if=pflash,format=raw,unit=1,snapshot=on,file={firmware.vars_template}"]
+    try:
+        proc = spawn(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        return str(exc)
+    try:
+        os.set_blocking(proc.stdout.fileno(), False)
+        os.set_blocking(proc.stderr.fileno(), False)
+        err = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError, TypeError):
+                if proc.stdout.read(4096):
+                    return None
+            with contextlib.suppress(BlockingIOError, TypeError):
+                err += proc.stderr.read(4096) or b""
+            if b"KVM internal error" in err or b"emulation failure" in err:
+                return "KVM internal error, emulation failure"
+            if proc.poll() is not None:
+                lines = [ln for ln in err.decode(errors="replace").splitlines() if "warning" not in ln]
+                return lines[-1] if lines else f"QEMU exit {proc.returncode}"
+            time.sleep(0.05)
+        return None
+    finally:
+        stop(proc)
 
 
 @dataclass

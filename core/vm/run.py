@@ -115,7 +115,7 @@ def boot(uki: Path, *, cert: Path | None, images: Sequence[Path] = (), tpm: bool
     tools = find_tools(secure_boot=secure, tpm=tpm, images=bool(images))
     if not uki.is_file():
         raise UserError(f"UKI {uki} does not exist; run `sysextant build` first")
-    accel = qemu.choose_accel(tools.qemu, smm=secure)
+    accel = qemu.choose_accel(tools.qemu, smm=secure, firmware=tools.firmware)
     reporter.log("boot", f"accelerator: {accel.name.upper()} ({accel.why})", "step")
     watcher = watcher or Watcher(secure_boot=secure)
     notes: list[str] = []
@@ -173,11 +173,19 @@ def _watch(vm: subprocess.Popen, watcher: Watcher, t0: float, timeout: float, re
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(vm.stdout, lines, log), daemon=True).start()
     errors: list[bytes] = []
-    threading.Thread(target=lambda: errors.append(vm.stderr.read()), daemon=True).start()
+
+    def read_errors() -> None:
+        for raw in vm.stderr:
+            errors.append(raw)
+
+    threading.Thread(target=read_errors, daemon=True).start()
     shown = 0.0
     while True:
         reporter.check()
         now = time.monotonic() - t0
+        if any(b"KVM internal error" in e for e in errors):  # QEMU stays up, paused: nothing more will come
+            raise UserError("QEMU's KVM stopped with an internal error (nested virtualisation cannot run this "
+                            "firmware); run again with SYSEXTANT_VM_ACCEL=tcg")
         if now > timeout:
             return f"no progress within {timeout:.0f} s (timeout)"
         try:
