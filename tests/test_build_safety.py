@@ -156,7 +156,7 @@ def test_a_uki_over_the_limit_fails_with_no_deploy_advice(demo: Path, tmp_path: 
     assert proc.returncode == 1 and summary["ok"] is False and summary["verdict"] == "over" and not summary["deploy"]
     proc = subprocess.run([sys.executable, "-m", "sysextant.tui.cli", "plan", str(spec_path), "--no-estimate"],
                           capture_output=True, text=True)
-    assert proc.returncode == 1 and "FAILED: the UKI would be over its limit 1MiB" in proc.stdout
+    assert proc.returncode == 1 and "FAILED: the UKI would be over its limit 1.00 MiB" in proc.stdout
 
 
 def test_a_missing_kernel_gets_no_verdict(demo: Path, tmp_path: Path) -> None:

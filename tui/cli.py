@@ -134,6 +134,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         estimator = prepared_estimator(spec, result, _reporter(args))
         if args.refine:  # every group at the build's own level: as slow as the build's compression
             estimator.deepen(task="estimate: refine")
+    if args.fit is not None:
+        return _plan_fit(args, spec, result, layout, estimator)
     fig = forecast(spec, result, layout, estimator)
     saves = extension_savings(result, layout, estimator)
     if args.json:
@@ -179,6 +181,42 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     print(f"next: mark what leaves the UKI with `sysextant {spec}`, or edit it and run `sysextant plan {spec}`")
     return 0
+
+
+def _plan_fit(args: argparse.Namespace, spec, result, layout, estimator) -> int:
+    """`plan --fit [LIMIT]`: propose the moves that bring the UKI under the limit; --apply writes them."""
+    from sysextant.core.sizing.fit import apply_fit, propose_fit
+    from sysextant.core.spec.edit import save_text_atomic
+    from sysextant.core.spec.load import loads_spec, read_spec_text
+    from sysextant.core.units import SizeError, parse_size
+
+    limit, text = None, None
+    if args.fit:
+        try:
+            limit, text = parse_size(args.fit, allow_presets=True), args.fit
+        except SizeError as exc:
+            raise UserError(f"--fit {args.fit}: {exc}") from None
+    if not 0 <= args.margin < 50:
+        raise UserError(f"--margin {args.margin}: a share of the limit in percent, from 0 to 50")
+    fit = propose_fit(spec, result, layout, estimator, limit=limit, limit_text=text, margin=args.margin / 100,
+                      junk=not args.no_os_exclude)
+    written = False
+    if args.apply and (fit.extensions or fit.os_exclude):
+        new_text = apply_fit(read_spec_text(spec.path), spec.path, spec, fit)
+        loads_spec(new_text, spec.path)  # the proposal reads back as a valid spec before it is saved
+        save_text_atomic(spec.path, new_text)
+        written = True
+    if args.json:
+        _emit_json({"spec": str(spec.path), "fit": fit.to_json(), "written": written})
+    else:
+        print(fit.render())
+        if written:
+            print(f"written to {spec.path} (comments kept); `sysextant plan {spec.path}` checks it, "
+                  f"`sysextant build {spec.path}` builds it")
+        elif fit.extensions or fit.os_exclude:
+            print(f"a preview: `sysextant plan {spec.path} --fit{' ' + args.fit if args.fit else ''} --apply` "
+                  "writes it into the spec")
+    return 0 if fit.reached else 1
 
 
 def cmd_boot_set(args: argparse.Namespace) -> int:
@@ -353,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", action="store_true",
                    help="compress every part of the initrd at the build's level for an estimate within about 1%% "
                         "(takes as long as the build's compression; the result is cached for later plans)")
+    p.add_argument("--fit", nargs="?", const="", metavar="LIMIT",
+                   help="propose the moves (extensions by package or folder, os.exclude of caches) that bring the "
+                        "UKI under LIMIT (a size or preset; default uki.limit) with a margin; a preview")
+    p.add_argument("--margin", type=float, default=3.0, metavar="PCT",
+                   help="with --fit: room kept under the limit for the estimate's upper band, in %% (default 3)")
+    p.add_argument("--apply", "--write", action="store_true",
+                   help="with --fit: write the proposal into the spec (comments kept)")
+    p.add_argument("--no-os-exclude", action="store_true",
+                   help="with --fit: do not propose os.exclude of package caches, logs and stale kernels' modules")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("boot-set", help="what must stay in the UKI for the system to boot, with the reasons",
