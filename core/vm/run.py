@@ -124,8 +124,8 @@ def boot(uki: Path, *, cert: Path | None, images: Sequence[Path] = (), tpm: bool
     t0 = time.monotonic()
     ended = ""
     log = None
-    try:
-        with private_tempdir("sysextant-boot-") as tmp:
+    with private_tempdir("sysextant-boot-") as tmp:
+        try:
             vars_fd = tmp / "OVMF_VARS.fd"
             firmware.make_vars(tools.firmware.vars_template, cert, vars_fd)
             reporter.log("boot", ("firmware: Secure Boot on, " + f"{cert.name} enrolled as PK, KEK and db")
@@ -155,11 +155,11 @@ def boot(uki: Path, *, cert: Path | None, images: Sequence[Path] = (), tpm: bool
                 vm = qemu.spawn(machine.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
                 ended = _watch(vm, watcher, t0, timeout, reporter, log, on_stage, stop_when_booted)
-    finally:
-        qemu.stop(vm)
-        qemu.stop(tpm_proc)
-        if log is not None:
-            log.close()
+        finally:  # before the folder goes: swtpm and QEMU hold files in it
+            qemu.stop(vm)
+            qemu.stop(tpm_proc)
+            if log is not None:
+                log.close()
     seconds = time.monotonic() - t0
     if check:
         watcher.finish(ended, seconds)
