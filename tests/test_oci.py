@@ -443,3 +443,59 @@ def test_plan_and_build_on_an_image_equal_the_folder(demo_image: tuple[Path, Pat
         digests.append(sorted((Path(a["path"]).name, a["digest"], a["size"]) for a in summary["artefacts"]))
     assert digests[0] == digests[1] and len(digests[0]) >= 2
 
+
+
+def test_cli_scan_init_open_and_images(demo_image: tuple[Path, Path], tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from sysextant.core.spec.load import load_spec
+    from sysextant.tui import cli as cli_mod
+
+    monkeypatch.setenv("SYSEXTANT_IMAGE_CACHE", str(tmp_path / "cache"))
+    image = tmp_path / "kairos.tar"
+    shutil.copy(demo_image[1].parent / "os.tar", image)
+    assert cli_mod.main(["scan", str(image), "--json"]) == 0
+    scanned = json.loads(capsys.readouterr().out)
+    assert scanned["root"].endswith("/rootfs") and scanned["files"] > 100
+    assert cli_mod.main(["init", str(image), "--spec", str(tmp_path / "s.yaml")]) == 0
+    capsys.readouterr()
+    spec = load_spec(tmp_path / "s.yaml")
+    assert spec.os.image == image and "root: kairos.tar" in (tmp_path / "s.yaml").read_text()
+    opened = []
+    monkeypatch.setattr(cli_mod, "_open_workbench", lambda path: opened.append(path) or 0)
+    assert cli_mod.main([str(image)]) == 0  # `sysextant IMAGE.tar`: a starter spec beside it, then the workbench
+    assert opened == [tmp_path / "kairos.sysextant.yaml"] and load_spec(opened[0]).os.root == spec.os.root
+    capsys.readouterr()
+    assert cli_mod.main(["images", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["images"]
+    assert [i["image"] for i in listed] == [str(image)] and listed[0]["format"] == "docker-save"
+    assert cli_mod.main(["images", "--clean"]) == 0
+    assert "removed 1 flattened image" in capsys.readouterr().out
+    assert oci.cached_images() == []
+
+
+def test_diff_of_a_derived_image_over_its_base(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from sysextant.tui.cli import main as cli
+
+    monkeypatch.setenv("SYSEXTANT_IMAGE_CACHE", str(tmp_path / "cache"))
+    base_layers = [layer_tar([d("usr"), d("usr/bin"), f("usr/bin/a", "aaa", mode=0o755), f("usr/bin/same", "s" * 100),
+                              f("usr/bin/old", "old"), f("usr/bin/mode", "m"), d("etc"), f("etc/os-release", "ID=x\n")])]
+    app = layer_tar([d("usr/lib"), d("usr/lib/app"), f("usr/lib/app/data", "d" * 5000), f("usr/bin/app", "app", mode=0o755),
+                     f("usr/bin/a", "AAA", mode=0o755),          # same size, other bytes: changed
+                     f("usr/bin/same", "s" * 100, mtime=1),      # rewritten with the same bytes: no change
+                     f("usr/bin/mode", "m", mode=0o600),         # only the mode
+                     wh("usr/bin/old"), f("etc/app.conf", "x=1")])
+    base = docker_save(tmp_path / "base.tar", base_layers, tag="kairos:1")
+    derived = docker_save(tmp_path / "app.tar", base_layers + [app], tag="kairos-app:1")
+    assert cli(["diff", str(base), str(derived), "--json"]) == 1  # the deletion is a problem
+    out = json.loads(capsys.readouterr().out)
+    carried = {c["path"]: (c["kind"], c.get("what", "")) for c in out["carried"]}
+    assert carried == {"usr/lib": ("added", ""), "usr/bin/app": ("added", ""), "usr/bin/a": ("changed", "content"),
+                       "usr/bin/mode": ("changed", "mode")}
+    assert out["carried_bytes"] == 5000 + 3 + 3 + 1
+    assert [c["path"] for c in out["outside"]] == ["etc/app.conf"]
+    assert out["problems"] == ["usr/bin/old: deleted by the derived image; a system extension cannot delete a file "
+                               "of the base"]
+    assert cli(["diff", str(base), str(derived)]) == 1
+    text = capsys.readouterr().out
+    assert "would carry 4 entries" in text and "warning: etc/app.conf: added outside the merged hierarchies" in text

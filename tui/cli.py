@@ -22,7 +22,7 @@ from sysextant.core.progress import Progress, Reporter, clear_stop, request_stop
 from sysextant.core.units import failing_verdict, format_size
 from sysextant.tui.bootcmd import add_boot_parser
 
-COMMANDS = ("init", "scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify", "boot")
+COMMANDS = ("init", "scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify", "boot", "images", "diff")
 
 
 # -- output helpers ----------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from sysextant.core.tree.index import scan
 
     t0 = time.perf_counter()
-    index = scan(args.root)
+    index = scan(_tree_of(Path(args.root), args))
     elapsed = time.perf_counter() - t0
     counts = index.counts()
     problems = [str(p) for p in index.problems]
@@ -174,7 +174,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     spec = Path(args.spec)
     found = write_starter(Path(args.root), spec, key=Path(args.key) if args.key else None,
-                          cert=Path(args.cert) if args.cert else None, limit=args.limit)
+                          cert=Path(args.cert) if args.cert else None, limit=args.limit, reporter=_reporter(args))
     print(f"wrote {spec}: boot profile {found.profile}, kernel {found.kernel or '(not found)'}, "
           f"init {found.init or 'the tree' + chr(39) + 's own /init'}")
     for note in found.notes:
@@ -290,8 +290,39 @@ def _open_workbench(spec: Path) -> int:
     return run_workbench(spec)
 
 
+def _tree_of(root: Path, args: argparse.Namespace) -> Path:
+    """The folder to scan: ``root`` itself, or the flattened tree of the container image it names
+    (flattened now with progress, or found in the image cache)."""
+    from sysextant.core.tree.oci import is_image_path, open_image
+
+    if not is_image_path(root):
+        return root
+    return open_image(root, reporter=_reporter(args)).root
+
+
+def _image_spec(image: Path, args: argparse.Namespace) -> Path:
+    """`sysextant open IMAGE`: the spec beside the image (``NAME.sysextant.yaml``), written as a
+    starter spec the first time."""
+    from sysextant.core.workbench.starter import write_starter
+
+    stem = image.name
+    for suffix in (".tar.gz", ".tgz", ".tar.zst", ".tar"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    spec = image.parent / f"{stem or 'image'}.sysextant.yaml"
+    if not spec.exists():
+        write_starter(image, spec, reporter=_reporter(args))
+        print(f"wrote {spec} for {image}", file=sys.stderr)
+    return spec
+
+
 def cmd_open(args: argparse.Namespace) -> int:
     spec = Path(args.spec)
+    from sysextant.core.tree.oci import is_image_path
+
+    if is_image_path(spec) and not spec.name.endswith((".yaml", ".yml")):
+        spec = _image_spec(spec, args)
     if not spec.exists():
         raise UserError(f"spec {spec} does not exist; `sysextant demo` writes an example project")
     return _open_workbench(spec)
@@ -299,6 +330,58 @@ def cmd_open(args: argparse.Namespace) -> int:
 
 def _reporter(args: argparse.Namespace) -> Reporter:
     return Reporter(TerminalProgress(quiet=getattr(args, "json", False) or getattr(args, "quiet", False)))
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    from sysextant.core.tree.oci import cache_root, cached_images, clean_cache
+
+    if args.clean:
+        count, freed = clean_cache()
+        if args.json:
+            _emit_json({"cache": str(cache_root()), "removed": count, "freed_bytes": freed})
+        else:
+            print(f"{cache_root()}: removed {count} flattened image(s), {format_size(freed)} freed")
+        return 0
+    found = cached_images()
+    if args.json:
+        _emit_json({"cache": str(cache_root()), "images": found})
+        return 0
+    print(f"{cache_root()}: {len(found)} flattened image(s)")
+    for info in found:
+        print(f"  {format_size(info['disk_bytes']):>10}  {info.get('image', '?')}  ({info.get('format', '?')}, "
+              f"{info.get('platform') or 'no platform'}, {info.get('entries', '?')} entries"
+              f"{'' if info.get('privileged') else ', flattened without root'})")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from sysextant.core.sizing.merge import read_hierarchies
+    from sysextant.core.tree.index import scan
+    from sysextant.core.tree.treediff import diff_trees
+
+    base = scan(_tree_of(Path(args.base), args))
+    derived = scan(_tree_of(Path(args.derived), args))
+    hier = read_hierarchies(base)  # what the booted base OS merges
+    found = diff_trees(base, derived, hier.covers, above=hier.above, reporter=_reporter(args))
+    problems, warnings = found.problems(hier.covers), found.warnings(hier.covers)
+    if args.json:
+        _emit_json({"base": args.base, "derived": args.derived, "hierarchies": list(hier.paths),
+                    "hierarchies_source": hier.source, "carried_bytes": found.carried_bytes,
+                    "carried": [c.to_json() for c in found.carried], "outside": [c.to_json() for c in found.outside],
+                    "deleted": [c.to_json() for c in found.deleted], "problems": problems, "warnings": warnings})
+        return 1 if problems else 0
+    print(f"{args.derived} over {args.base}: merged hierarchies from {hier.source}")
+    print(f"  a system extension would carry {len(found.carried):,} entries, {format_size(found.carried_bytes)}")
+    marks = {"added": "+", "changed": "~", "deleted": "-"}
+    for c in sorted(found.carried, key=lambda c: -c.bytes)[: args.top]:
+        print(f"    {marks[c.kind]} {format_size(c.bytes):>10}  {c.path}{f'  ({c.what})' if c.what else ''}")
+    if len(found.carried) > args.top:
+        print(f"    ... and {len(found.carried) - args.top} more (--top N, or --json)")
+    for p in problems:
+        print(f"  problem: {p}")
+    for w in warnings:
+        print(f"  warning: {w}")
+    return 1 if problems else 0
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -364,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a commented starter spec for ROOT: the kernel, the init the UKI "
                                    "starts and the boot profile (kairos, systemd, none) are detected inside the "
                                    "tree; every other value is the default, written out. Never overwrites a file.")
-    p.add_argument("root", help="the OS tree (a folder)")
+    p.add_argument("root", help="the OS tree (a folder) or a container image (docker save, OCI layout or archive)")
     p.add_argument("--spec", default="sysextant.yaml", help="where to write the spec (default: sysextant.yaml)")
     p.add_argument("--key", help="the db signing key (PEM); with --cert")
     p.add_argument("--cert", help="the db certificate (PEM); with --key")
@@ -374,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scan", help="index an OS tree and print its totals",
                        description="Scan an OS tree (lstat only, symlinks never followed, hardlinks once) "
                                    "and print entries, apparent, allocated and newc cpio bytes.")
-    p.add_argument("root", help="the OS tree (a folder)")
+    p.add_argument("root", help="the OS tree (a folder) or a container image (flattened into the image cache)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--top", type=int, default=8, help="how many of the largest top-level entries to list")
     p.set_defaults(func=cmd_scan)
@@ -454,8 +537,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("open", help="open the workbench on a spec (same as `sysextant SPEC`)")
-    p.add_argument("spec", help="the YAML spec file")
+    p.add_argument("spec", help="the YAML spec file, or a container image (a starter spec NAME.sysextant.yaml "
+                                "is written beside it the first time)")
     p.set_defaults(func=cmd_open)
+
+    p = sub.add_parser("diff", help="what a derived OS tree or image adds over its base, as a system extension sees it",
+                       description="Compare two OS trees or container images by content (not by layer): what the "
+                                   "derived one adds or changes under the hierarchies the base merges (what a system "
+                                   "extension can carry), what it changes elsewhere (warnings: /etc cannot be "
+                                   "carried) and what it deletes (a system extension cannot delete: problems). "
+                                   "Exit code 1 when there are problems.")
+    p.add_argument("base", help="the base OS tree or image (e.g. the Kairos image)")
+    p.add_argument("derived", help="the derived OS tree or image (FROM the base, plus an application)")
+    p.add_argument("--top", type=int, default=30, help="how many carried entries to list (largest first)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_diff)
+
+    p = sub.add_parser("images", help="list the flattened container images in the cache, or clean it",
+                       description="Container images named by os.root (docker save, OCI layout or archive, "
+                                   "docker export tars) are flattened once into a cache keyed by the image's "
+                                   "digest ($SYSEXTANT_IMAGE_CACHE, else ~/.cache/sysextant/images).")
+    p.add_argument("--clean", action="store_true", help="remove every flattened image (the next open flattens again)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_images)
     add_boot_parser(sub)
     return parser
 
