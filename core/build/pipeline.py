@@ -15,6 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +266,9 @@ def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], 
 def _build_extension(spec: Spec, index: TreeIndex, ext: Any, ext_plan: Any, signer: Signer | None, state: dict,
                      force: bool, reporter: Reporter) -> Artefact:
     fingerprint = signer.fingerprint if signer else "unsigned"
+    if ext_plan.source is not None:  # from: {image, base}: the derived tree's additions
+        index, ext_plan = ext_plan.source.index, replace(ext_plan, marks=ext_plan.source.marks,
+                                                          selected=ext_plan.source.selected)
     entries = collect_entries(index, ext_plan, ext)
     inputs = hashlib.sha256(extension_inputs(ext, entries, with_times=True) + fingerprint.encode()).hexdigest()
     path = spec.output / ext.image_name

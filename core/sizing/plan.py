@@ -23,6 +23,7 @@ from ..tree.index import TRAILER_BYTES, TreeIndex, scan
 from ..tree.selection import IntervalSet, Sums, match, subtree_set, with_ancestors
 from ..units import format_size
 from .bootset import BootSet, boot_set
+from .imagediff import DiffSource, diff_source, source_bytes
 from .init import init_problems, init_program
 from .merge import read_hierarchies, release_problems, unmerged
 from .modules import module_problems
@@ -38,6 +39,9 @@ class ExtensionPlan:
     bytes: int  # apparent bytes of the files it takes (hardlinks once)
     initrd_bytes: int  # cpio bytes it alone takes out of the initrd
     special: list[int] = field(default_factory=list)
+    #: ``from: {image, base}``: the derived tree its content comes from (``selected`` is then empty:
+    #: it takes nothing out of this tree)
+    source: DiffSource | None = None
 
 
 @dataclass
@@ -178,6 +182,14 @@ def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
 
     ext_plans: list[ExtensionPlan] = []
     for n, ext in enumerate(spec.extensions):
+        if ext.from_images is not None:  # content from a derived image: nothing of this tree moves
+            src, found_problems, found_warnings = diff_source(spec, n, ext)
+            problems += found_problems
+            warnings += found_warnings
+            taken = src.selected if src is not None else IntervalSet()
+            ext_plans.append(ExtensionPlan(ext.name, [], IntervalSet(), len(taken),
+                                           source_bytes(src) if src is not None else 0, 0, source=src))
+            continue
         marks: list[int] = []
         for j, pattern in enumerate(ext.paths):
             found = match(index, pattern)

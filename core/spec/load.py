@@ -12,7 +12,8 @@ Shape (relative host paths resolve against the spec file's folder)::
           uname, pcr_key, pcr_cert}                             # all optional
     signing: {key, cert, passphrase_env, trust_in_uki}          # optional: unsigned without it
     boot: {profile, keep, allow: [{path, reason}]}              # optional: what must stay to boot
-    extensions: [{name, version, paths, exclude, packages, filesystem, compression, release}]
+    extensions: [{name, version, paths, exclude, packages, from: {image, base}, filesystem, compression,
+                  release}]
     output: build                                               # folder for the sysext images
 
 ``uki.output``, ``uki.splash``, ``uki.os_release``, ``uki.pcr_key``, ``uki.pcr_cert`` and
@@ -61,6 +62,7 @@ from .model import (
     BootAllow,
     BootSpec,
     ExtensionSpec,
+    ImageDiff,
     OsSpec,
     SigningSpec,
     Spec,
@@ -94,7 +96,8 @@ UKI_KEYS = ("stub", "cmdline", "init", "compression", "level", "zstd_mode", "lim
 SIGNING_KEYS = ("key", "cert", "passphrase_env", "trust_in_uki")
 BOOT_KEYS = ("profile", "keep", "allow")
 BOOT_ALLOW_KEYS = ("path", "reason")
-EXTENSION_KEYS = ("name", "version", "paths", "exclude", "packages", "filesystem", "compression", "release")
+EXTENSION_KEYS = ("name", "version", "paths", "exclude", "packages", "from", "filesystem", "compression", "release")
+FROM_KEYS = ("image", "base")
 
 _VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~-]*")
 _RELEASE_KEY_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -1001,7 +1004,18 @@ def _read_extension(r: _Reader, node: Node, i: int) -> ExtensionSpec | None:
             ok = False
         else:
             ext.version = version
-    if "paths" not in entries and "packages" not in entries:
+    if "from" in entries:
+        if "paths" in entries or "packages" in entries:
+            r.problem(entries["from"], f"{dotted(keys)} takes its content from two images (from:) and also names "
+                      "paths or packages", "an extension made of an image's difference carries just that: "
+                      "give the paths an extension of their own")
+            ok = False
+        diff = _read_from(r, entries["from"], (*keys, "from"))
+        if diff is None:
+            ok = False
+        else:
+            ext.from_images = diff
+    elif "paths" not in entries and "packages" not in entries:
         r.problem(node, f"{dotted(keys)} has no paths", "list what it carries, e.g. paths: [usr/lib/firmware]")
         ok = False
     if "packages" in entries:
@@ -1092,6 +1106,25 @@ def _read_ext_paths(r: _Reader, node: Node, keys: KeyPath, exclude: list[str]) -
 
 #: package names as dpkg, rpm and apk write them, with dpkg's optional ``:ARCH``
 _PACKAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9+._~@-]*(:[a-z0-9-]+)?")
+
+
+def _read_from(r: _Reader, node: Node, keys: KeyPath) -> ImageDiff | None:
+    """``from: {image: app.tar, base: kairos.tar}``: host paths, checked when planned."""
+    entries = r.mapping(node, keys, FROM_KEYS)
+    if entries is None:
+        return None
+    found: dict[str, Path] = {}
+    for key in FROM_KEYS:
+        if key not in entries:
+            r.problem(node, f"{dotted(keys)} has no {key!r}",
+                      "name the derived image (image:) and the image it was built on (base:)")
+            continue
+        value = r.host_path(entries[key], (*keys, key))
+        if value is not None:
+            found[key] = value
+    if len(found) != len(FROM_KEYS):
+        return None
+    return ImageDiff(image=found["image"], base=found["base"])
 
 
 def _read_packages(r: _Reader, node: Node, keys: KeyPath) -> list[str] | None:

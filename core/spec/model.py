@@ -103,6 +103,15 @@ class ExtraFile:
     target: str | None = None  # a symlink's target instead of data
 
 
+@dataclass(frozen=True)
+class ImageDiff:
+    """``extensions[].from``: the extension carries what ``image`` adds or changes over ``base``
+    under the merged hierarchies (two container images, or OS tree folders)."""
+
+    image: Path
+    base: Path
+
+
 @dataclass
 class ExtensionSpec:
     name: str
@@ -112,6 +121,7 @@ class ExtensionSpec:
     #: installed packages whose files it carries, resolved against the tree's package database at
     #: plan time (the files that may move; see sizing/packages.py)
     packages: list[str] = field(default_factory=list)
+    from_images: ImageDiff | None = None  # ``from: {image, base}``
     filesystem: str = "erofs"
     compression: str = "none"
     release: dict[str, str] = field(default_factory=lambda: {"ID": "_any", "ARCHITECTURE": "x86-64"})
