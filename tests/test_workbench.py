@@ -104,7 +104,7 @@ def test_refusals_name_the_reason(session: Session) -> None:
     for rel, reason in cases.items():
         out = s.toggle(idx(s, rel), "tools")
         assert not out.ok and reason in out.message, (rel, out.message)
-    assert "press a" in s.mark(idx(s, "usr/lib/firmware"), None).message
+    assert "press +" in s.mark(idx(s, "usr/lib/firmware"), None).message
     assert "through usr/bin/big" not in s.mark(idx(s, "usr/lib/firmware"), "tools").message  # allowed
     text_before = s.text
     assert s.undo().ok and s.text != text_before

@@ -79,7 +79,15 @@ class RemoveExtension:
     label: str = ""
 
 
-Operation = SetPaths | AddExtension | RenameExtension | RemoveExtension
+@dataclass(frozen=True)
+class SetOsExclude:
+    """Replace ``os.exclude``: what is left out of the UKI, and so of the booted OS."""
+
+    globs: tuple[str, ...]
+    label: str = ""
+
+
+Operation = SetPaths | AddExtension | RenameExtension | RemoveExtension | SetOsExclude
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,14 +392,15 @@ class Session:
         if index is None or plan is None:
             return "the tree is still being scanned; mark when the scan is done"
         if ext is None or self.spec.extension(ext) is None:
-            return "there is no extension to mark into yet: press a to add one"
+            return "there is no extension to mark into yet: press + to add one"
         if i <= 0 or i >= len(index):
             return "the root of the tree cannot be marked; mark folders under usr/ or opt/"
         rel = index.path(i)
         text = os.fsdecode(rel)
         top = rel.split(b"/", 1)[0]
         if top.decode(errors="replace") not in MERGED_TOPS:
-            return f"{text} is outside usr/ and opt/: systemd-sysext merges only /usr and /opt"
+            return (f"{text} is outside usr/ and opt/: systemd-sysext merges only /usr and /opt"
+                    + ("; x leaves it out of the UKI (os.exclude)" if self.os_exclude_refusal(i) is None else ""))
         spans = self._spans(i)
         hier = self.hierarchies()
         if not hier.covers(text) and not hier.above(text):
@@ -487,6 +496,64 @@ class Session:
                            "edit that path to change it)")
         return self.apply(SetPaths(ext, tuple(p for p in paths if p != path), f"unmark {path} from {ext}"))
 
+    # -- excluding ----------------------------------------------------------------------------
+    def exclude(self, i: int) -> Outcome:
+        """Toggle entry ``i`` in the ``exclude:`` of the extension a folder mark puts it in (it
+        then stays in the UKI); an excluded entry (or one in ``os.exclude``) is taken back."""
+        index = self.index
+        if index is None or self.plan is None:
+            return _refuse("the tree is still being scanned; exclude when the scan is done")
+        if i <= 0 or i >= len(index):
+            return _refuse("the root of the tree cannot be excluded")
+        text = _rel(index, i)
+        for e in self.spec.extensions:
+            if text in e.exclude:
+                return self.apply(SetPaths(e.name, tuple(e.paths), f"take {text} back into {e.name} (no longer "
+                                           "excluded)", exclude=tuple(x for x in e.exclude if x != text)))
+        if text in self.spec.os.exclude:
+            return self.apply(SetOsExclude(tuple(x for x in self.spec.os.exclude if x != text),
+                                           f"take {text} back into the UKI (no longer in os.exclude)"))
+        own = self.owner(i)
+        if own is None:
+            if self.os_exclude_refusal(i) is None:
+                return _refuse(f"{text} is in no extension; leaving it out of the UKI entirely (os.exclude) "
+                               "removes it from the booted OS")
+            return _refuse(f"{text} is in no extension: x excludes an entry a marked folder puts in one")
+        if text in self.marked_paths(own):
+            return _refuse(f"{text} is one of {own}'s paths: space unmarks it")
+        e = self.spec.extension(own)
+        assert e is not None
+        return self.apply(SetPaths(own, tuple(e.paths), f"exclude {text} from {own}: it stays in the UKI",
+                                   exclude=(*e.exclude, text)))
+
+    def os_exclude_refusal(self, i: int) -> str | None:
+        """Why entry ``i`` (outside ``usr/`` and ``opt/``) cannot go into ``os.exclude``, or None."""
+        index, plan = self.index, self.plan
+        if index is None or plan is None:
+            return "the tree is still being scanned"
+        if i <= 0 or i >= len(index):
+            return "the root of the tree cannot be left out"
+        text = _rel(index, i)
+        if text.split("/", 1)[0] in MERGED_TOPS:
+            return f"{text} is under usr/ or opt/: mark it into an extension instead"
+        if not IntervalSet(self._spans(i)).intersection(plan.initrd_base):
+            return f"{text} is already left out of the UKI"
+        boot = self.boot()
+        if boot is not None and (i in boot.entries or self.boot_count(i)):
+            n = max(1, self.boot_count(i))
+            return f"{text} holds {n:,} entr{'y' if n == 1 else 'ies'} needed to boot"
+        return None
+
+    def os_exclude(self, i: int) -> Outcome:
+        """Add entry ``i`` to ``os.exclude``: left out of the UKI, so gone from the booted OS."""
+        why = self.os_exclude_refusal(i)
+        if why:
+            return _refuse(why)
+        assert self.index is not None
+        text = _rel(self.index, i)
+        return self.apply(SetOsExclude((*self.spec.os.exclude, text),
+                                       f"leave {text} out of the UKI (os.exclude): it is gone from the booted OS"))
+
     # -- extensions ---------------------------------------------------------------------------
     def add_extension(self, name: str) -> Outcome:
         name = name.strip()
@@ -547,6 +614,9 @@ class Session:
             editor.remove_extension(op.name)
             inverse = AddExtension(replace(old, paths=list(old.paths), exclude=list(old.exclude),
                                            release=dict(old.release)), op.label)
+        elif isinstance(op, SetOsExclude):
+            editor.set_os_exclude(list(op.globs))
+            inverse = SetOsExclude(tuple(self.spec.os.exclude), op.label)
         else:  # pragma: no cover - the union above is exhaustive
             raise TypeError(op)
         return editor.text, inverse
