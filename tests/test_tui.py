@@ -126,7 +126,8 @@ async def test_mark_and_unmark_change_totals_by_the_engine_figures(spec_path: Pa
         fig = next(f for f in s.extension_figures() if f.name == "firmware")
         plan = make_plan(load_spec(spec_path), scan(s.root))
         assert fig.initrd_saved == next(e for e in plan.extensions if e.name == "firmware").initrd_bytes
-        await pilot.press("space")  # again: unmark
+        assert app.tree.entry != doc  # the cursor moved down, as in dua and ranger
+        await pilot.press("k", "space")  # back up, and again: unmark
         assert gauge(app).initrd_cpio == before.initrd_cpio
         assert "usr/share/doc" not in load_spec(spec_path).extension("firmware").paths
 
@@ -176,19 +177,19 @@ async def test_extension_add_rename_remove(spec_path: Path) -> None:
     app = WorkbenchApp(spec_path, estimate=False)
     async with app.run_test(size=SIZE) as pilot:
         await ready(app, pilot)
-        await pilot.press("a")
+        await pilot.press("plus")
         await pilot.press(*"k3s", "enter")
         await pilot.pause()
         assert app.current_ext == "k3s"
         await go(app, pilot, "usr/bin/k3s")
         await pilot.press("space")
         assert load_spec(spec_path).extension("k3s").paths == ["usr/bin/k3s"]
-        await pilot.press("r")
+        await pilot.press("f2")
         await pilot.press("ctrl+u", *"big-bins", "enter")  # ctrl+u clears the input
         await pilot.pause()
         spec = load_spec(spec_path)
         assert spec.extension("big-bins").paths == ["usr/bin/k3s"] and spec.extension("k3s") is None
-        await pilot.press("x")
+        await pilot.press("minus")
         await pilot.press("y")
         await pilot.pause()
         assert load_spec(spec_path).extension("big-bins") is None

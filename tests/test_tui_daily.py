@@ -66,14 +66,18 @@ async def test_keys_in_one_write_act_on_the_row_the_previous_key_left(spec_path:
         assert tree.folder == share and tree.cursor == 0
         expected = index.path(tree.rows[2]).decode()
         await burst(app, pilot, "j", "j", "space")
-        assert tree.entry == tree.rows[2]
+        assert tree.entry == tree.rows[3]  # space moved down after the mark
         assert expected in load_spec(spec_path).extension("firmware").paths
         assert f"mark {expected} into firmware" in status(app)
-        # j then space at once marks the next row, not the one just marked again (an unmark)
+        # k then space at once unmarks the row above, not the one the cursor left
+        await burst(app, pilot, "k", "space")
+        assert expected not in load_spec(spec_path).extension("firmware").paths
+        assert tree.entry == tree.rows[3]
+        # space alone marks the row the cursor is on now, not the one it left (an unmark)
         nxt = index.path(tree.rows[3]).decode()
-        await burst(app, pilot, "j", "space")
+        await burst(app, pilot, "space")
         paths = load_spec(spec_path).extension("firmware").paths
-        assert expected in paths and nxt in paths
+        assert expected not in paths and nxt in paths
 
 
 # -- (2) names first: the layout at small terminals ----------------------------------------------
@@ -289,7 +293,7 @@ async def test_h_that_clears_the_filter_also_removes_the_box(spec_path: Path) ->
     async with app.run_test(size=(80, 24)) as pilot:
         await ready(app, pilot)
         await go(app, pilot, "usr/share")
-        await pilot.press("enter", "slash", *"loc", "enter")
+        await pilot.press("enter", "f", *"loc", "enter")
         await pilot.pause()
         box = app.query_one("#filter")
         assert app.tree.name_filter == "loc" and box.display
@@ -329,10 +333,10 @@ async def test_one_is_singular(spec_path: Path) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(app, pilot)
         await go(app, pilot, "usr/share")
-        await pilot.press("enter", "slash", *"locale", "enter")
+        await pilot.press("enter", "f", *"locale", "enter")
         await pilot.pause()
         crumb = str(app.query_one("#crumb").render())
-        assert "1 entry" in crumb and "1 entries" not in crumb
+        assert "1 of 1 entry" in crumb and "1 entries" not in crumb
         panel = str(app.query_one("#ext-list").get_option_at_index(0).prompt)
         assert "1 path" in panel and "1 paths" not in panel
 

@@ -29,7 +29,7 @@ from textual.worker import get_current_worker
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.sizing.plan import Plan
 from sysextant.core.tree.index import TreeIndex, scan
-from sysextant.core.tree.selection import Sums
+from sysextant.core.tree.selection import Sums, match
 from sysextant.core.units import format_size
 from sysextant.core.workbench.session import Outcome, Session
 
@@ -41,7 +41,7 @@ from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
 from .widgets.item import item_line, item_pane, plural
 from .widgets.line import Line
-from .widgets.tree_list import TreeList, header_text
+from .widgets.tree_list import TreeList, header_text, search_glob
 
 
 class ScanProgress(Message):
@@ -86,6 +86,18 @@ class EstimatorProgress(Message):
         self.text = text
 
 
+class SearchDone(Message):
+    """A search over the whole tree finished (see :meth:`WorkbenchApp.run_search`)."""
+
+    def __init__(self, index: TreeIndex, query: str, pattern: str, found: list[int], seconds: float) -> None:
+        super().__init__()
+        self.index = index
+        self.query = query
+        self.pattern = pattern
+        self.found = found
+        self.seconds = seconds
+
+
 class SpecChanged(Message):
     """The spec file changed on disk (posted by the watcher)."""
 
@@ -104,13 +116,22 @@ class WorkbenchApp(App[int]):
         # row the cursor left); this one runs in turn, after them
         Binding("space", "toggle_mark", "Mark"),
         Binding("u,ctrl+z", "undo", "Undo"),
-        Binding("a", "add_extension", "Add ext"),
-        Binding("r", "rename_extension", "Rename", show=False),
-        Binding("x", "remove_extension", "Remove ext", show=False),
+        Binding("slash", "search", "Search"),
+        Binding("r", "rescan", "Rescan"),
+        # ncdu/gdu/dua keys mean here what they mean there (r a i C t g); extensions are managed
+        # with keys none of them uses: + F2 - (and from the palette)
+        Binding("plus", "add_extension", "Add ext"),
+        Binding("f2", "rename_extension", "Rename ext", show=False),
+        Binding("minus", "remove_extension", "Remove ext", show=False),
+        Binding("x", "exclude", "Exclude", show=False),
         Binding("s", "sort('size')", "Size", show=False),
         Binding("n", "sort('name')", "Name", show=False),
+        Binding("C", "sort('count')", "Items", show=False),
+        Binding("t", "dirs_first", "Folders first", show=False),
+        Binding("g", "cycle_share", "Share column", show=False),
+        Binding("a", "toggle_apparent", "Apparent", show=False),
         Binding("c", "toggle_size", "Size column", show=False),
-        Binding("slash", "filter", "Filter"),
+        Binding("f", "filter", "Filter", show=False),
         Binding("p", "toggle_panel", "Panel"),
         Binding("i", "toggle_info", "Info", show=False),
         Binding("e", "mark_all_but_boot", "Mark but boot", show=False),
@@ -138,6 +159,8 @@ class WorkbenchApp(App[int]):
         self.estimator_note = ""
         self._last_progress = 0.0
         self.panel_wanted: bool | None = None  # p: shown or hidden; None: by the terminal's width
+        #: r: a scan of the tree runs behind the last one's figures; (folder, entry) paths to return to
+        self.rescanning: tuple[bytes, bytes | None] | None = None
 
     # -- setup --------------------------------------------------------------------------------
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -153,6 +176,8 @@ class WorkbenchApp(App[int]):
                 yield Line(id="item")
                 yield Static(id="info")
                 yield Input(placeholder="filter this folder by name (enter keeps, esc clears)", id="filter")
+                yield Input(placeholder="search the tree: *.ko.zst, locale, usr/**/doc (enter searches, esc closes)",
+                            id="search")
             yield ExtensionsPanel(id="extensions")
         yield Static(id="problems")
         yield UkiGauge(id="gauge")
@@ -166,6 +191,7 @@ class WorkbenchApp(App[int]):
         wanted = load_settings().get("theme", DEFAULT_THEME)
         self.theme = wanted if wanted in self.available_themes else DEFAULT_THEME
         self.base.query_one("#filter", Input).display = False
+        self.base.query_one("#search", Input).display = False
         self.base.query_one("#problems", Static).display = False
         self.base.query_one("#info", Static).display = False
         self.tree.focus()
@@ -212,7 +238,7 @@ class WorkbenchApp(App[int]):
             self.set_status("nothing under the cursor to mark", "refused")
             return
         if self.current_ext is None:
-            self.set_status("there is no extension to mark into yet: press a to add one", "refused")
+            self.set_status("there is no extension to mark into yet: press + to add one", "refused")
             return
         if self.session.plan is not None and not self.session.boot_count(entry):
             # nothing to leave out: a plain mark says the same as space
@@ -282,6 +308,10 @@ class WorkbenchApp(App[int]):
         self.post_message(ScanDone(index, sums, time.perf_counter() - t0))
 
     def on_scan_progress(self, message: ScanProgress) -> None:
+        if self.rescanning is not None:  # the last scan stays on screen, usable, until this one is done
+            self.entries_seen = len(message.index)
+            self.update_topbar()
+            return
         now = time.perf_counter()
         if now - self._last_progress < 0.2 and self.tree.index is message.index:
             return  # sizes grow live, but a few redraws a second are enough
@@ -299,10 +329,14 @@ class WorkbenchApp(App[int]):
     def on_scan_done(self, message: ScanDone) -> None:
         if os.fsdecode(message.index.root) != os.path.normpath(str(self.session.root)):
             return  # a scan of a root the spec no longer names
+        old = self.session.index
         self.session.attach(message.index, message.sums)
         self.scan_seconds = message.seconds
         self.entries_seen = len(message.index)
-        self.tree.set_index(message.index)
+        if self.rescanning is not None:
+            self._rescanned(old, message.index)
+        else:
+            self.tree.set_index(message.index)
         problems = message.index.problems
         if problems:
             self.set_status(f"{plural(len(problems), 'entry', 'entries')} could not be read and are not counted, "
@@ -311,7 +345,47 @@ class WorkbenchApp(App[int]):
         self.refresh_all()
         self.start_estimator()
 
+    def _rescanned(self, old: TreeIndex | None, new: TreeIndex) -> None:
+        """Show the new scan where the user was (the same folder and entry, by path) and say
+        what changed."""
+        assert self.rescanning is not None
+        folder_path, entry_path = self.rescanning
+        self.rescanning = None
+        tree = self.tree
+        tree.close_results(go_back=False)
+        tree.set_index(new)
+        folder = new.lookup(folder_path) if folder_path else 0
+        entry = new.lookup(entry_path) if entry_path else None
+        if folder is None or not new.is_dir(folder):
+            folder, entry = 0, None
+        tree.go_to(folder, entry)
+        if old is None:
+            return
+        a, b = old.counts(), new.counts()
+        if a == b:
+            self.set_status(f"rescanned: {plural(len(new), 'entry', 'entries')}, unchanged since the last scan", "ok")
+        else:
+            delta = b["apparent_bytes"] - a["apparent_bytes"]
+            self.set_status(f"rescanned: {len(new):,} entries (was {len(old):,}), "
+                            f"{format_size(delta, signed=True)} apparent", "ok")
+
+    def action_rescan(self) -> None:
+        """r: scan the tree again (ncdu's, gdu's and dua's r); the last scan's figures stay on
+        screen and usable until the new one is done."""
+        if not self._on_main_screen():
+            raise SkipAction()
+        index, tree = self.session.index, self.tree
+        if index is None or self.session.plan is None or self.rescanning is not None:
+            self.set_status("the tree is being scanned already", "info")
+            return
+        entry = tree.entry
+        self.rescanning = (index.path(tree.folder), index.path(entry) if entry is not None else None)
+        self.set_status("rescanning the OS tree; the figures are the last scan's until it is done", "info")
+        self.start_scan()
+        self.update_topbar()
+
     def on_scan_failed(self, message: ScanFailed) -> None:
+        self.rescanning = None
         self.base.query_one(UkiGauge).show(None, note=f"cannot scan: {message.message}")
         self.set_status(message.message, "refused")
 
@@ -466,6 +540,8 @@ class WorkbenchApp(App[int]):
         if s.plan is None:
             seen = len(index) if index is not None else self.entries_seen
             state = f"[b]scanning[/b] {plural(seen, 'entry', 'entries')}…" if index is not None or seen else "starting…"
+        elif self.rescanning is not None:
+            state = f"[b]rescanning[/b] {plural(self.entries_seen, 'entry', 'entries')}…"
         else:
             state = f"{len(s.index):,} entries" + (
                 f" scanned in {self.scan_seconds:.1f} s" if self.scan_seconds and self.show_timings else "")
@@ -480,9 +556,13 @@ class WorkbenchApp(App[int]):
         index = tree.index
         rel = os.fsdecode(index.path(tree.folder)) if index is not None else ""
         where = "/" + rel if rel else "/"
+        if tree.results is not None:
+            where = f"search {tree.search}"
         extra = f"  filter “{tree.name_filter}”" if tree.name_filter else ""
         n = len(tree.rows)
-        count = f"  {n:,} {'entry' if n == 1 else 'entries'}" if index is not None else ""
+        noun = ("match", "matches") if tree.results is not None else ("entry", "entries")
+        # where the cursor is: row n of m
+        count = (f"  {tree.cursor + 1:,} of {n:,} {noun[n != 1]}" if n else f"  0 {noun[1]}") if index is not None else ""
         ext = f"  → {self.current_ext}" if self.current_ext else "  no extension: + adds one"
         # the folder's end and the extension keep their place; a long path loses its start
         width = self.base.query_one("#crumb", Line).size.width or 80
@@ -492,7 +572,7 @@ class WorkbenchApp(App[int]):
         self._update_if_changed(
             "#crumb", f"[b]{_escape(where)}[/b][dim]{_escape(count)}{_escape(extra)}[/]"
                       + (f"  → [b]{_escape(self.current_ext)}[/b]" if self.current_ext else f"[dim]{_escape(ext)}[/]"))
-        self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort, tree.columns))
+        self._update_if_changed("#colhead", header_text(tree.size_mode, tree.sort, tree.columns, tree.reverse))
         self.update_item()
 
     def update_item(self) -> None:
@@ -529,6 +609,7 @@ class WorkbenchApp(App[int]):
                          f"initrd {format_size(outcome.cpio_delta, signed=True)} newc)")
             self.set_status(outcome.message + delta, "refused" if self.session.unsaved else "ok")
             self.refresh_all(outcome)
+            self.start_estimator()  # when the change (os.exclude, uki.level) dropped the estimator
         else:
             self.set_status(outcome.message, "refused")
             self.bell()
@@ -544,20 +625,63 @@ class WorkbenchApp(App[int]):
         if entry is None:
             self.set_status("nothing under the cursor to mark", "refused")
             return
-        self.report(self.session.toggle(entry, self.current_ext))
+        outcome = self.session.toggle(entry, self.current_ext)
+        self.report(outcome)
+        if outcome.ok:
+            self.tree.action_cursor(1)  # as in dua and ranger: the next space marks the next row
 
     def action_undo(self) -> None:
         self.report(self.session.undo())
 
+    SORT_WORDS = {"size": ("size", "s", "biggest first", "smallest first"),
+                  "name": ("name", "n", "A to Z", "Z to A"),
+                  "count": ("item count", "C", "most items first", "fewest items first")}
+
     def action_sort(self, key: str) -> None:
-        self.tree.sort = key
-        self.tree.reload_rows()
+        """s, n, C: sort by size, name, item count; the same key again reverses the order."""
+        tree = self.tree
+        if tree.sort == key:
+            tree.reverse = not tree.reverse
+        else:
+            tree.sort, tree.reverse = key, False
+        tree.reload_rows()
         self.update_crumb()
+        what, k, down, up = self.SORT_WORDS[key]
+        self.set_status(f"sorted by {what}, {up if tree.reverse else down} · {k} again reverses", "info")
+
+    def action_dirs_first(self) -> None:
+        """t: folders before files (ncdu's t)."""
+        tree = self.tree
+        tree.dirs_first = not tree.dirs_first
+        tree.reload_rows()
+        self.update_crumb()
+        self.set_status("folders first" if tree.dirs_first else "folders and files sorted together", "info")
+
+    def action_cycle_share(self) -> None:
+        """g: the share column shows the percent and the bar, the percent, the bar, or neither (ncdu's g)."""
+        from .widgets.tree_list import SHARE_MODES
+
+        tree = self.tree
+        tree.share = SHARE_MODES[(SHARE_MODES.index(tree.share) + 1) % len(SHARE_MODES)]
+        tree.reload_rows()
+        self.update_crumb()
+        words = {"both": "percent and bar", "percent": "percent", "bar": "bar", "none": "hidden"}
+        self.set_status(f"share of the initrd: {words[tree.share]}", "info")
+
+    def action_toggle_apparent(self) -> None:
+        """a: apparent size or disk usage (ncdu's and gdu's a)."""
+        tree = self.tree
+        tree.size_mode = tree.bytes_mode = "disk" if tree.size_mode == "apparent" else "apparent"
+        tree.reload_rows()
+        self.update_crumb()
+        self.set_status("size column: disk usage (allocated blocks)" if tree.size_mode == "disk"
+                        else "size column: apparent size", "info")
 
     def action_toggle_size(self) -> None:
-        modes = ["apparent", "cpio"] + (["compressed"] if self.session.estimator is not None else [])
-        current = self.tree.size_mode if self.tree.size_mode in modes else "apparent"
-        self.tree.size_mode = modes[(modes.index(current) + 1) % len(modes)]
+        tree = self.tree
+        modes = [tree.bytes_mode, "cpio"] + (["compressed"] if self.session.estimator is not None else [])
+        current = tree.size_mode if tree.size_mode in modes else tree.bytes_mode
+        tree.size_mode = modes[(modes.index(current) + 1) % len(modes)]
         if self.tree.size_mode == "cpio" and self.session.estimator is None:
             self.set_status("size column: initrd (newc) bytes; the compressed column comes once the estimate is ready")
         self.tree.reload_rows()
@@ -583,10 +707,14 @@ class WorkbenchApp(App[int]):
         self.tree.focus()
 
     def on_key(self, event) -> None:  # noqa: ANN001 - events.Key
-        if event.key == "escape" and isinstance(self.focused, Input) and self.focused.id == "filter":
-            self.focused.value = ""
+        if event.key == "escape" and isinstance(self.focused, Input) and self.focused.id in ("filter", "search"):
+            if self.focused.id == "filter":
+                self.focused.value = ""
             self.focused.display = False
             self.tree.focus()
+            event.stop()
+        elif event.key == "escape" and self.focused is self.tree and self.tree.results is not None:
+            self.tree.close_results()  # back to where the search started
             event.stop()
 
     def action_help(self) -> None:
@@ -608,7 +736,7 @@ class WorkbenchApp(App[int]):
     def action_cycle_extension(self, step: int) -> None:
         names = [e.name for e in self.session.spec.extensions]
         if not names:
-            self.set_status("no extensions yet: press a to add one", "refused")
+            self.set_status("no extensions yet: press + to add one", "refused")
             return
         k = names.index(self.current_ext) if self.current_ext in names else -step
         self.pick_extension(names[(k + step) % len(names)])
@@ -635,31 +763,104 @@ class WorkbenchApp(App[int]):
         self.update_crumb()
 
     def action_add_extension(self) -> None:
-        def done(name: str | None) -> None:
-            if not name:
-                return
+        """+: a new extension, made current; a refused name keeps the dialog open with why."""
+        def submit(name: str) -> str | None:
             outcome = self.session.add_extension(name)
-            if outcome.ok:
-                self.current_ext = name
+            if not outcome.ok:
+                return outcome.message
+            self.current_ext = name
             self.report(outcome)
+            return None
 
-        self.push_screen(NameScreen("Name of the new extension", placeholder="e.g. firmware"), done)
+        self.push_screen(NameScreen("Name of the new extension", placeholder="e.g. firmware", submit=submit))
 
     def action_rename_extension(self) -> None:
+        """F2: rename the current extension (the same dialog as +)."""
         old = self.current_ext
         if old is None:
-            self.set_status("no extension to rename: press a to add one", "refused")
+            self.set_status("no extension to rename: press + to add one", "refused")
             return
 
-        def done(name: str | None) -> None:
-            if not name or name == old:
-                return
+        def submit(name: str) -> str | None:
+            if name == old:
+                return None
             outcome = self.session.rename_extension(old, name)
-            if outcome.ok:
-                self.current_ext = name
+            if not outcome.ok:
+                return outcome.message
+            self.current_ext = name
             self.report(outcome)
+            return None
 
-        self.push_screen(NameScreen(f"Rename extension {old} to", value=old), done)
+        self.push_screen(NameScreen(f"Rename extension {old} to", value=old, submit=submit))
+
+    # -- excluding ----------------------------------------------------------------------------
+    def action_exclude(self) -> None:
+        """x: keep the entry under the cursor out of the extension a folder mark puts it in (the
+        extension's exclude:, it stays in the UKI), or take it back; outside usr/ and opt/, leave
+        it out of the UKI entirely (os.exclude) after a question: it is then gone from the OS."""
+        if not self._on_main_screen() or isinstance(self.focused, Input):
+            raise SkipAction()
+        s, entry = self.session, self.tree.entry
+        if entry is None or s.index is None:
+            self.set_status("nothing under the cursor to exclude", "refused")
+            return
+        if s.plan is None or s.owner(entry) is not None or s.os_exclude_refusal(entry) is not None:
+            self.report(s.exclude(entry))
+            return
+        index = s.index
+        rel = os.fsdecode(index.path(entry))
+        inside = f", {plural(index.tot_count[entry], 'entry', 'entries')}" if index.is_dir(entry) else ""
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.report(s.os_exclude(entry))
+
+        self.push_screen(ConfirmScreen(
+            f"Leave {rel} ({format_size(index.tot_size[entry])}{inside}) out of the UKI entirely (os.exclude)? "
+            "systemd-sysext cannot carry what is outside usr/ and opt/, so nothing brings it back: it is gone "
+            "from the booted OS. u undoes it.", yes="Leave out"), done)
+
+    # -- searching ----------------------------------------------------------------------------
+    def action_search(self) -> None:
+        """/: a glob over the whole tree (dua's /); the results replace the folder's rows."""
+        if not self._on_main_screen():
+            raise SkipAction()
+        box = self.base.query_one("#search", Input)
+        box.display = True
+        box.value = self.tree.search_query
+        box.focus()
+
+    @on(Input.Submitted, "#search")
+    def _search_submitted(self, event: Input.Submitted) -> None:
+        box = self.base.query_one("#search", Input)
+        query = event.value.strip()
+        box.display = False
+        self.tree.focus()
+        index = self.session.index
+        if not query or index is None:
+            return
+        pattern = search_glob(query)
+        self.set_status(f"searching the tree for {pattern}…", "info")
+        self.run_search(index, query, pattern)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="search")
+    def run_search(self, index: TreeIndex, query: str, pattern: str) -> None:
+        t0 = time.perf_counter()
+        found = match(index, pattern)
+        self.post_message(SearchDone(index, query, pattern, found, time.perf_counter() - t0))
+
+    def on_search_done(self, message: SearchDone) -> None:
+        if message.index is not self.session.index or message.index is not self.tree.index:
+            return  # the tree was scanned again meanwhile
+        if not message.found:
+            self.set_status(f"nothing in the tree matches {message.pattern}", "refused")
+            return
+        tree = self.tree
+        tree.show_results(message.pattern, message.found)
+        tree.search_query = message.query
+        self.update_crumb()
+        self.set_status(f"{plural(len(message.found), 'match', 'matches')} for {message.pattern}: space marks, "
+                        "enter jumps to one, h or esc goes back", "info")
 
     def action_remove_extension(self) -> None:
         name = self.current_ext

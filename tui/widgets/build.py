@@ -44,6 +44,7 @@ from sysextant.core.workbench.session import Figures
 
 from .gauge import LEVEL_WORDS
 from .item import plural
+from .tree_list import middle_cut
 
 #: How often one task's progress is forwarded to the screen (seconds between events).
 THROTTLE = 0.1
@@ -470,16 +471,37 @@ class ResultView(Static):
     COMPONENT_CLASSES = {"result--ok", "result--bad", "result--warn", "result--dim", "result--head"}
 
     text = Text()
+    _shown: tuple[BuildReport, Figures | None, Path | None] | None = None
+    _width = 0
 
-    def show(self, report: BuildReport, gauge: Figures | None) -> None:
-        self.text = result_text(report, gauge, self.get_component_rich_style)
+    def show(self, report: BuildReport, gauge: Figures | None, cert: Path | None = None) -> None:
+        self._shown = (report, gauge, cert)
+        self._width = self._room()
+        self.text = result_text(report, gauge, self.get_component_rich_style, width=self._width, cert=cert)
         self.update(self.text)
 
+    def _room(self) -> int:
+        """Columns a line has: the scrolling container's width less its padding and a scrollbar
+        (a long report shows one), so that no line wraps onto the next row."""
+        box = self.parent
+        if box is None or not box.size.width:
+            return 120
+        st = box.styles
+        return max(20, box.size.width - st.padding.left - st.padding.right - int(st.scrollbar_size_vertical))
 
-def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], object]) -> Text:
+    def on_resize(self) -> None:
+        if self._shown is not None and self._room() != self._width:
+            self.show(*self._shown)
+
+
+def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], object], *, width: int = 120,
+                cert: Path | None = None) -> Text:
     """The report: artefacts, checks, UKI size against prediction and limit, how to deploy.
 
-    ``style`` maps a component class (``result--ok`` …) to a Rich style.
+    ``style`` maps a component class (``result--ok`` …) to a Rich style; ``width``: the columns a
+    line has (a root hash that does not fit after its label goes on a row of its own); ``cert``:
+    the db certificate the artefacts are signed with (the deploy section says how it gets into
+    the firmware).
     """
     ok_style, bad_style, warn_style = style("result--ok"), style("result--bad"), style("result--warn")
     dim, head = style("result--dim"), style("result--head")
@@ -507,10 +529,18 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         out.append(f"  {'system extension' if a.kind == 'sysext' else 'UKI'}  ", dim)
         out.append(f"{a.path}\n")
         state = "reused (unchanged since the last build)" if a.reused else "built"
+        line = f"    {format_size(a.size)} ({a.size:,} bytes) · {state} · {'signed' if a.signed else 'UNSIGNED'}"
+        if len(line) > width and a.reused:
+            state = "reused (unchanged)"
         out.append(f"    {format_size(a.size)} ({a.size:,} bytes) · {state} · ")
         out.append("signed\n" if a.signed else "UNSIGNED\n", "" if a.signed else warn_style)
-        out.append(f"    {'root hash' if a.kind == 'sysext' else 'sha256'} ", dim)
-        out.append(f"{a.digest}\n")
+        label = "root hash" if a.kind == "sysext" else "sha256"
+        if 4 + len(label) + 1 + len(a.digest) <= width:
+            out.append(f"    {label} ", dim)
+            out.append(f"{a.digest}\n")
+        else:  # 80 columns: the hash on a row of its own, inside it (whole in the JSON summary)
+            out.append(f"    {label}\n", dim)
+            out.append(f"    {a.digest if 4 + len(a.digest) <= width else middle_cut(a.digest, width - 4)}\n")
         failed = [c for c in a.checks if not c["ok"]]
         if not a.checks:
             out.append("    no checks were run\n", bad_style)
@@ -548,6 +578,17 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         out.append("\nDeploy on Kairos\n", head)
         for line in r.deploy:
             out.append(f"  {line}\n")
+        if any(a.signed for a in r.artefacts):
+            name = cert.name if cert is not None else "the db certificate"
+            out.append("  If the firmware's db does not hold ", dim)
+            out.append(name)
+            out.append(" yet, Secure Boot refuses the UKI. To put it there:\n", dim)
+            out.append("    Kairos: boot install media made by auroraboot build-uki with the same keys (auroraboot "
+                       "genkey's PK, KEK and db) while the firmware is in Setup Mode (Secure Boot keys cleared); "
+                       "systemd-boot enrols them (build-uki --secure-boot-enroll: at once where that is safe, "
+                       "else from the boot menu)\n")
+            out.append(f"    or by hand: the firmware setup's key management adds {name} to db (most want DER: "
+                       f"openssl x509 -in {name} -outform der -out db.der)\n")
     out.append("\ns saves the JSON summary · l shows the stages · esc/q back to the workbench", dim)
     return out
 
@@ -699,7 +740,8 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
                 self.query_one(RichLog).write(Text(line, style="dim"))
         if message.kind == "ok":
             self.log_line("build", f"finished in {format_seconds(message.report.seconds)}", now)
-            self.query_one(ResultView).show(message.report, self.gauge)
+            self.query_one(ResultView).show(message.report, self.gauge,
+                                            self.spec.signing.cert if self.spec.signing else None)
             self.query_one("#build-stages").display = False
             self.query_one("#build-result").display = True
             self.query_one("#build-result").focus()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -11,20 +13,28 @@ from textual.widgets import Button, Input, Label, Static
 HELP = """\
 [b]Sysextant workbench[/b]: move parts of /usr and /opt out of the UKI into system extensions.
 
-[b]Browse[/b]
+[b]Browse[/b] (the keys of ncdu, gdu and dua)
   ↑ ↓  j k          move              enter  l  →     open a folder
-  h  ←  backspace   up a folder       PgUp PgDn g G   page, first, last
-  s / n             sort by size / name
-  c                 size column: apparent → initrd (newc) → compressed estimate
-  /                 filter this folder by name (esc clears)
+  h  ←  backspace   up a folder       PgUp PgDn H G   page, first, last
+  s  n  C           sort by size, name, item count (the same key again reverses)
+  t                 folders first     r               rescan the tree
+  a                 apparent size / disk usage
+  c                 size column: apparent (or disk) → initrd (newc) → compressed estimate
+  g                 share column: percent and bar, percent, bar, hidden
+  /                 search the whole tree with a glob (*.ko.zst, locale, usr/**/doc):
+                    space marks a result, enter jumps to it, h or esc goes back
+  f                 filter this folder by name (esc clears)
   i                 item pane: full path, every size, hard links, boot chain
   p                 show or hide the extensions panel (hidden below 76 columns)
 
 [b]Mark[/b]
-  space             mark / unmark the entry into the current extension
+  space             mark / unmark into the current extension, then move down
   e                 mark a folder but what boot needs (◆ needed, ◇ holds some)
+  x                 exclude an entry of a marked folder from its extension (it stays in
+                    the UKI), or take it back; outside usr/ and opt/: leave it out of
+                    the UKI entirely (os.exclude, asks first: it is gone from the OS)
   1-9  [  ]         pick the current extension      tab  focus the panels
-  a  r  x           add, rename, remove an extension
+  +  F2  -          add, rename, remove an extension
   del (in Paths)    unmark a path               u  ctrl+z   undo
 
 [b]Build[/b]
@@ -81,24 +91,43 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class NameScreen(ModalScreen[str | None]):
-    """Ask for a name; enter accepts, esc cancels."""
+    """Ask for a name; enter accepts, esc cancels. With ``submit`` (the name -> why it was
+    refused, or None once applied) a refused name keeps the dialog open with the text typed and
+    the reason under it."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, value: str = "", placeholder: str = "") -> None:
+    def __init__(self, title: str, value: str = "", placeholder: str = "",
+                 submit: Callable[[str], str | None] | None = None) -> None:
         super().__init__()
         self.title_text = title
         self.value = value
         self.placeholder = placeholder
+        self.submit = submit
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text)
             yield Input(self.value, placeholder=self.placeholder, id="name")
+            yield Label("", id="name-error")
             yield Static("[dim]letters, digits, '.' and '-' · enter accepts · esc cancels[/]")
 
+    def on_mount(self) -> None:
+        self.query_one("#name-error", Label).display = False
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        self.dismiss(event.value.strip() or None)
+        name = event.value.strip()
+        if not name or self.submit is None:
+            self.dismiss(name or None)
+            return
+        why = self.submit(name)
+        if why is None:
+            self.dismiss(name)
+            return
+        error = self.query_one("#name-error", Label)
+        error.update(why)
+        error.display = True
+        self.app.bell()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -25,7 +25,7 @@ from .tree_list import EXT_COLOURS  # one colour per extension, by spec order, i
 class ExtensionList(OptionList):
     """One option per extension."""
 
-    BINDINGS = [Binding("delete,x", "app.remove_extension", "Remove extension")]
+    BINDINGS = [Binding("delete,minus", "app.remove_extension", "Remove extension")]
 
 
 class PathList(OptionList):
@@ -100,7 +100,7 @@ class ExtensionsPanel(Vertical):
                 ext_list.add_options(options)
                 ext_list.highlighted = self.names.index(self.current) if self.current else 0
             else:
-                ext_list.add_option(Option(Text("no extensions yet: press a to add one",
+                ext_list.add_option(Option(Text("no extensions yet: press + to add one",
                                                 style=self.get_component_rich_style("extensions--dim", partial=True)),
                                            disabled=True))
             self._show_paths(next((f for f in figures if f.name == self.current), None))

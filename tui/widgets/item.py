@@ -66,6 +66,8 @@ def item_line(session: Session, i: int | None, ext: str | None, warn: str = "yel
         kind += f", {plural(index.tot_count[i], 'item')}"
     own = session.owner(i)
     where = f" · in [b]{escape(own)}[/b]" if own else ""
+    if own is None and session.plan is not None and session.os_exclude_refusal(i) is None:
+        where = " · [b]x[/b] leaves it out of the UKI"  # outside usr/ and opt/: os.exclude
     return f"[b]{name}[/b]  [dim]{kind}[/]{where}"
 
 

@@ -2,8 +2,11 @@
 
 Only the visible rows are rendered (``render_line``), so a folder with 50,000 entries costs the
 same as one with 5; the rows are entry indices of the :class:`~sysextant.core.tree.index.TreeIndex`,
-sorted by size or name. Columns: size (apparent or newc bytes), the entry's share of what is still
-in the UKI initrd (bar and percent), entry count, the extension that takes it, the name. The
+sorted by size, name or item count (the same key again reverses, ``t`` puts folders first, as
+in ncdu). Columns: size (apparent, disk usage, newc bytes or the compressed estimate), the
+entry's share of what is still in the UKI initrd (bar and percent; ``g`` picks which, as ncdu's
+``g``), item count, the extension that takes it, the name. Instead of a folder the list can hold
+the results of a search over the whole tree (:meth:`show_results`), shown with their paths. The
 index may still be growing (a scan in progress): :meth:`reload_rows` re-reads it.
 """
 
@@ -23,6 +26,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from sysextant.core.tree.index import TreeIndex
+from sysextant.core.tree.selection import has_magic
 from sysextant.core.units import format_size
 from sysextant.core.workbench.session import Session
 
@@ -55,12 +59,18 @@ class Columns:
         return max(0, self.width - self.fixed)
 
 
-def plan_columns(width: int, longest_name: int, owner_w: int, count_w: int) -> Columns:
-    """Fit the optional columns around the name at ``width`` (see :class:`Columns`)."""
+#: ``g`` cycles what the share column shows, as ncdu's ``g``: both, the percent, the bar, neither.
+SHARE_MODES = ("both", "percent", "bar", "none")
+
+
+def plan_columns(width: int, longest_name: int, owner_w: int, count_w: int, share: str = "both") -> Columns:
+    """Fit the optional columns around the name at ``width`` (see :class:`Columns`); ``share``
+    (one of :data:`SHARE_MODES`) says which of the share columns may be shown."""
     want = max(NAME_MIN, min(NAME_WANT, longest_name + 1))
     cols = Columns(width)
-    for extra in ({"pct": True}, {"owner": min(owner_w, OWNER_MAX)} if owner_w else None,
-                  {"bar": True}, {"count": count_w} if count_w else None):
+    pct, bar = share in ("both", "percent"), share in ("both", "bar")
+    for extra in ({"pct": True} if pct else None, {"owner": min(owner_w, OWNER_MAX)} if owner_w else None,
+                  {"bar": True} if bar else None, {"count": count_w} if count_w else None):
         if extra:
             wider = replace(cols, **extra)
             if wider.name >= want:
@@ -68,21 +78,39 @@ def plan_columns(width: int, longest_name: int, owner_w: int, count_w: int) -> C
     return cols
 
 
+#: The size column's heading per mode: ``a`` toggles apparent and disk usage (ncdu's ``a``), ``c``
+#: goes on to the initrd's newc bytes and the compressed estimate.
+SIZE_LABELS = {"apparent": "size", "disk": "disk", "cpio": "initrd", "compressed": "zstd≈"}
+
+
 def header_text(size_mode: str, sort: str, cols: Columns | None = None, reverse: bool = False) -> str:
     """The column header line matching :meth:`TreeList.render_line` for ``cols``."""
     cols = cols or Columns(120, pct=True, owner=OWNER_MAX, bar=True, count=7)
-    size = {"apparent": "size", "cpio": "initrd", "compressed": "zstd≈"}.get(size_mode, "size")
+    size = SIZE_LABELS.get(size_mode, "size")
     size += (" ▲" if reverse else " ▼") if sort == "size" else ""
     out = f"  {size:>{SIZE_W}} "
     if cols.bar and cols.pct:
         out += f"{'share of initrd':<{BAR_W + PCT_W + 1}} "
+    elif cols.bar:
+        out += f"{'share':<{BAR_W}} "
     elif cols.pct:
         out += f"{'share':>{PCT_W}} "
     if cols.count:
-        out += f"{'items':>{cols.count}} "
+        items = "items" + (("▲" if reverse else "▼") if sort == "count" else "")
+        out += f"{items:>{cols.count}} "
     if cols.owner:
         out += f"{'extension'[:cols.owner]:<{cols.owner}} "
     return out + "name" + ((" ▼" if reverse else " ▲") if sort == "name" else "")
+
+
+def search_glob(query: str) -> str:
+    """The glob a search for ``query`` runs over the tree (dua's ``/``): a pattern with a ``/`` is
+    a path from the tree's root (``usr/**/doc``); one without matches names at any depth
+    (``*.ko.zst`` becomes ``**/*.ko.zst``); a plain word matches names holding it."""
+    query = query.strip().lstrip("/")
+    if "/" in query:
+        return query
+    return "**/" + (query if has_magic(query) else f"*{query}*")
 
 
 BOOT_NEEDED, BOOT_HOLDS = "◆", "◇"
@@ -120,14 +148,15 @@ def middle_cut(text: str, width: int) -> str:
 
 
 class TreeList(ScrollView, can_focus=True):
-    """Entries of one folder; moves with arrows/j/k, enters with enter/l, leaves with h/backspace."""
+    """Entries of one folder (or search results); moves with arrows/j/k, enters with enter/l,
+    leaves with h/backspace."""
 
     BINDINGS = [
         Binding("up,k", "cursor(-1)", "Up", show=False),
         Binding("down,j", "cursor(1)", "Down", show=False),
         Binding("pageup", "page(-1)", "Page up", show=False),
         Binding("pagedown", "page(1)", "Page down", show=False),
-        Binding("home,g", "jump(0)", "First", show=False),
+        Binding("home,H", "jump(0)", "First", show=False),  # g is ncdu's share column
         Binding("end,G", "jump(-1)", "Last", show=False),
         Binding("enter,l,right", "enter", "Open", show=False),
         Binding("h,left,backspace", "leave", "Up a folder", show=False),
@@ -167,9 +196,20 @@ class TreeList(ScrollView, can_focus=True):
         self.folder = 0
         self.rows: list[int] = []
         self.cursor = 0
-        self.sort = "size"
-        self.size_mode = "apparent"  # or "cpio" (newc bytes), or "compressed" (estimate, visible rows)
+        self.sort = "size"  # or "name", or "count" (items inside)
+        self.reverse = False  # the same sort key again: smallest, Z to A, fewest first
+        self.dirs_first = False  # t: folders before files, whatever the sort
+        self.share = "both"  # g: see SHARE_MODES
+        # apparent or disk (a toggles them), cpio (newc bytes), compressed (estimate, visible rows)
+        self.size_mode = "apparent"
+        self.bytes_mode = "apparent"  # what a and c come back to: apparent or disk
         self.name_filter = ""
+        #: search results over the whole tree (entry indices) shown instead of a folder, with
+        #: the pattern and where the search started (folder, entry) to go back to
+        self.results: list[int] | None = None
+        self.search = ""
+        self.search_query = ""  # what the user typed (the box shows it again)
+        self._search_from: tuple[int, int | None] = (0, None)
         self.current_ext: str | None = None
         self._remember: dict[int, int] = {}  # folder -> entry the cursor was on
         self._ext_colour: dict[str, int] = {}
@@ -197,24 +237,14 @@ class TreeList(ScrollView, can_focus=True):
         if index is None:
             self.rows = []
         else:
-            rows = list(index.children(self.folder))
+            if self.results is not None:
+                rows = [r for r in self.results if r < len(index)]
+            else:
+                rows = list(index.children(self.folder))
             if self.name_filter:
                 needle = os.fsencode(self.name_filter.lower())
                 rows = [r for r in rows if needle in index.names[r].lower()]
-            if self.sort == "size":
-                tot = index.tot_size if self.size_mode == "apparent" else index.tot_cpio
-                names = index.names
-                if self.size_mode == "compressed" and len(rows) <= 300:
-                    # each compressed figure is an estimate of its own (~0.2 ms): affordable for
-                    # a folder of a few hundred entries; bigger folders sort by newc bytes
-                    squeezed = {r: self.session.compressed_bytes(r) or 0 for r in rows}
-                    rows.sort(key=lambda r: (-squeezed[r], names[r]))
-                else:
-                    rows.sort(key=lambda r: (-tot[r], names[r]))
-            else:
-                names = index.names
-                rows.sort(key=lambda r: names[r])
-            self.rows = rows
+            self.rows = self._sorted(index, rows)
         self._ext_colour = {e.name: k % EXT_COLOURS for k, e in enumerate(self.session.spec.extensions)}
         pos = self.rows.index(keep) if keep is not None and keep in self.rows else min(self.cursor, len(self.rows) - 1)
         self.cursor = max(0, pos)
@@ -225,26 +255,85 @@ class TreeList(ScrollView, can_focus=True):
         self._scroll_cursor_visible()
         self.refresh()
 
+    def _sorted(self, index: TreeIndex, rows: list[int]) -> list[int]:
+        """``rows`` in the list's order: by size (the column's figure), name or item count, the
+        biggest, A or the most first unless reversed; ties by name; folders first with ``t``."""
+        names = index.names
+        label = self.label
+        if self.sort == "size":
+            if self.size_mode == "compressed" and len(rows) <= 300:
+                # each compressed figure is an estimate of its own (~0.2 ms): affordable for
+                # a folder of a few hundred entries; bigger folders sort by newc bytes
+                squeezed = {r: self.session.compressed_bytes(r) or 0 for r in rows}
+                rows.sort(key=lambda r: (-squeezed[r], label(r)))
+            else:
+                tot = self._sizes()
+                rows.sort(key=lambda r: (-tot[r], label(r)))
+        elif self.sort == "count":
+            count = index.tot_count
+            rows.sort(key=lambda r: (-count[r], names[r]))
+        else:
+            rows.sort(key=label)
+        if self.reverse:
+            rows.reverse()
+        if self.dirs_first:
+            mode = index.mode
+            rows.sort(key=lambda r: not stat.S_ISDIR(mode[r]))  # stable: the order above within each
+        return rows
+
+    def _sizes(self):  # noqa: ANN202 - an array of per-entry totals
+        index = self.index
+        assert index is not None
+        return {"disk": index.tot_alloc, "apparent": index.tot_size}.get(self.size_mode, index.tot_cpio)
+
+    def label(self, i: int) -> bytes:
+        """What the name column shows for ``i``: its name, or in search results its path."""
+        index = self.index
+        assert index is not None
+        return index.path(i) if self.results is not None else index.names[i]
+
+    def show_results(self, pattern: str, results: list[int]) -> None:
+        """Show ``results`` (entries found by a search for ``pattern``) instead of the folder;
+        :meth:`close_results` (``h``, ``esc``) goes back to where the search started."""
+        if self.results is None:
+            self._search_from = (self.folder, self.entry)
+        self.results, self.search = results, pattern
+        self.name_filter = ""
+        self.cursor = 0
+        self.reload_rows(keep=-1)
+        self.post_message(self.Moved(self.entry, self.folder))
+
+    def close_results(self, *, go_back: bool = True) -> None:
+        if self.results is None:
+            return
+        self.results, self.search = None, ""
+        if go_back:
+            folder, entry = self._search_from
+            self.go_to(folder, entry)
+
     def _measure(self) -> tuple[int, int, int]:
         """What the folder's rows need: the longest name (with its ``/`` or `` @``), the
         extension label width, the widest item count."""
         index = self.index
         if index is None or not self.rows:
             return (0, 0, 0)
-        names = index.names
-        longest = max(len(names[r]) for r in self.rows) + 2
-        owners = self.session.owners_in(self.folder) if self.session.plan is not None else []
+        rows = self.rows if len(self.rows) <= 5000 else self.rows[:5000]  # search results: a sample
+        longest = max(len(self.label(r)) for r in rows) + 2
         owner_w = 0
-        if owners:
-            whole = self.session.owner(self.folder)
-            owner_w = len(whole) if whole else len(owner_label(None, owners))
-        counts = [index.tot_count[r] for r in self.rows if stat.S_ISDIR(index.mode[r])]
-        count_w = max(len("items"), len(f"{max(counts):,}")) if counts else 0
+        if self.session.plan is not None:
+            if self.results is None:
+                owners = self.session.owners_in(self.folder)
+                whole = self.session.owner(self.folder) if owners else None
+                owner_w = len(whole) if whole else (len(owner_label(None, owners)) if owners else 0)
+            else:
+                owner_w = max((len(self.session.owner(r) or "") for r in rows), default=0)
+        counts = [index.tot_count[r] for r in rows if stat.S_ISDIR(index.mode[r])]
+        count_w = max(len("items") + 1, len(f"{max(counts):,}")) if counts else 0
         return (longest, owner_w, count_w)
 
     def _fit_columns(self) -> None:
         width = self.scrollable_content_region.width or self.size.width
-        cols = plan_columns(width, *self._fit)
+        cols = plan_columns(width, *self._fit, share=self.share)
         if cols != self.columns:
             self.columns = cols
             self._lines.clear()
@@ -259,6 +348,7 @@ class TreeList(ScrollView, can_focus=True):
         """Show ``folder`` with the cursor on ``entry`` (or where it last was)."""
         if self.index is None:
             return
+        self.results, self.search = None, ""
         self.folder = folder
         self.name_filter = ""
         self.cursor = 0
@@ -274,7 +364,7 @@ class TreeList(ScrollView, can_focus=True):
             self.refresh(Region(0, old - top, width, 1), Region(0, self.cursor - top, width, 1))
         else:
             self.refresh()
-        if self.entry is not None:
+        if self.entry is not None and self.results is None:
             self._remember[self.folder] = self.entry
         self.post_message(self.Moved(self.entry, self.folder))
 
@@ -296,6 +386,13 @@ class TreeList(ScrollView, can_focus=True):
         index, e = self.index, self.entry
         if index is None or e is None:
             return
+        if self.results is not None:  # jump to a search result: into a folder, to a file's row
+            self.results, self.search = None, ""
+            if index.is_dir(e):
+                self.go_to(e)
+            else:
+                self.go_to(index.parent[e], e)
+            return
         if index.is_dir(e):
             self._remember[self.folder] = e
             self.go_to(e)
@@ -303,6 +400,9 @@ class TreeList(ScrollView, can_focus=True):
             self.app.bell()
 
     def action_leave(self) -> None:
+        if self.results is not None and not self.name_filter:
+            self.close_results()
+            return
         if self.name_filter:
             self.name_filter = ""
             self.reload_rows()
@@ -357,7 +457,7 @@ class TreeList(ScrollView, can_focus=True):
         mode = index.mode[i]
         is_dir = stat.S_ISDIR(mode)
         dim = self.get_component_rich_style("tree-list--dim")
-        size = index.tot_size[i] if self.size_mode == "apparent" else index.tot_cpio[i]
+        size = self._sizes()[i]
         compressed = session.compressed_bytes(i) if self.size_mode == "compressed" else None
         if compressed is not None:
             size = compressed
@@ -402,7 +502,7 @@ class TreeList(ScrollView, can_focus=True):
             else:
                 t.append(" " * (cols.owner + 1))
         room = max(1, width - t.cell_len)
-        name = os.fsdecode(index.names[i])
+        name = os.fsdecode(self.label(i))
         if is_dir:
             t.append(middle_cut(name, room - 1) + "/", self.get_component_rich_style("tree-list--dir"))
         elif stat.S_ISLNK(mode):
