@@ -97,3 +97,22 @@ def test_built_extension_holds_exactly_the_additions(images: Path, tmp_path: Pat
     assert (out / "usr/lib/libold.so.1").read_bytes() == b"new library, same name"
     assert os.readlink(out / "usr/bin/app-link") == "app"
     assert not (out / "etc").exists() and not (out / "usr/bin/sh").exists()
+
+
+def test_diff_build_makes_a_signed_verified_image_in_one_command(images: Path, tmp_path: Path) -> None:
+    """No spec: `sysextant diff BASE DERIVED --build NAME --key --cert` (what auroraboot sysext does)."""
+    proc = subprocess.run([*CLI, "diff", str(images / "base.tar"), str(images / "app.tar"), "--build", "app",
+                           "--key", str(images / "db.key"), "--cert", str(images / "db.pem"), "--output",
+                           str(tmp_path / "out"), "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(proc.stdout)
+    assert data["ok"] and data["signed"] and data["entries"] == 6 and data["image"].endswith("app.sysext.raw")
+    assert any("etc/app" in w for w in data["warnings"])
+    verify = subprocess.run([*CLI, "verify", data["image"], "--cert", str(images / "db.pem")], capture_output=True,
+                            text=True)
+    assert verify.returncode == 0, verify.stdout
+    # a difference that deletes under the hierarchies is refused, naming the path; nothing is written
+    proc = subprocess.run([*CLI, "diff", str(images / "base.tar"), str(images / "deleting.tar"), "--build", "bad",
+                           "--output", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "usr/bin/sh: deleted by the derived image" in proc.stderr
+    assert not (tmp_path / "bad").exists()

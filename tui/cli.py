@@ -359,6 +359,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from sysextant.core.tree.index import scan
     from sysextant.core.tree.treediff import diff_trees
 
+    if args.build:
+        return _diff_build(args)
     base = scan(_tree_of(Path(args.base), args))
     derived = scan(_tree_of(Path(args.derived), args))
     hier = read_hierarchies(base)  # what the booted base OS merges
@@ -382,6 +384,40 @@ def cmd_diff(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"  warning: {w}")
     return 1 if problems else 0
+
+
+def _diff_build(args: argparse.Namespace) -> int:
+    """`diff BASE DERIVED --build NAME`: the difference as a signed, verified NAME.sysext.raw."""
+    from sysextant.core.build.fromimages import build_from_images
+    from sysextant.core.keys import load_signer
+    from sysextant.core.rules import extension_name_problem
+    from sysextant.core.spec.model import FILESYSTEMS, ExtensionSpec
+
+    why = extension_name_problem(args.build)
+    if why:
+        raise UserError(f"--build {args.build}: {why}")
+    if (args.key is None) != (args.cert is None):
+        raise UserError("give both --key and --cert (the db key pair), or neither for an unsigned image")
+    if args.filesystem not in FILESYSTEMS:
+        raise UserError(f"--filesystem {args.filesystem}: choose one of {', '.join(FILESYSTEMS)}")
+    signer = load_signer(Path(args.key), Path(args.cert)) if args.key else None
+    ext = ExtensionSpec(name=args.build, version=args.version, filesystem=args.filesystem,
+                        release={"ID": "_any", "ARCHITECTURE": args.architecture})
+    done = build_from_images(Path(args.base), Path(args.derived), ext, Path(args.output), signer=signer,
+                             cert=Path(args.cert) if args.cert else None, reporter=_reporter(args))
+    if args.json:
+        _emit_json({"image": str(done.path), "entries": done.entries, "bytes": done.bytes,
+                    "root_hash": done.root_hash, "signed": done.signed, "ok": done.check.ok,
+                    "checks": done.check.as_dict()["checks"], "warnings": done.warnings})
+    else:
+        for w in done.warnings:
+            print(f"warning: {w}")
+        print(f"{done.path}: {done.entries:,} entries, {format_size(done.bytes)}, "
+              f"{'signed' if done.signed else 'unsigned'}, root hash {done.root_hash}")
+        for c in done.check.failed():
+            print(f"FAIL  {c.name}: {c.detail}")
+        print("verified: sound" if done.check.ok else "verified: NOT sound")
+    return 0 if done.check.ok else 1
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -550,6 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("base", help="the base OS tree or image (e.g. the Kairos image)")
     p.add_argument("derived", help="the derived OS tree or image (FROM the base, plus an application)")
     p.add_argument("--top", type=int, default=30, help="how many carried entries to list (largest first)")
+    p.add_argument("--build", metavar="NAME",
+                   help="build the difference as a signed, verified NAME.sysext.raw (no spec needed)")
+    p.add_argument("--key", help="with --build: the db signing key (PEM)")
+    p.add_argument("--cert", help="with --build: the db certificate (PEM)")
+    p.add_argument("--output", default=".", help="with --build: the folder for NAME.sysext.raw (default: here)")
+    p.add_argument("--filesystem", default="erofs", help="with --build: erofs (default) or squashfs")
+    p.add_argument("--version", default="1.0", help="with --build: the extension's version (default 1.0)")
+    p.add_argument("--architecture", default="x86-64", help="with --build: its ARCHITECTURE (default x86-64)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_diff)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..progress import Reporter
 from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TreeIndex, scan
 from ..tree.oci import is_image_path, open_image, platform_for_arch
@@ -38,42 +39,48 @@ class DiffSource:
     base_root: Path
 
 
-def _tree(path: Path, spec: Spec, ext: ExtensionSpec) -> Path:
+def _tree(path: Path, platform: str) -> Path:
     """The folder of ``path``: itself, or the flattened tree of the image it names."""
     if path.is_dir() and not is_image_path(path):
         return path
     if not path.exists():
         raise UserError(f"{path} does not exist")
-    platform = spec.os.platform or platform_for_arch(ext.architecture)
-    return open_image(path, platform=platform, explicit=spec.os.platform is not None).root
+    return open_image(path, platform=platform).root
 
 
-def diff_source(spec: Spec, n: int, ext: ExtensionSpec) -> tuple[DiffSource | None, list[str], list[str]]:
-    """The content of extension ``n`` (``from: {image, base}``), with its problems and warnings."""
-    assert ext.from_images is not None
-    where = spec.where("extensions", n, "from")
+def diff_content(base_path: Path, image_path: Path, ext: ExtensionSpec, *, platform: str | None = None,
+                 reporter: Reporter | None = None) -> tuple[DiffSource | None, list[str], list[str]]:
+    """What ``image_path`` adds over ``base_path`` as ``ext``'s content (its ``exclude`` applied),
+    with the problems (deletions under the merged hierarchies, nothing to carry) and warnings."""
     try:
-        base_root = _tree(ext.from_images.base, spec, ext)
-        derived_root = _tree(ext.from_images.image, spec, ext)
+        base_root = _tree(base_path, platform or platform_for_arch(ext.architecture))
+        derived_root = _tree(image_path, platform or platform_for_arch(ext.architecture))
     except (UserError, OSError) as exc:
-        return None, [f"{where}: extension {ext.name}: {exc}"], []
+        return None, [f"extension {ext.name}: {exc}"], []
     base, derived = scan(base_root), scan(derived_root)
     hier = read_hierarchies(base)
-    diff = diff_trees(base, derived, hier.covers, above=hier.above)
+    diff = diff_trees(base, derived, hier.covers, above=hier.above, reporter=reporter)
     marks = sorted(k for c in diff.carried if (k := derived.lookup(c.path)) is not None)
     added = [k for k in marks if base.lookup(derived.path(k)) is None]  # a new folder brings all it holds
     selected = subtree_set(derived, added).union(IntervalSet((k, k + 1) for k in marks))
     excluded = [k for pattern in ext.exclude for k in match(derived, pattern)]
     if excluded:
         selected = selected.difference(subtree_set(derived, excluded))
-    problems = [f"{where}: extension {ext.name}: {p}" for p in diff.problems(hier.covers)]
-    warnings = [f"{where}: extension {ext.name}: {w}" for w in diff.warnings(hier.covers)]
+    problems = [f"extension {ext.name}: {p}" for p in diff.problems(hier.covers)]
+    warnings = [f"extension {ext.name}: {w}" for w in diff.warnings(hier.covers)]
     if not selected:
-        problems.append(f"{where}: extension {ext.name}: {ext.from_images.image} adds nothing over "
-                        f"{ext.from_images.base} under the merged hierarchies ({hier.source}: {':'.join(hier.paths)})")
-    problems = _capped(problems)
-    warnings = _capped(warnings)
-    return DiffSource(derived, marks, selected, diff, base_root), problems, warnings
+        problems.append(f"extension {ext.name}: {image_path} adds nothing over {base_path} under the merged "
+                        f"hierarchies ({hier.source}: {':'.join(hier.paths)})")
+    return DiffSource(derived, marks, selected, diff, base_root), _capped(problems), _capped(warnings)
+
+
+def diff_source(spec: Spec, n: int, ext: ExtensionSpec) -> tuple[DiffSource | None, list[str], list[str]]:
+    """The content of the spec's extension ``n`` (``from: {image, base}``), problems located."""
+    assert ext.from_images is not None
+    where = spec.where("extensions", n, "from")
+    src, problems, warnings = diff_content(ext.from_images.base, ext.from_images.image, ext,
+                                           platform=spec.os.platform)
+    return src, [f"{where}: {p}" for p in problems], [f"{where}: {w}" for w in warnings]
 
 
 def _capped(lines: list[str]) -> list[str]:
