@@ -346,6 +346,7 @@ async def test_the_scan_count_in_the_header_is_the_index_as_painted(spec_path: P
 
     app = WorkbenchApp(spec_path, watch=False, estimate=False)
     async with app.run_test(size=(100, 30)) as pilot:
+        await ready(app, pilot)  # the app's own scan done first: its ScanDone cannot land after ours
         # a half-grown index on screen, as while scanning, growing after the message came
         index = scan(app.session.root)
         app.session.plan = None

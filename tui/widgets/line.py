@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from rich.text import Text
+from rich.style import Style
+from rich.text import Span, Text
 from textual.widget import Widget
 
 
@@ -34,8 +35,26 @@ class Line(Widget):
         self.source = source
         self.refresh()
 
+    _muted: dict[str, str] = {}  # theme name -> its muted colour
+
     def render(self) -> Text:
         text = Text.from_markup(self.source() if self.source is not None else self.markup)
         text.no_wrap = True
         text.overflow = "ellipsis"
+        self._undim(text)
         return text
+
+    def _undim(self, text: Text) -> None:
+        """``[dim]`` drawn in the theme's muted colour: a terminal's faint text has no contrast
+        a theme can vouch for (tests/test_tui_contrast.py checks $muted)."""
+        theme = self.app.theme
+        muted = self._muted.get(theme)
+        if muted is None:
+            muted = self._muted[theme] = self.app.get_css_variables().get("muted", "grey62")
+        for k, span in enumerate(text.spans):
+            style = span.style
+            if isinstance(style, str) and "dim" in style.split():
+                text.spans[k] = Span(span.start, span.end, " ".join(w for w in style.split() if w != "dim")
+                                     + f" {muted}")
+            elif isinstance(style, Style) and style.dim:
+                text.spans[k] = Span(span.start, span.end, style + Style(dim=False, color=muted))
