@@ -333,9 +333,10 @@ def check_snapshot(name: str, svg: str) -> None:
         pytest.fail(f"the screen differs from {path}; see {actual} (UPDATE_SNAPSHOTS=1 rewrites)")
 
 
+@pytest.mark.parametrize("size", [SIZE, (80, 24)], ids=["120x40", "80x24"])
 @pytest.mark.parametrize("theme", ["sysextant-dark", "sysextant-light"])
 async def test_main_screen_snapshot(tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                    theme: str) -> None:
+                                    theme: str, size: tuple[int, int]) -> None:
     # the tree inside the project folder, so the screen shows "rootfs", not a temp path whose
     # length changes from run to run
     monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
@@ -347,7 +348,7 @@ async def test_main_screen_snapshot(tmp_path: Path, demo_root: Path, monkeypatch
     normalise(index)
     session.attach(index, Sums(index))
     app = WorkbenchApp(spec_path, session=session, watch=False, estimate=False, show_timings=False)
-    async with app.run_test(size=SIZE) as pilot:
+    async with app.run_test(size=size) as pilot:
         app.theme = theme
         await pilot.pause()
         await go(app, pilot, "usr/share/locale")
@@ -355,6 +356,9 @@ async def test_main_screen_snapshot(tmp_path: Path, demo_root: Path, monkeypatch
         await go(app, pilot, "usr/lib/modules")
         await pilot.pause()
         svg = app.export_screenshot(title="sysextant")
+        names = [app.session.index.names[r].decode() for r in app.tree.rows]
     assert str(tmp_path) not in svg
+    for name in names:  # names come first: shown whole at 80x24 too
+        assert f"{name}/".replace(" ", "&#160;") in svg or name in svg, f"{name} not shown at {size}"
     svg = re.sub(r"terminal-\d+", "terminal-0", svg)  # Textual numbers each export differently
-    check_snapshot(f"main-{theme}", svg)
+    check_snapshot(f"main-{theme}" if size == SIZE else f"main-{size[0]}x{size[1]}-{theme}", svg)
