@@ -58,7 +58,7 @@ def test_init_on_a_systemd_tree_names_systemd_as_the_init(tmp_path: Path) -> Non
     os.symlink("usr/lib", root / "lib")
     (root / "usr/lib/modules/6.1.0-9-amd64").mkdir(parents=True)
     (root / "usr/lib/modules/6.1.0-9-amd64/vmlinuz").write_bytes(b"MZ")
-    proc = run("init", str(root), cwd=tmp_path)
+    proc = run("init", str(root), "sysextant.yaml", cwd=tmp_path)  # SPEC positional; no terminal: no workbench
     assert proc.returncode == 0, proc.stderr
     assert "boot profile systemd, kernel usr/lib/modules/6.1.0-9-amd64/vmlinuz, init /usr/lib/systemd/systemd" \
         in proc.stdout

@@ -172,15 +172,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_init(args: argparse.Namespace) -> int:
     from sysextant.core.workbench.starter import write_starter
 
-    spec = Path(args.spec)
+    spec = Path(args.spec_path or args.spec)
     found = write_starter(Path(args.root), spec, key=Path(args.key) if args.key else None,
                           cert=Path(args.cert) if args.cert else None, limit=args.limit, reporter=_reporter(args))
     print(f"wrote {spec}: boot profile {found.profile}, kernel {found.kernel or '(not found)'}, "
           f"init {found.init or 'the tree' + chr(39) + 's own /init'}")
     for note in found.notes:
         print(f"  note: {note}")
-    print(f"next: mark what leaves the UKI with `sysextant {spec}`, or edit it and run `sysextant plan {spec}`")
-    return 0
+    if args.no_tui or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print(f"next: mark what leaves the UKI with `sysextant {spec}`, or edit it and run `sysextant plan {spec}`")
+        return 0
+    return _open_workbench(spec)
 
 
 def _plan_fit(args: argparse.Namespace, spec, result, layout, estimator) -> int:
@@ -482,9 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="write a starter spec for an OS tree (kernel, init, boot profile detected)",
                        description="Write a commented starter spec for ROOT: the kernel, the init the UKI "
                                    "starts and the boot profile (kairos, systemd, none) are detected inside the "
-                                   "tree; every other value is the default, written out. Never overwrites a file.")
+                                   "tree; every other value is the default, written out. Never overwrites a file. "
+                                   "Then opens the workbench on it (on a terminal, unless --no-tui).")
     p.add_argument("root", help="the OS tree (a folder) or a container image (docker save, OCI layout or archive)")
-    p.add_argument("--spec", default="sysextant.yaml", help="where to write the spec (default: sysextant.yaml)")
+    p.add_argument("spec_path", nargs="?", metavar="SPEC", help="where to write the spec (default: sysextant.yaml)")
+    p.add_argument("--spec", default="sysextant.yaml", help=argparse.SUPPRESS)  # the same, as an option
+    p.add_argument("--no-tui", action="store_true", help="only write the spec (the workbench opens on a terminal)")
     p.add_argument("--key", help="the db signing key (PEM); with --cert")
     p.add_argument("--cert", help="the db certificate (PEM); with --key")
     p.add_argument("--limit", help="the firmware's size limit (a size such as 800MiB, or a preset)")
