@@ -264,3 +264,12 @@ def test_boot_profile_from_the_spec_decides_programs_and_modules(tmp_path: Path)
     assert {"dm-verity.ko", "loop.ko", "overlay.ko", "virtio_blk.ko"} <= kinds["systemd"]
     assert "af_packet.ko" in kinds["kairos"] or "squashfs.ko" in kinds["kairos"]
     assert "squashfs.ko" not in kinds["systemd"]
+
+
+def test_keep_and_allow_that_name_nothing_are_warnings(real_tree: Path, tmp_path: Path) -> None:
+    extra = "boot:\n  keep: [usr/bin/nothing-here]\n  allow:\n    - {path: usr/share/doc, reason: stale waiver}\n"
+    spec = load_spec(_spec(real_tree, tmp_path, "  - {name: docs, paths: [usr/share/doc]}\n", extra))
+    plan = make_plan(spec, scan(spec.os.root))
+    assert not plan.problems
+    assert any(":5:10:" in w and "boot.keep usr/bin/nothing-here matches nothing" in w for w in plan.warnings), plan.warnings
+    assert any(":7:7:" in w and "boot.allow usr/share/doc waives nothing" in w for w in plan.warnings), plan.warnings

@@ -320,8 +320,17 @@ def boot_problems(spec: Spec, boot: BootSet, ext_plans: list[ExtensionPlan], bas
 
 def boot_warnings(spec: Spec, boot: BootSet, ext_plans: list[ExtensionPlan]) -> list[str]:
     """Firmware kept modules name moved out; signatures a plain systemd OS cannot check; libraries
-    nothing in the tree provides."""
+    nothing in the tree provides; boot.keep and boot.allow entries that name nothing."""
     out = []
+    index = boot.index
+    for n, pattern in enumerate(spec.boot.keep):
+        if not match(index, pattern):
+            out.append(f"{spec.where('boot', 'keep', n)}: boot.keep {pattern} matches nothing in the OS tree")
+    waived = {k for k, _ in boot.waived}
+    for n, allow in enumerate(spec.boot.allow):
+        if not any(k in waived for k in match(index, allow.path)):
+            out.append(f"{spec.where('boot', 'allow', n)}: boot.allow {allow.path} waives nothing: it is not in "
+                       "the boot set (or not in the OS tree); remove it")
     for n, ep in enumerate(ext_plans):
         hit = ep.selected.intersection(boot.soft)
         if hit:
