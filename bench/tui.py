@@ -118,9 +118,11 @@ async def run(spec: Path, marks: bool) -> dict[str, object]:
             while tree.entry != target:
                 await press("j", lat)
             await press("enter", lat)
+        # the same actions as before the ncdu keys (issue 14): f filters (was /), H is the first
+        # row (was g); space now also moves down
         script = ["j", "j", "k", "enter", "j", "j", "j", "space", "k", "space", "u", "n", "s", "c", "c",
-                  "pagedown", "pageup", "G", "g", "h", "j", "enter", "j", "space", "2", "j", "space",
-                  "1", "u", "u", "h", "slash", "l", "i", "b", "enter", "enter", "h", "h", "j", "k",
+                  "pagedown", "pageup", "G", "H", "h", "j", "enter", "j", "space", "2", "j", "space",
+                  "1", "u", "u", "h", "f", "l", "i", "b", "enter", "enter", "h", "h", "j", "k",
                   "right_square_bracket", "left_square_bracket", "j", "space", "u", "ctrl+z", "k", "h", "j"]
         marked = 0
         handler.clear()
@@ -128,6 +130,15 @@ async def run(spec: Path, marks: bool) -> dict[str, object]:
             await press(key, lat)
             if key == "space" and app.query_one("#status").markup.startswith("mark "):
                 marked += 1
+        # / over the whole tree: from the key to the results on screen (a thread worker)
+        searches: list[tuple[str, float, int]] = []
+        for query in ("*.so*", "locale", "usr/**/*.py"):
+            s0 = time.perf_counter()
+            await pilot.press("slash", "ctrl+u", *query, "enter")
+            while tree.results is None and time.perf_counter() - s0 < 60:
+                await asyncio.sleep(0.002)
+            searches.append((query, time.perf_counter() - s0, len(tree.rows)))
+            await pilot.press("escape")
         base: list[tuple[str, float]] = []
         for _ in range(10):  # a key nothing is bound to: the pilot's own round trip
             await press("f7", base)
@@ -140,7 +151,7 @@ async def run(spec: Path, marks: bool) -> dict[str, object]:
             "max": worst[1], "max_key": worst[0], "during_max": max(during) if during else 0.0,
             "during_n": len(during), "scan": app.scan_seconds,
             "baseline": statistics.median(d for _, d in base), "undo_depth": marks_done, "last_status": status,
-            "marked": marked, "handler_max": max(handler, key=lambda kv: kv[1]),
+            "marked": marked, "handler_max": max(handler, key=lambda kv: kv[1]), "searches": searches,
             "handler_median": statistics.median(d for _, d in handler)}
 
 
@@ -174,6 +185,9 @@ def main() -> int:
     print(f"  pilot round trip         {r['baseline'] * 1000:.0f} ms median for an unbound key "
           "(included in the figures above)")
     print(f"  marks accepted           {r['marked']} · undo stack after the script {r['undo_depth']}")
+    for query, seconds, n in r["searches"]:
+        print(f"  search / {query:<14}  {seconds * 1000:.0f} ms to the results on screen ({n:,} matches; "
+              "typing included)")
     return 0
 
 
