@@ -73,6 +73,15 @@ def deploy_notes(spec: Spec, artefacts: Sequence[Artefact]) -> list[str]:
     if uki:
         notes.append(f"UKI: {uki.path} is the slimmed, {'signed ' if uki.signed else 'UNSIGNED '}Kairos boot image; "
                      "use it where build-uki's EFI file would go.")
+    if spec.signing is not None and any(a.signed for a in artefacts):
+        name = spec.signing.cert.name
+        notes.append(f"If the firmware's db does not hold {name} yet, Secure Boot refuses the UKI. To put it there:")
+        notes.append("  Kairos: boot install media made by auroraboot build-uki with the same keys (auroraboot "
+                     "genkey's PK, KEK and db) while the firmware is in Setup Mode (Secure Boot keys cleared); "
+                     "systemd-boot enrols them (build-uki --secure-boot-enroll: at once where that is safe, else "
+                     "from the boot menu)")
+        notes.append(f"  or by hand: the firmware setup's key management adds {name} to db (most want DER: "
+                     f"openssl x509 -in {name} -outform der -out db.der)")
     return notes
 
 

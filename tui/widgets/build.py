@@ -578,17 +578,6 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         out.append("\nDeploy on Kairos\n", head)
         for line in r.deploy:
             out.append(f"  {line}\n")
-        if any(a.signed for a in r.artefacts):
-            name = cert.name if cert is not None else "the db certificate"
-            out.append("  If the firmware's db does not hold ", dim)
-            out.append(name)
-            out.append(" yet, Secure Boot refuses the UKI. To put it there:\n", dim)
-            out.append("    Kairos: boot install media made by auroraboot build-uki with the same keys (auroraboot "
-                       "genkey's PK, KEK and db) while the firmware is in Setup Mode (Secure Boot keys cleared); "
-                       "systemd-boot enrols them (build-uki --secure-boot-enroll: at once where that is safe, "
-                       "else from the boot menu)\n")
-            out.append(f"    or by hand: the firmware setup's key management adds {name} to db (most want DER: "
-                       f"openssl x509 -in {name} -outform der -out db.der)\n")
     out.append("\ns saves the JSON summary · l shows the stages · esc/q back to the workbench", dim)
     return out
 
