@@ -1,6 +1,10 @@
 """`sysextant boot`: the console stage parser on recorded consoles, the firmware variable store, the
 ESP, the QEMU command line, missing tools, and real Secure Boot boots of sysextant-built UKIs under
-QEMU + OVMF (marked slow; CI runs them: TCG, ~30-150 s each).
+QEMU + OVMF (marked slow; CI runs them: TCG, ~30-150 s each): the check build merging both
+extensions, three UKIs the firmware refuses, an extension signed by another key (nothing merges)
+and one with a flipped data byte (merges, the read fails), each its own boot. The workbench's
+boot check (v) and a Kairos-shaped tree (/init is immucore) run on recorded consoles with
+stand-ins for QEMU and swtpm, no VM.
 
 The real boots use a debootstrapped Debian 12 tree cached per machine (tests/vm_tree.py) with the
 Debian kernel tests/kernel.py fetches; they skip, saying why, only where that cannot be had (not
@@ -11,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -365,6 +371,119 @@ def test_uki_the_firmware_must_refuse_is_refused(kind, debian_project, keypair, 
     print(f"\n{kind}: refused in {time.monotonic() - t0:.0f} s wall ({report['seconds']} s in the VM)")
 
 
+def _other_key_image(spec: Path, keypair, tmp: Path) -> Path:
+    """The spec's docs extension built the same way but signed with the other key."""
+    text = spec.read_text().replace(str(keypair[0]), str(keypair[2])).replace(str(keypair[1]), str(keypair[3])) \
+        .replace("output: build/uki.efi", f"output: {tmp}/uki.efi").replace("output: build\n", f"output: {tmp}/out\n")
+    other = tmp / "other-key.yaml"
+    other.write_text(text)
+    proc = subprocess.run([*SYSEXTANT, "build", str(other), "--only", "docs", "--json"], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return tmp / "out" / "docs.sysext.raw"
+
+
+def _flipped_image(spec: Path, tmp: Path) -> tuple[Path, str]:
+    """The spec's built docs extension (uncompressed EROFS) with one bit flipped in the first data
+    block of its largest file, the file the check build samples last (checkbuild._samples: the
+    largest plain-named regular file). The signature and the verity tree are untouched, so the
+    image activates and merges; reading that block must fail. Returns the image and the file."""
+    from sysextant.core.formats import erofs
+    from sysextant.core.formats.gpt import read_gpt
+    from sysextant.core.vm.checkbuild import _SAFE_PATH
+
+    img = tmp / "docs.sysext.raw"
+    shutil.copyfile(spec.parent / "build/docs.sysext.raw", img)
+    with open(img, "r+b") as f:
+        root = read_gpt(f).partitions[0]  # the root partition: the filesystem
+        files = [i for i in erofs.read_tree(f, root.offset)
+                 if stat.S_ISREG(i.mode) and i.size > erofs.BLOCK and _SAFE_PATH.match(i.path)]
+        target = max(files, key=lambda i: (i.size, i.path))
+        raw = erofs._Image(f, root.offset).inode(target.ino)
+        assert raw.layout in (erofs.FLAT_PLAIN, erofs.FLAT_INLINE), raw
+        where = root.offset + raw.iu * erofs.BLOCK + 100
+        f.seek(where)
+        byte = f.read(1)
+        assert byte == erofs.read_file(f, target, root.offset)[100:101]  # that is the file's byte 100
+        f.seek(where)
+        f.write(bytes([byte[0] ^ 0x01]))
+    return img, "/" + target.path.decode()
+
+
+def _boot_with_images(spec: Path, images: list[Path], tmp: Path) -> tuple[dict, str, float]:
+    """The check build booted with ``images`` on the second disk: (report, console, seconds)."""
+    log = tmp / "console.log"
+    t0 = time.monotonic()
+    proc = subprocess.run([*SYSEXTANT, "boot", str(spec), "--extensions", "--json", "--console-log", str(log),
+                           *(a for p in images for a in ("--image", str(p)))],
+                          capture_output=True, text=True, timeout=840)
+    elapsed = time.monotonic() - t0
+    assert proc.stdout, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert proc.returncode == (0 if report["ok"] else 1)
+    console_text = log.read_bytes().decode("utf-8", "replace")
+    stages = {s["stage"]: s for s in report["stages"]}
+    for key in ("firmware", "stub", "kernel", "init", "target"):  # the boot itself is fine
+        assert stages[key]["status"] == "passed", (key, stages[key], report["console_tail"])
+    assert any(f"images given ({', '.join(p.name for p in images)})" in n for n in report["notes"])
+    return report, console_text, elapsed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_extension_signed_by_another_key_does_not_merge(debian_project, keypair, tmp_path) -> None:
+    """The docs extension signed by a key the OS does not trust (its db certificate is the only
+    one in the UKI's etc/verity.d) beside the good mods extension: systemd-sysext refuses the
+    signature and, on systemd 252, merges nothing at all (README: one image that fails to
+    activate stops the whole merge) while its unit still succeeds. Its own boot: it would take
+    the good images of any other case down with it."""
+    good = debian_project.parent / "build/mods.sysext.raw"
+    t0 = time.monotonic()
+    bad = _other_key_image(debian_project, keypair, tmp_path)
+    built = time.monotonic() - t0
+    report, _, elapsed = _boot_with_images(debian_project, [bad, good], tmp_path)
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert not report["ok"]
+    assert stages["check:sysext-service"]["status"] == "passed"  # 252: the unit succeeds anyway
+    assert stages["check:merged-docs"]["status"] == "failed" == stages["check:merged-mods"]["status"]
+    assert stages["check:verity"]["status"] == "failed"
+    # systemd-sysext status: every hierarchy with no extension merged
+    status = [ln.split() for ln in report["guest_log"] if re.match(r"^/(usr|opt)\s", ln)]
+    assert status and {row[0] for row in status} >= {"/usr"}, report["guest_log"]
+    assert all(row[1] == "none" for row in status), status
+    # the journal of systemd-sysext.service names the signature refusal
+    journal = "\n".join(report["guest_log"])
+    # (seen: the kernel says ENOKEY, its keyrings lack the db certificate; then systemd 252 checks
+    # the PKCS#7 in userspace against etc/verity.d, which holds only the spec's certificate)
+    assert "Userspace PKCS#7 validation failed" in journal and "signer certificate not found" in journal, journal
+    assert "Activation of signed Verity volume worked neither via the kernel nor in userspace" in journal, journal
+    print(f"\nother-key extension: built in {built:.0f} s, refused in {elapsed:.0f} s wall "
+          f"({report['seconds']} s in the VM)")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_extension_with_a_flipped_data_byte_merges_then_fails_to_read(debian_project, tmp_path) -> None:
+    """One bit flipped in a data block of the docs extension's largest file: the signature and
+    the hash tree are intact, so both extensions merge with dm-verity; reading that file fails
+    with EIO and the kernel's dm-verity names the corrupted block, while the other files and the
+    mods extension read and load fine."""
+    bad, path = _flipped_image(debian_project, tmp_path)
+    good = debian_project.parent / "build/mods.sysext.raw"
+    report, console_text, elapsed = _boot_with_images(debian_project, [bad, good], tmp_path)
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert not report["ok"]
+    for key in ("check:sysext-service", "check:merged-docs", "check:merged-mods", "check:verity",
+                "check:files-mods", "check:module-romfs"):
+        assert stages[key]["status"] == "passed", (key, stages[key], report["guest_log"][-30:])
+    files = stages["check:files-docs"]
+    assert files["status"] == "failed" and f"{path} (unreadable: Input/output error)" in files["note"], files
+    assert files["note"].count("(") == 1  # the other sampled files read back identical
+    assert re.search(r"device-mapper: verity: [0-9:]+: data block \d+ is corrupted", console_text), \
+        console_text[-3000:]
+    print(f"\nflipped data byte in {path}: merged, read failed; {elapsed:.0f} s wall ({report['seconds']} s in the VM)")
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_qemu_and_swtpm_and_leaves_no_temp_files(debian_project, tmp_path) -> None:
@@ -424,3 +543,286 @@ def test_check_build_adds_files_under_etc_only_and_announces_its_checks(tmp_path
     if sh:  # the guest scripts are valid POSIX shell
         for path in ("etc/sysextant-check/run", "etc/sysextant-check/link-extensions"):
             subprocess.run([sh, "-n", "-c", by_path[path].data.decode()], check=True)
+
+
+# -- the workbench's boot check (v): pilot tests on recorded consoles, no VM -----------------------
+RECORDED_CHECKS = [("sysext-service", "systemd-sysext.service ran at boot"), ("merged-docs", "extension docs merged"),
+                   ("merged-mods", "extension mods merged"), ("verity", "dm-verity devices for the signed extensions"),
+                   ("files-docs", "files of docs read back identical to the tree"),
+                   ("files-mods", "files of mods read back identical to the tree"),
+                   ("module-romfs", "kernel module romfs from mods loads"), ("pcr11", "PCR 11 equals the prediction")]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def demo_spec(tmp_path, monkeypatch) -> Path:
+    pytest.importorskip("textual")
+    from sysextant.core.demo import create_demo
+
+    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
+    return create_demo(tmp_path / "project", scale=0.02)
+
+
+def _screen_text(screen) -> str:
+    return str(screen.stages_text())
+
+
+@pytest.mark.anyio
+async def test_workbench_v_shows_the_stages_as_they_pass(demo_spec, monkeypatch) -> None:
+    """v after a build: the boot check runs boot_spec in a worker (here fed the recorded console
+    of a real check-build boot) and the screen shows each stage as it passes, then the verdict;
+    b cannot start a build meanwhile; esc goes back with the verdict in the status line."""
+    import threading
+
+    from test_tui import ready, status, wait_for
+
+    from sysextant.core.vm import qemu as vm_qemu
+    from sysextant.core.vm import run as vm_run
+    from sysextant.tui.app import WorkbenchApp
+    from sysextant.tui.widgets.bootcheck import BootCheckScreen
+    from sysextant.tui.widgets.build import BuildScreen
+
+    lines = (DATA / "console-check-build.txt").read_bytes().decode("utf-8", "replace").split("\n")
+    gate = threading.Event()
+    calls = []
+
+    def recorded_boot_spec(spec, *, check, extensions, build_first, reporter, on_stage, **kw):
+        calls.append((spec.path, check, extensions, build_first))
+        w = Watcher(checks=RECORDED_CHECKS, judges={"pcr11": lambda d: (True, "judged (recorded)")})
+        reporter.log("boot", "accelerator: TCG (recorded console)", "step")
+        for k, raw in enumerate(lines):
+            reporter.check()
+            for st in w.feed(raw, float(k)):
+                on_stage(st)
+            if "Linux version" in raw:
+                assert gate.wait(20)  # the test looks at the screen with the kernel just started
+        w.finish("console ended", 99.0)
+        return vm_run.BootResult("build/boot-check/uki.efi", "check build (recorded)", vm_qemu.Accel("tcg", "recorded"),
+                                 True, True, w.stages, 99.0, w.ok, "the VM powered off", w.tail(), [], None,
+                                 w.guest_log)
+
+    monkeypatch.setattr(vm_run, "boot_spec", recorded_boot_spec)
+    app = WorkbenchApp(demo_spec, watch=False, estimate=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(app, pilot)
+        await pilot.press("v")  # nothing built yet: refused, saying what to do
+        await pilot.pause()
+        assert not isinstance(app.screen, BootCheckScreen) and "press b to build first" in status(app)
+        uki = app.session.spec.uki.output
+        uki.parent.mkdir(parents=True, exist_ok=True)
+        uki.write_bytes(b"a built UKI")  # what the check needs of a build: boot_spec is the recording
+        await pilot.press("v")
+        assert await wait_for(pilot, lambda: isinstance(app.screen, BootCheckScreen), 5)
+        screen = app.screen
+        assert await wait_for(pilot, lambda: any(s.key == "kernel" and s.status == "passed" for s in screen.stages), 10)
+        await pilot.pause(0.2)
+        text = _screen_text(screen)
+        assert "✓" in text and "firmware accepted the UKI" in text and "BdsDxe: starting Boot0001" in text
+        assert "Linux version 6.1" in text and "› " in text and "waiting…" in text  # /init is next
+        # the demo is Kairos-shaped (/init is immucore): the spec's UKI, and why not the check build
+        assert calls == [(app.session.spec.path, True, False, True)]
+        title = str(screen.query_one("#boot-title").render())
+        assert screen.running and "the spec's UKI" in title and "immucore" in title
+        await pilot.press("b")  # no build while the VM runs
+        await pilot.pause()
+        assert not any(isinstance(s, BuildScreen) for s in app.screen_stack)
+        gate.set()
+        assert await wait_for(pilot, lambda: not screen.running, 20)
+        await pilot.pause()
+        text = _screen_text(screen)
+        assert screen.kind == "ok" and text.count("✓") == 13 and "✗" not in text, text
+        assert "judged (recorded)" in text and "Multi-User System" in text
+        outcome = str(screen.query_one("#boot-outcome").render())
+        assert "every stage passed (13 stages, TCG, 99 s)" in outcome and "recorded" in outcome
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BootCheckScreen))
+        assert "boot check: every stage passed (13 stages" in status(app)
+
+
+def _stand_in_vm(monkeypatch, tmp_path: Path, console_lines: list[bytes]) -> tuple[list, Path]:
+    """Stand-ins for QEMU (a process printing ``console_lines`` on its stdout, then waiting) and
+    swtpm (a process opening its control socket, then waiting) under the real core/vm/run.boot,
+    with the firmware, ESP and accelerator faked: (the processes spawned, the temp folder)."""
+    import tempfile
+
+    from sysextant.core.vm import disks as vm_disks
+    from sysextant.core.vm import firmware as vm_firmware
+    from sysextant.core.vm import qemu as vm_qemu
+    from sysextant.core.vm import run as vm_run
+
+    console = tmp_path / "stand-in-console.txt"
+    console.write_bytes(b"\n".join(console_lines) + b"\n")
+    fake_qemu = tmp_path / "fake-qemu"
+    fake_qemu.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                         f"for line in open({str(console)!r}, 'rb').read().split(b'\\n'):\n"
+                         "    sys.stdout.buffer.write(line + b'\\n'); sys.stdout.flush(); time.sleep(0.02)\n"
+                         "time.sleep(600)\n")
+    fake_swtpm = tmp_path / "fake-swtpm"
+    fake_swtpm.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                          "arg = sys.argv[sys.argv.index('--ctrl') + 1]\n"
+                          "open(arg.split('path=', 1)[1], 'w').close()\ntime.sleep(600)\n")
+    for f in (fake_qemu, fake_swtpm):
+        f.chmod(0o755)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    fw = vm_firmware.Firmware(tmp_path / "CODE.fd", tmp_path / "VARS.fd", True)
+    monkeypatch.setattr(vm_run, "find_tools", lambda **kw: vm_run.Tools(str(fake_qemu), fw, str(fake_swtpm)))
+    monkeypatch.setattr(vm_qemu, "choose_accel", lambda *a, **kw: vm_qemu.Accel("tcg", "stand-in"))
+    monkeypatch.setattr(vm_firmware, "make_vars", lambda template, cert, out: out.write_bytes(b"vars"))
+    monkeypatch.setattr(vm_disks, "make_esp", lambda uki, out: out.write_bytes(b"esp") and 3)
+    monkeypatch.setattr(vm_qemu.Machine, "command", lambda self: [self.qemu])
+    spawned: list[subprocess.Popen] = []
+    real_spawn = vm_qemu.spawn
+
+    def spawn(cmd, **kw):
+        spawned.append(real_spawn(cmd, **kw))
+        return spawned[-1]
+
+    monkeypatch.setattr(vm_qemu, "spawn", spawn)
+    return spawned, temp
+
+
+@pytest.mark.anyio
+async def test_workbench_boot_check_esc_stops_qemu_and_swtpm_and_removes_the_temp_files(
+        demo_spec, tmp_path, monkeypatch) -> None:
+    """esc while the VM runs: the real engine (core/vm/run.boot) with stand-ins for QEMU (a
+    process printing the recorded console, then waiting) and swtpm (a process opening its
+    socket): both are stopped, the private temp folder is gone, the screen and the status line
+    say cancelled, and the workbench goes on."""
+    from test_tui import ready, status, wait_for
+
+    from sysextant.core.vm import run as vm_run
+    from sysextant.tui.app import WorkbenchApp
+    from sysextant.tui.widgets.bootcheck import BootCheckScreen
+
+    console_lines = (DATA / "console-check-build.txt").read_bytes().split(b"\n")[:8]  # up to the kernel
+    spawned, temp = _stand_in_vm(monkeypatch, tmp_path, console_lines)
+
+    def boot_spec_engine(spec, *, reporter, on_stage, **kw):  # the real boot() of the built UKI
+        return vm_run.boot(spec.uki.output, cert=None, tpm=True, reporter=reporter, on_stage=on_stage,
+                           watcher=Watcher(secure_boot=False), stop_when_booted=False)
+
+    monkeypatch.setattr(vm_run, "boot_spec", boot_spec_engine)
+    app = WorkbenchApp(demo_spec, watch=False, estimate=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await ready(app, pilot)
+        uki = app.session.spec.uki.output
+        uki.parent.mkdir(parents=True, exist_ok=True)
+        uki.write_bytes(b"a built UKI")
+        await pilot.press("v")
+        assert await wait_for(pilot, lambda: isinstance(app.screen, BootCheckScreen), 5)
+        screen = app.screen
+        assert await wait_for(pilot, lambda: any(s.key == "kernel" and s.status == "passed" for s in screen.stages), 15)
+        assert len(spawned) == 2 and all(p.poll() is None for p in spawned)  # swtpm and "QEMU" running
+        assert len(list(temp.iterdir())) == 1  # the private folder with vars, ESP, TPM state
+        await pilot.press("q")  # q does not leave a running VM behind
+        await pilot.pause()
+        assert app.screen is screen and screen.running
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not screen.running, 15)
+        await pilot.pause()
+        assert screen.kind == "cancelled"
+        assert all(p.poll() is not None for p in spawned)  # both stopped (and reaped)
+        assert list(temp.iterdir()) == []
+        assert "QEMU and swtpm stopped, temporary files removed" in str(screen.query_one("#boot-outcome").render())
+        await pilot.press("escape")
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, BootCheckScreen))
+        assert "boot check cancelled" in status(app)
+
+
+# -- a Kairos-shaped tree (/init is immucore): the stages the VM can prove ---------------------------
+def _kairos_spec(tmp_path: Path, keypair) -> Path:
+    """A tiny tree shaped as Kairos': usr/bin/immucore with /init -> usr/bin/immucore, one extension."""
+    from test_plan import make_os, write_spec
+
+    make_os(tmp_path / "rootfs")
+    (tmp_path / "rootfs/init").symlink_to("usr/bin/immucore")
+    spec = write_spec(tmp_path, "  - name: docs\n    paths: [usr/share/doc]\n")
+    spec.write_text(spec.read_text().replace("extensions:", f"signing: {{key: {keypair[0]}, cert: {keypair[1]}}}\n"
+                                                            "extensions:"))
+    return spec
+
+
+def test_kairos_extensions_are_refused_with_the_reason_before_any_tool(tmp_path, keypair) -> None:
+    """--extensions on an immucore tree: one error saying why the VM cannot prove the merge and
+    what it can do instead, before looking for QEMU or OVMF (here absent) or building anything."""
+    spec = _kairos_spec(tmp_path, keypair)
+    env = {**os.environ, "SYSEXTANT_OVMF_DIR": str(tmp_path / "none")}
+    proc = subprocess.run([*SYSEXTANT, "boot", str(spec), "--extensions"], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "immucore" in err and "installed Kairos disk" in err, err
+    assert "Boot without --extensions to check the firmware, stub, kernel and /init stages" in err
+    assert "ovmf" not in err.lower() and not (tmp_path / "build").exists()
+
+
+def test_kairos_tree_passes_the_stages_it_can_prove_and_skips_the_target_saying_why(tmp_path, keypair,
+                                                                                     monkeypatch) -> None:
+    """The real boot_spec and boot() on an immucore tree with a stand-in QEMU printing a real
+    recorded console up to 'Run /init as init process' and then hanging (as immucore would with
+    no installed disk): firmware, stub (Secure Boot on), kernel and /init pass, the target is
+    skipped with the reason, the VM is stopped at once (not at the timeout), the report is ok and
+    its notes say the later stages need an installed Kairos disk."""
+    from sysextant.core.progress import Reporter
+    from sysextant.core.spec.load import load_spec
+    from sysextant.core.vm import run as vm_run
+    from sysextant.tui.bootcmd import render
+
+    spec = load_spec(_kairos_spec(tmp_path, keypair))
+    recorded = (DATA / "console-check-build.txt").read_bytes().split(b"\n")
+    upto = next(k for k, ln in enumerate(recorded) if b"Run /init as init process" in ln)
+    lines = recorded[: upto + 1] + [b"immucore: (stand-in) waiting for the installed Kairos disk"]
+    spawned, temp = _stand_in_vm(monkeypatch, tmp_path, lines)
+    built = []
+
+    class Report:
+        ok = True
+        artefacts: list = []
+
+    def fake_build(spec, **kw):  # what build writes that boot reads: the UKI
+        built.append(kw.get("only"))
+        spec.uki.output.parent.mkdir(parents=True, exist_ok=True)
+        spec.uki.output.write_bytes(b"a built UKI")
+        return Report()
+
+    monkeypatch.setattr(vm_run, "build", fake_build)
+    t0 = time.monotonic()
+    result = vm_run.boot_spec(spec, check=True, reporter=Reporter(), timeout=60)
+    assert time.monotonic() - t0 < 30  # stopped once /init ran, not at the timeout
+    by = {s.key: s for s in result.stages}
+    assert result.ok, [(s.key, s.status, s.note) for s in result.stages]
+    assert [by[k].status for k in ("firmware", "stub", "kernel", "init")] == [PASSED] * 4
+    assert by["stub"].note == "UEFI Secure Boot is enabled" and result.secure_boot
+    assert by["init"].evidence.endswith("Run /init as init process")
+    assert by["target"].status == "skipped" and "immucore needs an installed Kairos disk" in by["target"].note
+    assert not any(s.key.startswith("check:") for s in result.stages)  # no check build
+    assert any("stages after /init need an installed Kairos disk and are skipped" in n for n in result.notes)
+    assert built == [None]  # the spec's build (what changed), no check build
+    assert all(p.poll() is not None for p in spawned) and list(temp.iterdir()) == []
+    text = render(result)
+    assert "skip" in text and "immucore needs an installed Kairos disk" in text and "BOOTED" in text
+
+
+def test_images_given_must_exist_and_have_distinct_names(tmp_path, keypair, monkeypatch) -> None:
+    """--image: a missing file or two images with one file name are one error each, before any
+    build or VM (the second disk holds the images side by side under their names)."""
+    from sysextant.core.errors import UserError
+    from sysextant.core.spec.load import load_spec
+    from sysextant.core.vm import run as vm_run
+
+    spec = load_spec(_kairos_spec(tmp_path, keypair))
+    monkeypatch.setattr(vm_run, "find_tools", lambda **kw: None)
+    monkeypatch.setattr(vm_run, "build", lambda *a, **kw: pytest.fail("nothing is built"))
+    with pytest.raises(UserError, match=r"extension image .*missing\.raw does not exist"):
+        vm_run.boot_spec(spec, images=[tmp_path / "missing.raw"])
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "docs.sysext.raw").write_bytes(b"x")
+    with pytest.raises(UserError, match="same file name"):
+        vm_run.boot_spec(spec, images=[tmp_path / "a/docs.sysext.raw", tmp_path / "b/docs.sysext.raw"])

@@ -137,6 +137,8 @@ class WorkbenchApp(App[int]):
         Binding("e", "mark_all_but_boot", "Mark but boot", show=False),
         Binding("b", "build(False)", "Build"),
         Binding("B", "build(True)", "Rebuild all", show=False),
+        # v: boot what was built in a VM (B is rebuild-all; ncdu and dua leave v free; gdu's v views a file)
+        Binding("v", "boot_check", "Boot check", show=False),
         Binding("left_square_bracket", "cycle_extension(-1)", "Prev ext", show=False),
         Binding("right_square_bracket", "cycle_extension(1)", "Next ext", show=False),
         *(Binding(str(k), f"pick_number({k})", f"Extension {k}", show=False) for k in range(1, 10)),
@@ -931,6 +933,27 @@ class WorkbenchApp(App[int]):
             self.refresh_all()
             self.refine_estimator(self.session.estimator)
 
+    def action_boot_check(self) -> None:
+        """Boot the built UKI (with extensions: the check build) under Secure Boot in a VM and
+        show the stages as they pass (tui/widgets/bootcheck.py); esc stops QEMU and swtpm."""
+        from .widgets.bootcheck import BootCheckScreen, boot_check_refusal
+
+        refusal = boot_check_refusal(self)
+        if refusal:
+            self.set_status(refusal, "refused")
+            self.bell()
+            return
+        self.workers.cancel_group(self, "estimate-refine")  # both cores for the VM
+        self.set_status("boot check running…", "info")
+
+        def closed(result: tuple[str, str] | None) -> None:
+            if result:
+                self.set_status(result[1], result[0])
+            if self.session.estimator is not None:
+                self.refine_estimator(self.session.estimator)
+
+        self.push_screen(BootCheckScreen(self.session.spec), closed)
+
     def set_theme(self, name: str) -> None:
         self.theme = name
 
@@ -938,6 +961,10 @@ class WorkbenchApp(App[int]):
         building = self.build_screen()
         if building is not None and building.running:
             await building.stop()  # the engine removes its temp files and child processes
+        from .widgets.bootcheck import BootCheckScreen
+
+        for checking in [s for s in self.screen_stack if isinstance(s, BootCheckScreen) and s.running]:
+            await checking.stop()  # QEMU and swtpm stopped, the temp folder removed
         if not self.session.unsaved:
             self.exit(0)
             return

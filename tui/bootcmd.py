@@ -35,6 +35,9 @@ def add_boot_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extensions", action="store_true",
                    help="boot a check build that merges the extensions and checks them in the guest (implies --check)")
     p.add_argument("--uki", metavar="FILE", help="boot this UKI file instead of the spec's (no build)")
+    p.add_argument("--image", action="append", metavar="FILE", dest="images",
+                   help="put this extension image on the second disk instead of the spec's built ones (repeat for "
+                        "more; e.g. one signed by another key: does it merge on this UKI?)")
     p.add_argument("--no-build", action="store_true", help="boot what is built as it is (default: build what changed)")
     p.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                    help="give up on a stage not reached after this long (default 300; emulation is slow)")
@@ -60,7 +63,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
         print("sysextant boot: the VM's serial console follows; Ctrl-A X quits QEMU", flush=True)
     result = boot_spec(spec, check=check, extensions=args.extensions, build_first=not args.no_build, uki=uki,
                        reporter=reporter, timeout=args.timeout,
-                       console_log=Path(args.console_log) if args.console_log else None)
+                       console_log=Path(args.console_log) if args.console_log else None,
+                       images=[Path(p) for p in args.images] if args.images else None)
     if not check:
         return 0
     if args.json:

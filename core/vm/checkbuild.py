@@ -106,6 +106,9 @@ check_service() {
     else
         say sysext-service FAIL "systemd-sysext.service is $state ($result) at boot"
     fi
+    # why an image did not activate (a signature refused, a bad image), whatever the tail below keeps
+    journalctl -b -u systemd-sysext.service --no-pager -o cat 2>&1 \
+        | grep -i -E 'verity|signature|key not available|corrupt|failed to' | tail -n 12 | log
     journalctl -b -u systemd-sysext.service --no-pager -o cat 2>&1 | grep -v -i -E '^(Running in|Calling|Successfully|Found|Received|Got|Entered|Parsed|Checking)' | tail -n 25 | log
 }
 
@@ -136,8 +139,9 @@ check_files() {
     name=$1; shift; bad=""; n=0
     for pair in "$@"; do
         sum=${pair%% *}; path=${pair#* }; n=$((n + 1))
-        got=$(sha256sum < "$path" 2>&1); got=${got%% *}
-        [ "$got" = "$sum" ] || bad="$bad $path"
+        # a read error (dm-verity's EIO for a corrupted block) is told apart from other content
+        if ! got=$(sha256sum 2>&1 < "$path"); then bad="$bad $path (unreadable: ${got##*: })"; continue; fi
+        [ "${got%% *}" = "$sum" ] || bad="$bad $path (differs)"
     done
     if [ -z "$bad" ]; then say "files-$name" ok "$n file(s) read back identical to the tree"
     else say "files-$name" FAIL "differ from the tree or unreadable:$bad"; fi

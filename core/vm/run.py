@@ -231,15 +231,17 @@ def _init_is_immucore(spec: Spec) -> bool:
 
 def boot_spec(spec: Spec, *, check: bool = True, extensions: bool = False, build_first: bool = True,
               uki: Path | None = None, reporter: Reporter | None = None, timeout: float = DEFAULT_TIMEOUT,
-              console_log: Path | None = None, on_stage: Callable[[Stage], None] | None = None) -> BootResult:
+              console_log: Path | None = None, on_stage: Callable[[Stage], None] | None = None,
+              images: Sequence[Path] | None = None) -> BootResult:
     """Boot what ``spec`` builds: its UKI (``build_first``: build what changed first; ``uki``: that
     file instead), or with ``extensions`` its check build, which merges the extension images from
-    the second disk and reports the checks of :mod:`.checkbuild`."""
+    the second disk and reports the checks of :mod:`.checkbuild`. ``images``: these files on the
+    second disk instead of the spec's built images (e.g. one signed by another key, or from an
+    older build: does it still merge on this UKI?); the spec's own images are then not built."""
     reporter = reporter or Reporter()
     secure = spec.signing is not None
     cert = spec.signing.cert if spec.signing else None
-    # every tool before any build: a missing one is one error naming its package
-    find_tools(secure_boot=secure, tpm=spec.uki.pcr_key is not None, images=bool(spec.extensions))
+    # what cannot work is said before any tool is looked for
     immucore = _init_is_immucore(spec)
     if extensions and immucore:
         raise UserError(f"{spec.path}: the UKI's /init is Kairos' immucore, which needs an installed Kairos "
@@ -247,14 +249,26 @@ def boot_spec(spec: Spec, *, check: bool = True, extensions: bool = False, build
                         "--extensions to check the firmware, stub, kernel and /init stages")
     if extensions and not spec.extensions:
         raise UserError(f"{spec.path} has no extensions: boot with --check alone")
-    images: list[Path] = []
-    if uki is None and (build_first or extensions):
-        report = build(spec, reporter=reporter)
+    # every tool before any build: a missing one is one error naming its package
+    find_tools(secure_boot=secure, tpm=spec.uki.pcr_key is not None, images=bool(spec.extensions or images))
+    given = [Path(p) for p in images] if images is not None else None
+    for p in given or ():
+        if not p.is_file():
+            raise UserError(f"extension image {p} does not exist or is not a file")
+    names = [p.name for p in given or ()]
+    if len(set(names)) != len(names):
+        raise UserError("two extension images have the same file name: the second disk holds them side by side")
+    images = []
+    if uki is None and (build_first or extensions) and not (given is not None and extensions):
+        # with images given, the spec's own are not needed: the UKI alone (the check build makes its own)
+        report = build(spec, only=["uki"] if given is not None else None, reporter=reporter)
         if not report.ok:
             raise UserError(f"the build of {spec.path} failed: fix it before booting (sysextant build {spec.path})")
         images = [Path(a.path) for a in report.artefacts if a.kind == "sysext"]
-    else:
+    elif given is None:
         images = [p for p in (spec.output / e.image_name for e in spec.extensions) if p.is_file()]
+    if given is not None:
+        images = given
     label = "the spec's UKI" if uki is None else f"UKI {uki}"
     target = uki or spec.uki.output
     skip = {}
@@ -274,6 +288,9 @@ def boot_spec(spec: Spec, *, check: bool = True, extensions: bool = False, build
         judges = {"pcr11": pcr11_judge(target, spec.uki.stub)} if spec.uki.pcr_key is not None else {}
         watcher = Watcher(checks=cb.checks, secure_boot=secure, judges=judges)
         notes += cb.notes
+    if given is not None:
+        notes.append("the second disk holds the images given (" + ", ".join(p.name for p in images)
+                     + "), not the spec's built ones")
     result = boot(target, cert=cert, images=images, tpm=spec.uki.pcr_key is not None, check=check,
                   watcher=watcher, label=label, timeout=timeout, reporter=reporter, console_log=console_log,
                   on_stage=on_stage)
