@@ -41,6 +41,13 @@ from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
 from .widgets.item import item_line, item_pane, plural
 from .widgets.line import Line
+from .widgets.packages import (
+    PackageList,
+    package_line,
+    package_pane,
+    packages_crumb,
+    packages_header,
+)
 from .widgets.tree_list import TreeList, header_text, search_glob
 
 
@@ -133,6 +140,11 @@ class WorkbenchApp(App[int]):
         Binding("c", "toggle_size", "Size column", show=False),
         Binding("f", "filter", "Filter", show=False),
         Binding("p", "toggle_panel", "Panel"),
+        # P: the packages view (p is the panel; k moves up in the lists); F: propose a fit (f filters);
+        # D: only what differs from a base image (d is ncdu's delete: a key this tool never needs)
+        Binding("P", "toggle_packages", "Packages", show=False),
+        Binding("F", "fit", "Fit", show=False),
+        Binding("D", "diff_filter", "Diff base", show=False),
         Binding("i", "toggle_info", "Info", show=False),
         Binding("e", "mark_all_but_boot", "Mark but boot", show=False),
         Binding("b", "build(False)", "Build"),
@@ -175,6 +187,7 @@ class WorkbenchApp(App[int]):
                 yield Line(id="crumb")
                 yield Line(id="colhead")
                 yield TreeList(self.session, id="tree")
+                yield PackageList(self.session, id="packages")
                 yield Line(id="item")
                 yield Static(id="info")
                 yield Input(placeholder="filter this folder by name (enter keeps, esc clears)", id="filter")
@@ -196,6 +209,7 @@ class WorkbenchApp(App[int]):
         self.base.query_one("#search", Input).display = False
         self.base.query_one("#problems", Static).display = False
         self.base.query_one("#info", Static).display = False
+        self.base.query_one(PackageList).display = False
         self.tree.focus()
         self.fit_layout()
         if self.session.index is not None:  # a session handed in already scanned (tests, bench)
@@ -247,6 +261,75 @@ class WorkbenchApp(App[int]):
             self.report(self.session.mark(entry, self.current_ext))
             return
         self.report(self.session.mark_all_but_boot(entry, self.current_ext))
+
+    # -- packages, fit, diff filter -------------------------------------------------------------
+    @property
+    def packages(self) -> PackageList | None:
+        """The packages view when it is shown instead of the tree, else None."""
+        plist = self.base.query_one(PackageList)
+        return plist if plist.display else None
+
+    def action_toggle_packages(self) -> None:
+        """P: the packages list in the tree list's place, or back."""
+        plist = self.base.query_one(PackageList)
+        shown = not plist.display
+        plist.display, self.tree.display = shown, not shown
+        (plist if shown else self.tree).focus()
+        if shown:
+            plist.current_ext = self.current_ext
+            plist.reload_rows()
+            if plist.why:
+                self.set_status(plist.why, "refused")
+            else:
+                self.set_status(f"packages by what they cost in the UKI · space marks one into "
+                                f"{self.current_ext or 'an extension (+ adds one)'} · P: back to the tree", "info")
+        self.update_crumb()
+
+    def on_package_list_moved(self, _message: PackageList.Moved) -> None:
+        self.update_crumb()
+
+    def action_fit(self) -> None:
+        """F: propose the moves that bring the UKI under its limit; enter in the preview applies them."""
+        from .widgets.fit import FitScreen
+
+        if not self._on_main_screen():
+            raise SkipAction()
+        if self.session.plan is None:
+            self.set_status("the tree is still being scanned; propose a fit when it is done", "refused")
+            return
+
+        def done(fit: object) -> None:
+            if fit is not None:
+                self.report(self.session.apply_fit(fit))
+
+        self.push_screen(FitScreen(self.session), done)
+
+    def action_diff_filter(self) -> None:
+        """D: show only what the tree adds or changes over a base image or tree; D again clears it."""
+        from .widgets.difffilter import BaseScreen, diff_words
+
+        if not self._on_main_screen():
+            raise SkipAction()
+        tree = self.tree
+        if tree.only is not None:
+            tree.only, self.diff_note = None, ""
+            tree.reload_rows()
+            self.update_crumb()
+            self.set_status("diff filter cleared: the whole tree again", "info")
+            return
+        if self.session.index is None:
+            self.set_status("the tree is still being scanned", "refused")
+            return
+
+        def done(found: object) -> None:
+            if found is None:
+                return
+            tree.only = found.shown
+            self.diff_note = f"differs from {found.base}"
+            tree.go_to(0)
+            self.set_status(diff_words(found), "ok")
+
+        self.push_screen(BaseScreen(self.session), done)
 
     def action_toggle_panel(self) -> None:
         panel = self.base.query_one(ExtensionsPanel)
@@ -554,6 +637,12 @@ class WorkbenchApp(App[int]):
                 f"{_escape(_short(s.root, s.path.absolute().parent))} · {state}{unsaved}")
 
     def update_crumb(self) -> None:
+        plist = self.packages
+        if plist is not None:
+            self._update_if_changed("#crumb", packages_crumb(self.session, plist, self.current_ext))
+            self._update_if_changed("#colhead", packages_header(self.session, plist.owner_w))
+            self.update_item()
+            return
         tree = self.tree
         index = tree.index
         rel = os.fsdecode(index.path(tree.folder)) if index is not None else ""
@@ -561,6 +650,8 @@ class WorkbenchApp(App[int]):
         if tree.results is not None:
             where = f"search {tree.search}"
         extra = f"  filter “{tree.name_filter}”" if tree.name_filter else ""
+        if tree.only is not None and getattr(self, "diff_note", ""):
+            extra += f"  only what {self.diff_note}"
         n = len(tree.rows)
         noun = ("match", "matches") if tree.results is not None else ("entry", "entries")
         # where the cursor is: row n of m
@@ -581,6 +672,13 @@ class WorkbenchApp(App[int]):
         """The line under the list (and the item pane when open) for the entry under the cursor."""
         entry = self.tree.entry
         warn = self.get_css_variables().get("warning", "yellow")
+        plist = self.packages
+        if plist is not None:
+            self._update_if_changed("#item", package_line(self.session, plist.row, self.current_ext))
+            info = self.base.query_one("#info", Static)
+            if info.display:
+                info.update(Text.from_markup(package_pane(self.session, plist.row, self.current_ext)))
+            return
         self._update_if_changed("#item", item_line(self.session, entry, self.current_ext, warn))
         info = self.base.query_one("#info", Static)
         if info.display:
@@ -594,6 +692,9 @@ class WorkbenchApp(App[int]):
         tree = self.tree
         tree.current_ext = self.current_ext
         tree.reload_rows()
+        if self.packages is not None:
+            self.packages.current_ext = self.current_ext
+            self.packages.reload_rows()
         self.base.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
         gauge = self.base.query_one(UkiGauge)
         if outcome is not None and outcome.ok:
@@ -623,6 +724,16 @@ class WorkbenchApp(App[int]):
     def action_toggle_mark(self) -> None:
         if not self._on_main_screen() or isinstance(self.focused, Input):
             raise SkipAction()
+        plist = self.packages
+        if plist is not None:
+            if plist.row is None:
+                self.set_status(plist.why or "no package under the cursor", "refused")
+                return
+            outcome = self.session.toggle_package(plist.row.key, self.current_ext)
+            self.report(outcome)
+            if outcome.ok:
+                plist.action_cursor(1)
+            return
         entry = self.tree.entry
         if entry is None:
             self.set_status("nothing under the cursor to mark", "refused")

@@ -38,6 +38,13 @@ class WorkbenchCommands(Provider):
              "leave it out of the UKI (os.exclude, asks first) (x)"),
             ("Mark all but what boot needs", app.action_mark_all_but_boot,
              "mark the folder under the cursor, excluding the entries the UKI needs to boot (e)"),
+            ("Packages view", app.action_toggle_packages,
+             "installed packages by what they cost in the UKI; space marks one into the current extension (P)"),
+            ("Propose a fit under the limit", app.action_fit,
+             "what to move (and what to leave out of the OS) to get the UKI under uki.limit; a preview, "
+             "enter applies it in one undoable step (F)"),
+            ("Show only what differs from a base", app.action_diff_filter,
+             "the tree filtered to what it adds or changes over a base image or tree; again clears it (D)"),
             ("Item info", app.action_toggle_info, "full path, every size, hard links, extension, boot, refusal (i)"),
             ("Show or hide the extensions panel", app.action_toggle_panel, "more room for names (p)"),
             ("Build changed", partial(app.action_build, False),

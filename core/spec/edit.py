@@ -83,24 +83,32 @@ class SpecEditor:
     def set_exclude(self, ext_name: str, globs: list[str] | None) -> None:
         """Make extension ``ext_name``'s ``exclude`` exactly ``globs`` (in this order); None removes
         the key (undoing an edit that added it), where its lines can go whole."""
-        if globs is None:
+        self._set_list_or_drop(ext_name, "exclude", globs)
+
+    def set_packages(self, ext_name: str, names: list[str] | None) -> None:
+        """Make extension ``ext_name``'s ``packages`` exactly ``names``; None removes the key."""
+        self._set_list_or_drop(ext_name, "packages", names)
+
+    def _set_list_or_drop(self, ext_name: str, key_name: str, items: list[str] | None) -> None:
+        if items is None:
             root = self._root()
             index, ext = self._extension(root, ext_name)
-            entry = _entry(ext, "exclude")
+            entry = _entry(ext, key_name)
             if entry is None:
                 return
             key, value = entry
             start = self._line_start(key.start_mark.index)
             if getattr(ext, "flow_style", False) or self._text[start:key.start_mark.index].strip():
-                self._set_list(ext_name, "exclude", [])  # a {...} item or a key after a dash: keep it, empty
+                self._set_list(ext_name, key_name, [])  # a {...} item or a key after a dash: keep it, empty
                 return
 
             def drop(data: dict) -> None:
-                del data["extensions"][index]["exclude"]
+                del data["extensions"][index][key_name]
 
-            self._apply([(start, self._line_end(self._content_end(value)), "")], drop, f"the exclude of {ext_name!r}")
+            self._apply([(start, self._line_end(self._content_end(value)), "")], drop,
+                        f"the {key_name} of {ext_name!r}")
             return
-        self._set_list(ext_name, "exclude", globs)
+        self._set_list(ext_name, key_name, items)
 
 
     def set_os_exclude(self, globs: list[str]) -> None:

@@ -87,7 +87,52 @@ class SetOsExclude:
     label: str = ""
 
 
-Operation = SetPaths | AddExtension | RenameExtension | RemoveExtension | SetOsExclude
+@dataclass(frozen=True)
+class SetPackages:
+    """Replace an extension's ``packages`` list (None removes the key: the undo of adding it)."""
+
+    ext: str
+    packages: tuple[str, ...] | None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class SetText:
+    """Replace the whole spec text: a fit proposal applied in one step, and its undo."""
+
+    text: str
+    label: str = ""
+
+
+Operation = SetPaths | AddExtension | RenameExtension | RemoveExtension | SetOsExclude | SetPackages | SetText
+
+
+@dataclass(frozen=True)
+class PackageRow:
+    """One row of the packages view: an installed package over the scanned tree."""
+
+    key: str  # the database key (``name`` or ``name:arch``)
+    version: str
+    files: int  # its files found in the tree
+    cost: int  # what its files cost in the UKI initrd (compressed estimate, else newc bytes)
+    outside: int  # files outside /usr and /opt or the merged hierarchies: they stay
+    boot: int  # files in the boot set (or firmware its modules load): they stay
+    movable: int  # files an extension may take
+    ext: str | None = None  # the extension whose ``packages`` lists it
+    held: int = 0  # files already in some extension (through its paths or packages)
+
+
+@dataclass(frozen=True)
+class DiffFilter:
+    """What the scanned tree adds or changes over a base tree (the workbench's diff filter)."""
+
+    base: str  # the base as the user named it
+    shown: IntervalSet  # changed entries, what added folders hold, and their folders
+    added: int
+    changed: int
+    deleted: int
+    carried: int  # of the added or changed: under the hierarchies the base merges
+    bytes: int
 
 
 # --------------------------------------------------------------------------------------------
@@ -170,6 +215,8 @@ class Session:
         self._fig_cache: tuple[Plan, Any, Figures] | None = None  # (plan, estimator, figures)
         #: compressed figure per entry for (initrd base, estimator): the tree list asks per row
         self._squeezed: tuple[IntervalSet, Any, dict[int, int]] | None = None
+        #: the packages view's marks-independent figures: (key, rows by database key)
+        self._pkg_rows: tuple[tuple, dict[str, PackageRow]] | None = None
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -496,6 +543,168 @@ class Session:
                            "edit that path to change it)")
         return self.apply(SetPaths(ext, tuple(p for p in paths if p != path), f"unmark {path} from {ext}"))
 
+    # -- packages -----------------------------------------------------------------------------
+    def package_db(self) -> tuple[Any, str | None]:
+        """The tree's package database over the index (:class:`TreePackages`, read once per scan)
+        and None, or None and why there is none."""
+        from ..sizing.packages import tree_database
+
+        if self.index is None or self.plan is None:
+            return None, "the tree is still being scanned"
+        try:
+            db, tp = tree_database(self.index)
+        except UserError as exc:
+            return None, str(exc)
+        if tp is None:
+            return None, (f"the OS tree {self.root} has no package database (dpkg var/lib/dpkg/status, "
+                          "rpm rpmdb.sqlite, apk lib/apk/db/installed)")
+        return tp, None
+
+    def package_of(self, i: int) -> list[str]:
+        """The packages that installed entry ``i`` (empty without a database)."""
+        tp, _why = self.package_db()
+        return tp.owners(i) if tp is not None else []
+
+    def package_rows(self) -> list[PackageRow]:
+        """Every package with files in the tree, the costliest first (see :class:`PackageRow`)."""
+        from ..sizing.packages import Rules
+
+        tp, _why = self.package_db()
+        plan, index, sums = self.plan, self.index, self.sums
+        if tp is None or plan is None or index is None or sums is None:
+            return []
+        est, boot = self.estimator, self.boot()
+        key = (id(index), id(tp), est, id(boot), tuple(self.spec.os.exclude), self.spec.uki.init)
+        if self._pkg_rows is None or self._pkg_rows[0] != key:
+            rules = Rules(self.spec, index, boot, self.hierarchies(), plan.initrd_base)
+            zero = est.estimate(IntervalSet()).bytes if est is not None else 0
+            rows: dict[str, PackageRow] = {}
+            for name, pf in tp.files.items():
+                if not pf.entries:
+                    continue
+                movable, stayed = rules.split(pf.selection, [], IntervalSet())
+                outside = sum(len(x.entries) for x in stayed if x.reason.startswith("outside"))
+                booted = sum(len(x.entries) for x in stayed if "boot" in x.reason or "firmware" in x.reason)
+                kept = pf.selection.intersection(plan.initrd_base)
+                cost = (max(0, est.estimate(kept).bytes - zero) if est is not None else sums.cpio_bytes(kept)) if kept else 0
+                rows[name] = PackageRow(name, pf.package.version, len(pf.entries), cost, outside, booted, len(movable))
+            self._pkg_rows = (key, rows)
+        rows = self._pkg_rows[1]
+        listed = {p: e.name for e in self.spec.extensions for p in e.packages}
+        held = IntervalSet().union(*(e.selected for e in plan.extensions)) if plan.extensions else IntervalSet()
+        out = []
+        for name, row in rows.items():
+            pkg = tp.files[name].package
+            ext = listed.get(name) or listed.get(pkg.name)
+            taken = len(tp.files[name].selection.intersection(held)) if held else 0
+            out.append(replace(row, ext=ext, held=taken))
+        out.sort(key=lambda r: (-r.cost, r.key))
+        return out
+
+    def package_stays(self, key: str) -> list[tuple[str, int, str]]:
+        """Why files of package ``key`` stay in the UKI: (reason, files, example), biggest first."""
+        from ..sizing.packages import Rules
+
+        tp, _why = self.package_db()
+        if tp is None or key not in tp.files or self.index is None or self.plan is None:
+            return []
+        rules = Rules(self.spec, self.index, self.boot(), self.hierarchies(), self.plan.initrd_base)
+        _movable, stayed = rules.split(tp.files[key].selection, [], IntervalSet())
+        return sorted(((x.reason, len(x.entries), x.example) for x in stayed), key=lambda t: -t[1])
+
+    def toggle_package(self, key: str, ext: str | None) -> Outcome:
+        """Space in the packages view: list package ``key`` in ``ext``'s ``packages`` (its files that
+        may move go with it, resolved at plan time), or take it out again."""
+        tp, why = self.package_db()
+        if tp is None:
+            return _refuse(why or "no package database")
+        if ext is None or self.spec.extension(ext) is None:
+            return _refuse("there is no extension to mark into yet: press + to add one")
+        if key not in tp.files:
+            return _refuse(f"there is no package {key} in the tree's {tp.db.describe()}")
+        e = self.spec.extension(ext)
+        assert e is not None
+        name = tp.files[key].package.name
+        mine = [p for p in e.packages if p in (key, name)]
+        if mine:  # the last one out takes the key with it
+            rest = tuple(p for p in e.packages if p not in mine)
+            return self.apply(SetPackages(ext, rest or None, f"take package {key} out of {ext}"))
+        other = next((x.name for x in self.spec.extensions if x.name != ext and
+                      any(p in (key, name) for p in x.packages)), None)
+        if other:
+            return _refuse(f"package {key} is already in extension {other}")
+        row = next((r for r in self.package_rows() if r.key == key), None)
+        if row is not None and not row.movable:
+            stays = "; ".join(f"{n:,} {reason}" for reason, n, _ex in self.package_stays(key)[:2])
+            return _refuse(f"none of the {row.files:,} files of package {key} may move: {stays}")
+        if row is not None and row.held >= row.movable:
+            return _refuse(f"the files of package {key} that may move are already in an extension")
+        stays = row.files - row.movable if row is not None else 0
+        note = f" ({stays:,} of its files stay in the UKI: i says why)" if stays else ""
+        return self.apply(SetPackages(ext, (*e.packages, key), f"mark package {key} into {ext}{note}"))
+
+    # -- the fit planner ------------------------------------------------------------------------
+    def propose_fit(self, limit: int | None = None, limit_text: str | None = None) -> Any:
+        """What :func:`~sysextant.core.sizing.fit.propose_fit` proposes for the current plan (slow
+        on a big tree: run it off the UI thread). Raises UserError before the scan is done."""
+        from ..sizing.fit import propose_fit
+
+        if self.plan is None:
+            raise UserError("the tree is still being scanned; propose a fit when the scan is done")
+        return propose_fit(self.spec, self.plan, self.layout(), self.estimator, limit=limit, limit_text=limit_text)
+
+    def apply_fit(self, fit: Any) -> Outcome:
+        """Write the proposal ``fit`` into the spec (comments kept) as one step that one undo reverts."""
+        from ..sizing.fit import apply_fit
+
+        if not fit.extensions and not fit.os_exclude:
+            return _refuse("the proposal moves nothing")
+        try:
+            text = apply_fit(self.text, self.path, self.spec, fit)
+        except UserError as exc:
+            return _refuse(str(exc))
+        parts = [f"{len(fit.extensions)} extension{'s' if len(fit.extensions) != 1 else ''}"]
+        if fit.os_exclude:
+            parts.append(f"{len(fit.os_exclude)} os.exclude glob{'s' if len(fit.os_exclude) != 1 else ''} "
+                         "(content removed from the OS)")
+        return self.apply(SetText(text, "apply the fit proposal: " + " and ".join(parts)))
+
+    # -- what a derived tree adds over a base -----------------------------------------------------
+    def diff_base(self) -> str | None:
+        """The base the diff filter starts with: ``from.base`` of an extension made from images."""
+        for e in self.spec.extensions:
+            if e.from_images is not None:
+                return str(e.from_images.base)
+        return None
+
+    def diff_over(self, base: str, check: Callable[[], None] | None = None) -> DiffFilter:
+        """What the scanned tree adds or changes over ``base`` (a folder or container image,
+        relative to the spec's folder), compared by content (slow: run it off the UI thread)."""
+        from ..sizing.imagediff import _tree
+        from ..tree.oci import platform_for_arch
+        from ..tree.selection import subtree_set, with_ancestors
+        from ..tree.treediff import diff_trees
+
+        index = self.index
+        if index is None:
+            raise UserError("the tree is still being scanned")
+        path = Path(base).expanduser()
+        if not path.is_absolute():
+            path = self.path.absolute().parent / path
+        arch = self.spec.extensions[0].architecture if self.spec.extensions else "x86-64"
+        root = _tree(path, self.spec.os.platform or platform_for_arch(arch))
+        if os.path.realpath(root) == os.path.realpath(os.fsdecode(index.root)):
+            raise UserError(f"{base} is the workbench's own tree: nothing differs")
+        base_index = scan(root, check=check)
+        hier = read_hierarchies(base_index)
+        diff = diff_trees(base_index, index, hier.covers, above=hier.above)
+        found = [(c, k) for c in (*diff.carried, *diff.outside) if (k := index.lookup(c.path)) is not None]
+        added = [k for c, k in found if c.kind == "added"]
+        shown = subtree_set(index, added).union(IntervalSet((k, k + 1) for _c, k in found))
+        shown = with_ancestors(index, shown)
+        return DiffFilter(base, shown, len(added), len(found) - len(added), len(diff.deleted), len(diff.carried),
+                          sum(c.bytes for c, _k in found))
+
     # -- excluding ----------------------------------------------------------------------------
     def exclude(self, i: int) -> Outcome:
         """Toggle entry ``i`` in the ``exclude:`` of the extension a folder mark puts it in (it
@@ -617,6 +826,16 @@ class Session:
         elif isinstance(op, SetOsExclude):
             editor.set_os_exclude(list(op.globs))
             inverse = SetOsExclude(tuple(self.spec.os.exclude), op.label)
+        elif isinstance(op, SetPackages):
+            old = self.spec.extension(op.ext)
+            if old is None:
+                raise UserError(f"there is no extension {op.ext}")
+            editor.set_packages(op.ext, None if op.packages is None else list(op.packages))
+            had_key = (*self._ext_key(op.ext), "packages") in self.spec.locations
+            inverse = SetPackages(op.ext, tuple(old.packages) if had_key else None, op.label)
+        elif isinstance(op, SetText):
+            inverse = SetText(self.text, op.label)
+            return op.text, inverse
         else:  # pragma: no cover - the union above is exhaustive
             raise TypeError(op)
         return editor.text, inverse

@@ -36,6 +36,9 @@ HELP = """\
   1-9  [  ]         pick the current extension      tab  focus the panels
   +  F2  -          add, rename, remove an extension
   del (in Paths)    unmark a path               u  ctrl+z   undo
+  P                 packages view: packages by UKI cost; space lists one in the extension
+  F                 fit: propose what to move to get under a limit; Apply, u undoes it
+  D                 show only what differs from a base image or tree; D again clears it
 
 [b]Build[/b]
   b                 build, sign and verify what changed since the last build

@@ -93,6 +93,10 @@ def item_pane(session: Session, i: int | None, ext: str | None, warn: str = "yel
     lines.append(sizes)
     if stat.S_ISDIR(index.mode[i]):
         lines.append(f"{plural(index.tot_count[i], 'item')} inside")
+    else:
+        pkgs = session.package_of(i) if session.plan is not None else []
+        lines.append(f"package [b]{escape(', '.join(pkgs))}[/b]" if pkgs else
+                     "installed by no package" if session.package_db()[0] is not None else "")
     links = hard_links(index, i)
     if links:
         others = ", ".join(os.fsdecode(index.path(k)) for k in links[:3]) + (" …" if len(links) > 3 else "")

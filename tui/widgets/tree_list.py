@@ -204,6 +204,8 @@ class TreeList(ScrollView, can_focus=True):
         self.size_mode = "apparent"
         self.bytes_mode = "apparent"  # what a and c come back to: apparent or disk
         self.name_filter = ""
+        #: D: only these entries are listed (what differs from a base tree, and the folders holding it)
+        self.only = None
         #: search results over the whole tree (entry indices) shown instead of a folder, with
         #: the pattern and where the search started (folder, entry) to go back to
         self.results: list[int] | None = None
@@ -221,6 +223,7 @@ class TreeList(ScrollView, can_focus=True):
     def set_index(self, index: TreeIndex | None) -> None:
         if index is not self.index:
             self.index = index
+            self.only = None  # entries of another scan
             if index is None or self.folder >= len(index):
                 self.folder = 0
         self.reload_rows()
@@ -241,6 +244,8 @@ class TreeList(ScrollView, can_focus=True):
                 rows = [r for r in self.results if r < len(index)]
             else:
                 rows = list(index.children(self.folder))
+            if self.only is not None:
+                rows = [r for r in rows if r in self.only]
             if self.name_filter:
                 needle = os.fsencode(self.name_filter.lower())
                 rows = [r for r in rows if needle in index.names[r].lower()]
