@@ -51,6 +51,8 @@ class WorkbenchCommands(Provider):
              "build, sign and verify what changed since the last build (b)"),
             ("Rebuild everything", partial(app.action_build, True),
              "build, sign and verify every extension and the UKI, reusing nothing (B)"),
+            ("Boot check", app.action_boot_check,
+             "boot the built UKI under Secure Boot in a VM with the extensions merged; stages as they pass (v)"),
             ("Reload spec", app.action_reload_spec, "re-read the spec file now"),
             ("Help", app.action_help, "keys and what the workbench does"),
             ("Quit", app.action_quit, "leave the workbench"),

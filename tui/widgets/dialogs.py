@@ -44,6 +44,8 @@ HELP = """\
   b                 build, sign and verify what changed since the last build
   B                 rebuild everything (nothing reused)
                     esc cancels a running build (previous outputs are kept)
+  v                 boot check: boot the built UKI under Secure Boot in a VM (QEMU +
+                    OVMF), extensions merged, stages shown as they pass; esc stops it
 
 [b]Other[/b]
   ctrl+p            command palette (themes, actions)     ?  this help     q  quit
