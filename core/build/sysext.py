@@ -33,6 +33,7 @@ from ..sizing.plan import ExtensionPlan
 from ..spec.model import ExtensionSpec
 from ..tree.fsentry import FsEntry, entry_from_lstat
 from ..tree.index import TreeIndex
+from ..tree.selection import with_ancestors
 
 RELEASE_DIR = rules.RELEASE_DIR.encode()
 STRICT_XATTR = rules.STRICT_XATTR
@@ -74,7 +75,9 @@ def collect_entries(index: TreeIndex, plan: ExtensionPlan, ext: ExtensionSpec) -
     tree's metadata) and the release file. Reads metadata with lstat only."""
     root = index.root
     wanted: dict[bytes, None] = {}
-    for i in plan.selected.indices():
+    # every folder above what it holds: a selection made of files (extensions[].packages, a
+    # derived image's additions) has no mark above them; an image needs their parents too
+    for i in with_ancestors(index, plan.selected).indices():
         wanted[index.path(i)] = None
     for i in plan.marks:
         for a in index.ancestors(i):

@@ -97,16 +97,23 @@ class IntervalSet:
 def with_ancestors(index: TreeIndex, sel: IntervalSet) -> IntervalSet:
     """``sel`` plus every folder above its entries (the root, index 0, aside). An archive or image
     that holds a file must hold its parent folders: the kernel's initramfs unpacker drops a file
-    whose folder is missing, silently. Only each interval's first entry needs its ancestors
-    looked up: a folder's subtree is one contiguous range, so any ancestor of a later entry of the
-    same interval lies inside the interval or above its first entry."""
+    whose folder is missing, silently.
+
+    An interval of ``sel`` may run across unrelated folders (the last entries of one folder's
+    subtree, then the first of the next one's), so each interval is walked by blocks of siblings:
+    a folder's children are contiguous in the index, so one parent lookup serves a whole block,
+    and the cost is the number of folders the selection touches, not its entries."""
     missing: set[int] = set()
-    for start, _ in sel:
-        for a in index.ancestors(start):
-            if a == 0 or a in missing:
-                break  # the root, or a folder whose own ancestors were looked up already
-            if a not in sel:  # (a folder kept while its parent moved out still needs that parent)
-                missing.add(a)
+    parent, first_child, nchild = index.parent, index.first_child, index.nchild
+    for start, end in sel:
+        i = start
+        while i < end:
+            p = parent[i]
+            a = p
+            while a > 0 and a not in missing and a not in sel:
+                missing.add(a)  # (a folder kept while its parent moved out still needs that parent)
+                a = parent[a]
+            i = max(first_child[p] + nchild[p], i + 1) if p >= 0 else i + 1
     return sel.union(IntervalSet((a, a + 1) for a in missing)) if missing else sel
 
 
