@@ -110,7 +110,6 @@ class SpecEditor:
             return
         self._set_list(ext_name, key_name, items)
 
-
     def set_os_exclude(self, globs: list[str]) -> None:
         """Make ``os.exclude`` exactly ``globs`` (in this order), adding the key when missing."""
         items = [str(g) for g in globs]
