@@ -826,3 +826,35 @@ def test_images_given_must_exist_and_have_distinct_names(tmp_path, keypair, monk
         (tmp_path / d / "docs.sysext.raw").write_bytes(b"x")
     with pytest.raises(UserError, match="same file name"):
         vm_run.boot_spec(spec, images=[tmp_path / "a/docs.sysext.raw", tmp_path / "b/docs.sysext.raw"])
+
+
+def test_link_script_needs_only_sh_mount_and_systemd_tmpfiles(tmp_path) -> None:
+    """It runs before the merge, so it may use only what the boot set keeps: a spec whose
+    extension carries coreutils (a `plan --fit` proposal did) must still get its images linked.
+    Run with a PATH holding nothing but a stand-in mount and the real systemd-tmpfiles."""
+    import shutil as _sh
+
+    from sysextant.core.vm.checkbuild import LINK_SCRIPT
+
+    dash, tmpfiles = _sh.which("dash") or _sh.which("sh"), _sh.which("systemd-tmpfiles")
+    if tmpfiles is None:
+        pytest.skip("systemd-tmpfiles not installed (Debian package systemd)")
+    run = tmp_path / "run"
+    disk = tmp_path / "disk"
+    (disk / "lost+found").mkdir(parents=True)
+    for name in ("docs.sysext.raw", "mods.sysext.raw"):
+        (disk / name).write_bytes(b"image")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mount").write_text(f"#!{dash}\nfor a in \"$@\"; do last=$a; done\n"
+                                   f"exec {_sh.which('cp')} -a {disk}/. \"$last\"/\n")
+    (bin_dir / "mount").chmod(0o755)
+    (bin_dir / "systemd-tmpfiles").symlink_to(tmpfiles)
+    script = tmp_path / "link"
+    script.write_text(LINK_SCRIPT.replace("/run/", f"{run}/"))
+    run.mkdir()
+    proc = subprocess.run([dash, str(script)], env={"PATH": str(bin_dir)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    links = sorted(p.name for p in (run / "extensions").iterdir())
+    assert links == ["docs.sysext.raw", "mods.sysext.raw"]  # lost+found is not linked
+    assert os.readlink(run / "extensions/docs.sysext.raw") == f"{run}/sysextant-disk/docs.sysext.raw"

@@ -46,17 +46,19 @@ _MODULE = re.compile(rb"^usr/lib/modules/[^/]+/.+/([^/]+)\.ko(\.xz|\.zst|\.gz)?$
 
 LINK_SCRIPT = f"""#!/bin/sh
 # sysextant boot check build: the extension images on the VM's second disk into /run/extensions,
-# as Kairos' immucore links its store before systemd-sysext.service merges
+# as Kairos' immucore links its store before systemd-sysext.service merges. It runs before the
+# merge, so it uses only what the boot set keeps in the UKI: sh and its builtins, mount and
+# systemd-tmpfiles (no coreutils: a spec may move them into an extension)
 set -u
-# immucore mounts a tmpfs on /tmp first; systemd-sysext 252 reads each image's metadata through
-# a mount at /tmp/dissect-XXXXXX and fails with 'No such file or directory' when /tmp is missing
-[ -d /tmp ] || mkdir -m 1777 /tmp
-mkdir -p /run/sysextant-disk /run/extensions
+conf=/run/sysextant-links.conf
+printf 'd /run/sysextant-disk 0755 - - -\\nd /run/extensions 0755 - - -\\n' > "$conf"
+systemd-tmpfiles --create "$conf" || exit 1
 mount -o ro /dev/disk/by-label/{EXT_LABEL} /run/sysextant-disk || exit 1
+: > "$conf"
 for img in /run/sysextant-disk/*.raw; do
-    [ -e "$img" ] && ln -sf "$img" /run/extensions/
+    [ -e "$img" ] && printf 'L+ /run/extensions/%s - - - - %s\\n' "${{img##*/}}" "$img" >> "$conf"
 done
-exit 0
+systemd-tmpfiles --create "$conf"
 """
 
 # systemd escapes '-' in a device path as \\x2d
