@@ -85,9 +85,15 @@ def test_built_extension_holds_exactly_the_additions(images: Path, tmp_path: Pat
     assert verify.returncode == 0, verify.stdout + verify.stderr
     table = json.loads(subprocess.run(["sfdisk", "--json", str(image)], capture_output=True, text=True,
                                       check=True).stdout)["partitiontable"]
-    root = table["partitions"][0]
-    data = image.read_bytes()[root["start"] * 512:(root["start"] + root["size"]) * 512]
+    root, verity = table["partitions"][0], table["partitions"][1]
+    raw = image.read_bytes()
+    data = raw[root["start"] * 512:(root["start"] + root["size"]) * 512]
     (tmp_path / "root.erofs").write_bytes(data)
+    if shutil.which("veritysetup"):  # the dm-verity tree as cryptsetup checks it, against the built root hash
+        (tmp_path / "root.verity").write_bytes(raw[verity["start"] * 512:(verity["start"] + verity["size"]) * 512])
+        root_hash = next(a["digest"] for a in json.loads(proc.stdout)["artefacts"] if a["name"] == "app")
+        subprocess.run(["veritysetup", "verify", str(tmp_path / "root.erofs"), str(tmp_path / "root.verity"),
+                        root_hash], check=True, capture_output=True)
     out = tmp_path / "x"
     subprocess.run(["fsck.erofs", f"--extract={out}", str(tmp_path / "root.erofs")], check=True, capture_output=True)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir())
