@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import Cancelled
 
@@ -28,6 +28,11 @@ class Progress:
     #: ``log`` (a line about ``task``), ``reused`` (``task``'s artefact is unchanged and reused),
     #: ``step`` (a step of the build as a whole: scan, plan, lock, clean; not an artefact)
     kind: str = "progress"
+    #: the artefact the event belongs to (an extension's name, ``uki``, ``verify``), set by the
+    #: engine (:meth:`Reporter.for_artefact`), and the stage within it (``pack``, ``verity``,
+    #: ``initrd: compress``); both empty for an event of the build as a whole
+    artefact: str = ""
+    stage: str = ""
 
 
 #: signals that asked this whole process to stop (set by the CLI's handlers, read by every
@@ -69,6 +74,25 @@ class Reporter:
         """A line for the build log, with no progress change (``kind``: see :class:`Progress`)."""
         if self._callback is not None:
             self._callback(Progress(task, 0, 0, "steps", message, kind))
+
+    def for_artefact(self, name: str) -> Reporter:
+        """A reporter for the work on one artefact: its events carry ``artefact=name`` and the
+        stage (the task without the ``name: `` prefix), so front ends need not parse task names.
+        It shares this reporter's callback and cancel flag."""
+        parent = self
+        prefix = f"{name}: "
+
+        def stamp(ev: Progress) -> None:
+            if ev.task.startswith(prefix):
+                stage = ev.task[len(prefix):]
+            elif ev.task == name:  # the artefact's own line, or its one-stage progress (verify)
+                stage = name if ev.kind == "progress" and not ev.message else ""
+            else:  # work done for it under another name (the UKI's "initrd: compress")
+                stage = ev.task
+            if parent._callback is not None:
+                parent._callback(replace(ev, artefact=name, stage=stage))
+
+        return Reporter(stamp, cancelled=lambda: parent.cancelled)
 
     def cancel(self) -> None:
         self._cancel.set()

@@ -218,6 +218,13 @@ async def test_cancel_keeps_previous_outputs_and_stops_the_packer(spec_path: Pat
         def check(self) -> None:
             self.inner.check()
 
+        def for_artefact(self, name: str) -> Watch:
+            return Watch(self.inner.for_artefact(name))
+
+        @property
+        def cancelled(self) -> bool:
+            return self.inner.cancelled
+
         def log(self, task: str, message: str, kind: str = "log") -> None:
             self.inner.log(task, message, kind)
             if "mksquashfs" in message:  # logged right after the child started

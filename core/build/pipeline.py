@@ -254,21 +254,22 @@ def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], 
     def make(job: tuple[Any, Any] | None, force_it: bool) -> Artefact:
         reporter.check()
         if job is None:
-            return _build_uki(spec, index, plan, signer, pcr_key, state, force_it, reporter, estimator)
-        art = _build_extension(spec, index, *job, signer, state, force_it, reporter)
+            return _build_uki(spec, index, plan, signer, pcr_key, state, force_it, reporter.for_artefact("uki"),
+                              estimator)
+        art = _build_extension(spec, index, *job, signer, state, force_it, reporter.for_artefact(job[0].name))
         if not art.reused:  # a later failure or cancel must not forget what is already built
             save_state(out, state)
         return art
 
     todo: list[tuple[Any, Any] | None] = [*jobs, *([None] if build_uki else [])]
     artefacts = [make(job, force) for job in todo]
-    _verify_all(artefacts, spec, reporter)
+    _verify_all(artefacts, spec, reporter.for_artefact("verify"))
     for k, (job, art) in enumerate(zip(todo, artefacts, strict=True)):
         if art.reused and not art.verified:
             reporter.log(art.name, f"{Path(art.path).name} was reused but fails verification now "
                                    "(changed on disk since it was built): rebuilding it")
             artefacts[k] = make(job, True)
-            _verify_all([artefacts[k]], spec, reporter)
+            _verify_all([artefacts[k]], spec, reporter.for_artefact("verify"))
     return artefacts
 
 

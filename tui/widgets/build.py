@@ -206,6 +206,17 @@ class BuildTracker:
         self.groups["verify"] = Group("verify", "verify", "", [("verify", total_ext + uki, NOMINAL_RATE["verify"])])
 
     # -- events -----------------------------------------------------------------------------
+    def group_of_event(self, ev: Progress) -> tuple[Group, str | None]:
+        """The group an event belongs to and its stage (None for a log line): the engine names both
+        (``Progress.artefact``, ``.stage``); events from outside a build's artefacts fall back to
+        the task name."""
+        if not ev.artefact:
+            return self.group_of(ev.task)
+        group = self.groups.get(ev.artefact)
+        if group is None:
+            group = self.groups[ev.artefact] = Group(ev.artefact, "other")
+        return group, (ev.stage or None)
+
     def group_of(self, task: str) -> tuple[Group, str | None]:
         """The group a task belongs to and its stage name (None for a log-only task name)."""
         if task in self.groups:
@@ -224,7 +235,7 @@ class BuildTracker:
         """Take one event; returns its group."""
         if ev.kind == "step":  # the build's own steps show in the log, not as artefact rows
             return Group(ev.task, "other")
-        group, stage_name = self.group_of(ev.task)
+        group, stage_name = self.group_of_event(ev)
         self._start(group, now)
         if ev.message and stage_name is None:
             if ev.kind == "reused":
