@@ -295,11 +295,9 @@ def _open_workbench(spec: Path) -> int:
 def _tree_of(root: Path, args: argparse.Namespace) -> Path:
     """The folder to scan: ``root`` itself, or the flattened tree of the container image it names
     (flattened now with progress, or found in the image cache)."""
-    from sysextant.core.tree.oci import is_image_path, open_image
+    from sysextant.core.tree.oci import tree_folder
 
-    if not is_image_path(root):
-        return root
-    return open_image(root, reporter=_reporter(args)).root
+    return tree_folder(root, reporter=_reporter(args))
 
 
 def _image_spec(image: Path, args: argparse.Namespace) -> Path:

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..progress import Reporter
 from ..spec.model import ExtensionSpec, Spec
 from ..tree.index import TreeIndex, scan
-from ..tree.oci import is_image_path, open_image, platform_for_arch
+from ..tree.oci import platform_for_arch, tree_folder
 from ..tree.selection import IntervalSet, Sums, match, subtree_set
 from ..tree.treediff import TreeDiff, diff_trees
 from .merge import read_hierarchies
@@ -39,13 +39,11 @@ class DiffSource:
     base_root: Path
 
 
-def _tree(path: Path, platform: str) -> Path:
+def source_tree(path: Path, platform: str) -> Path:
     """The folder of ``path``: itself, or the flattened tree of the image it names."""
-    if path.is_dir() and not is_image_path(path):
-        return path
     if not path.exists():
         raise UserError(f"{path} does not exist")
-    return open_image(path, platform=platform).root
+    return tree_folder(path, platform=platform)
 
 
 def diff_content(base_path: Path, image_path: Path, ext: ExtensionSpec, *, platform: str | None = None,
@@ -53,8 +51,8 @@ def diff_content(base_path: Path, image_path: Path, ext: ExtensionSpec, *, platf
     """What ``image_path`` adds over ``base_path`` as ``ext``'s content (its ``exclude`` applied),
     with the problems (deletions under the merged hierarchies, nothing to carry) and warnings."""
     try:
-        base_root = _tree(base_path, platform or platform_for_arch(ext.architecture))
-        derived_root = _tree(image_path, platform or platform_for_arch(ext.architecture))
+        base_root = source_tree(base_path, platform or platform_for_arch(ext.architecture))
+        derived_root = source_tree(image_path, platform or platform_for_arch(ext.architecture))
     except (UserError, OSError) as exc:
         return None, [f"extension {ext.name}: {exc}"], []
     base, derived = scan(base_root), scan(derived_root)

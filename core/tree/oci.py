@@ -603,6 +603,16 @@ def open_image(path: Path | str, *, platform: str | None = None, cache: Path | N
             _rmtree(tmp)
 
 
+def tree_folder(path: Path, *, platform: str | None = None, reporter: Reporter | None = None) -> Path:
+    """The folder to scan for ``path``: itself when it is not an image (an OS tree folder, or a
+    path the scan will say does not exist), else the flattened tree of the image it names (from
+    the cache, or flattened now)."""
+    path = Path(path)
+    if not is_image_path(path):
+        return path
+    return open_image(path, platform=platform, reporter=reporter).root
+
+
 def open_for_spec(image: Path, platform: str | None, arch: str | None) -> Path:
     """The spec's hook (core/spec/load.py IMAGE_OPENER): the flattened tree of os.root's image for
     ``os.platform``, else the extensions' architecture, else this machine's."""

@@ -680,7 +680,7 @@ class Session:
     def diff_over(self, base: str, check: Callable[[], None] | None = None) -> DiffFilter:
         """What the scanned tree adds or changes over ``base`` (a folder or container image,
         relative to the spec's folder), compared by content (slow: run it off the UI thread)."""
-        from ..sizing.imagediff import _tree
+        from ..sizing.imagediff import source_tree
         from ..tree.oci import platform_for_arch
         from ..tree.selection import subtree_set, with_ancestors
         from ..tree.treediff import diff_trees
@@ -692,7 +692,7 @@ class Session:
         if not path.is_absolute():
             path = self.path.absolute().parent / path
         arch = self.spec.extensions[0].architecture if self.spec.extensions else "x86-64"
-        root = _tree(path, self.spec.os.platform or platform_for_arch(arch))
+        root = source_tree(path, self.spec.os.platform or platform_for_arch(arch))
         if os.path.realpath(root) == os.path.realpath(os.fsdecode(index.root)):
             raise UserError(f"{base} is the workbench's own tree: nothing differs")
         base_index = scan(root, check=check)
