@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from oci_images import d, docker_save, f, layer_tar, ln, wh
+
 from sysextant.core.keys import generate_demo_pair
 from sysextant.core.sizing.plan import make_plan
 from sysextant.core.spec.load import load_spec

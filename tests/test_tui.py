@@ -35,11 +35,6 @@ SIZE = (120, 40)
 KV = "6.6.60-kairos-demo"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "rootfs"

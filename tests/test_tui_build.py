@@ -50,11 +50,6 @@ STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 needs_stub = pytest.mark.skipif(not STUB.is_file(), reason=f"{STUB} missing (install systemd-boot-efi)")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def demo_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The signed demo at 5% scale, zstd level 3 (quick), built by each test in a copy."""

@@ -26,11 +26,6 @@ from sysextant.tui.widgets.dialogs import ConfirmScreen, NameScreen  # noqa: E40
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "rootfs"

@@ -41,11 +41,6 @@ PACKAGES = {
 }
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _files(root: Path, rel: str) -> list[str]:
     """``rel`` and everything under it, as dpkg lists them (absolute, folders included)."""
     top = root / rel

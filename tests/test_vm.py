@@ -554,11 +554,6 @@ RECORDED_CHECKS = [("sysext-service", "systemd-sysext.service ran at boot"), ("m
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def demo_spec(tmp_path, monkeypatch) -> Path:
     pytest.importorskip("textual")
     from sysextant.core.demo import create_demo
