@@ -287,12 +287,13 @@ def _compute(spec: Spec, index: TreeIndex) -> BootSet:
     # the ELF/script closure of every seeded program
     for path, why, _kind in seeds:
         closure.add(path, why)
+    seed_kinds = {p: kd for p, _w, kd in reversed(seeds)}  # the first seed of a path names its kind
     for path, need in closure.needs.items():
         k = index.lookup(path)
         if k is None or k in b.reasons:
             continue
         parent = index.lookup(need.parent) if need.parent else None
-        kind = next((kd for p, w, kd in seeds if p == path), "library" if need.parent else "program")
+        kind = seed_kinds.get(path, "library" if need.parent else "program")
         b.keep(k, need.why, kind, parent)
 
     # kernel modules needed before the merge, the index files modprobe reads, their firmware
