@@ -22,6 +22,7 @@ from textual.strip import Strip
 from sysextant.core.units import format_size
 from sysextant.core.workbench.session import PackageRow, Session
 
+from .cursor import CursorMoves
 from .tree_list import EXT_COLOURS, OWNER_MAX, SIZE_W, middle_cut
 
 FILES_W, OUT_W, BOOT_W = 7, 8, 6
@@ -39,7 +40,7 @@ def packages_header(session: Session, owner_w: int) -> str:
     return out + "package"
 
 
-class PackageList(ScrollView, can_focus=True):
+class PackageList(CursorMoves, ScrollView, can_focus=True):
     """Installed packages, the costliest first; arrows/j/k move (space marks: see the app)."""
 
     BINDINGS = [
@@ -96,20 +97,6 @@ class PackageList(ScrollView, can_focus=True):
         else:
             self.refresh()
         self.post_message(self.Moved())
-
-    def action_cursor(self, step: int) -> None:
-        if self.rows:
-            old = self.cursor
-            self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
-            self._moved(old)
-
-    def action_page(self, step: int) -> None:
-        self.action_cursor(step * max(1, self.size.height - 1))
-
-    def action_jump(self, where: int) -> None:
-        if self.rows:
-            self.cursor = 0 if where == 0 else len(self.rows) - 1
-            self._moved()
 
     def _scroll_cursor_visible(self) -> None:
         if self.size.height:

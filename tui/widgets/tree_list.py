@@ -30,6 +30,8 @@ from sysextant.core.tree.selection import has_magic
 from sysextant.core.units import format_size
 from sysextant.core.workbench.session import Session
 
+from .cursor import CursorMoves
+
 EXT_COLOURS = 6
 SIZE_W, BAR_W, PCT_W = 9, 10, 6
 OWNER_MAX = 14  # an extension label wider than this is cut with …
@@ -147,7 +149,7 @@ def middle_cut(text: str, width: int) -> str:
     return text[: width - 1 - tail] + "…" + (text[-tail:] if tail else "")
 
 
-class TreeList(ScrollView, can_focus=True):
+class TreeList(CursorMoves, ScrollView, can_focus=True):
     """Entries of one folder (or search results); moves with arrows/j/k, enters with enter/l,
     leaves with h/backspace."""
 
@@ -372,20 +374,6 @@ class TreeList(ScrollView, can_focus=True):
         if self.entry is not None and self.results is None:
             self._remember[self.folder] = self.entry
         self.post_message(self.Moved(self.entry, self.folder))
-
-    def action_cursor(self, step: int) -> None:
-        if self.rows:
-            old = self.cursor
-            self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
-            self._moved(old)
-
-    def action_page(self, step: int) -> None:
-        self.action_cursor(step * max(1, self.size.height - 1))
-
-    def action_jump(self, where: int) -> None:
-        if self.rows:
-            self.cursor = 0 if where == 0 else len(self.rows) - 1
-            self._moved()
 
     def action_enter(self) -> None:
         index, e = self.index, self.entry
