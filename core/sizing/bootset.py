@@ -236,8 +236,14 @@ def _compute(spec: Spec, index: TreeIndex) -> BootSet:
         rel = os.path.relpath(spec.os.kernel, spec.os.root)
     except ValueError:
         rel = ""
-    if rel and not rel.startswith(".."):
-        b.keep(index.lookup(rel), f"the kernel (os.kernel, {spec.where('os', 'kernel')})", "kernel")
+    if rel and not rel.startswith(".."):  # the kernel and every link on the way to it, in the tree
+        links: list[bytes] = []
+        try:
+            resolved = resolve_in_tree(index.root, os.fsencode(rel), links=links)
+        except OSError:
+            resolved = os.fsencode(rel)
+        for path in [*links, resolved]:
+            b.keep(index.lookup(path), f"the kernel (os.kernel, {spec.where('os', 'kernel')})", "kernel")
 
     prog = init_program(spec, index)
     if prog is not None and prog.needed:
