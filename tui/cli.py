@@ -117,13 +117,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from sysextant.core.sizing.forecast import (
-        UkiLayout,
-        describe,
-        extension_savings,
-        forecast,
-        prepared_estimator,
-    )
+    from sysextant.core.sizing.forecast import UkiLayout, describe, extension_savings, forecast
+    from sysextant.core.sizing.forecaster import Forecaster
     from sysextant.core.sizing.plan import plan_spec
 
     spec = _load(args.spec)
@@ -131,9 +126,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     layout = UkiLayout(spec, result.index)
     estimator = None
     if not args.no_estimate and spec.uki.compression != "none":
-        estimator = prepared_estimator(spec, result, _reporter(args))
-        if args.refine:  # every group at the build's own level: as slow as the build's compression
-            estimator.deepen(task="estimate: refine")
+        # --refine: every group at the build's own level, as slow as the build's compression
+        estimator = Forecaster(spec, result).run(_reporter(args), refine=args.refine)
     if args.fit is not None:
         return _plan_fit(args, spec, result, layout, estimator)
     fig = forecast(spec, result, layout, estimator)
