@@ -1,0 +1,1 @@
+"""Workbench screens, one module per screen."""
