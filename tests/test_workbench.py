@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sysextant.core.sizing.plan import make_plan
 from sysextant.core.spec import edit as specedit
 from sysextant.core.spec.load import load_spec
 from sysextant.core.tree.index import cpio_entry_bytes, scan
-from sysextant.core.tree.selection import Sums, subtree_set
+from sysextant.core.tree.selection import IntervalSet, Sums, subtree_set
 from sysextant.core.workbench.session import Session
 
 SPEC = """\
@@ -258,6 +260,30 @@ def test_uki_size_is_predict_size_for_any_initrd(session: Session) -> None:
     sizes = {".linux": 50_000, ".cmdline": len(session.spec.uki.cmdline), ".osrel": 60, ".uname": 15}
     for initrd in (1, 511, 512, 513, 1_234_567):
         assert session._uki_size(initrd) == predict_size(stub, {**sizes, ".initrd": initrd}, signed=False)
+
+
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 60))), st.integers(0, 70), st.integers(0, 70))
+def test_clip_is_the_set_cut_to_a_range(intervals: list[tuple[int, int]], lo: int, hi: int) -> None:
+    sel = IntervalSet(intervals)
+    pieces = list(sel.clip(lo, hi))
+    assert [k for s, e in pieces for k in range(s, e)] == [k for k in sel.indices() if lo <= k < hi]
+    assert pieces == list(sel.intersection(IntervalSet([(lo, hi)])))  # whole intervals, in order
+
+
+def test_row_figures_match_a_walk_of_each_subtree(session: Session) -> None:
+    """What a row shows (newc bytes still in the initrd, the extensions below a folder) is what
+    walking the entry's subtree one entry at a time gives, for every entry of the tree."""
+    s = session
+    assert s.mark(idx(s, "usr/lib/firmware/b"), "tools").ok
+    assert s.exclude(idx(s, "usr/share/doc/pkg2/copyright")).ok
+    plan, index = s.plan, s.index
+    for i in range(len(index)):
+        sub = index.subtree(i)
+        below = [i, *(range(sub.start, sub.stop) if sub else ())]
+        assert s.kept_cpio(i) == sum(index.cpio[k] for k in below if k in plan.initrd_after), index.path(i)
+        assert s.owners_in(i) == [ep.name for ep in plan.extensions if any(k in ep.selected for k in below)]
+    assert s.owners_in(idx(s, "usr")) == ["tools", "docs"]
+    assert s.owners_in(idx(s, "usr/share/doc/pkg2/copyright")) == []
 
 
 def test_core_does_not_import_textual() -> None:

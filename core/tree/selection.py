@@ -93,6 +93,18 @@ class IntervalSet:
         for s, e in self:
             yield from range(s, e)
 
+    def clip(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """The set's intervals cut to ``[lo, hi)``, in order. Found by bisection, so asking about
+        one folder's subtree costs the intervals inside it, not all of them (the workbench asks
+        for every row it draws)."""
+        starts, ends = self.starts, self.ends
+        k = max(0, bisect.bisect_right(starts, lo) - 1)
+        while k < len(starts) and starts[k] < hi:
+            s, e = max(starts[k], lo), min(ends[k], hi)
+            if s < e:
+                yield s, e
+            k += 1
+
 
 def with_ancestors(index: TreeIndex, sel: IntervalSet) -> IntervalSet:
     """``sel`` plus every folder above its entries (the root, index 0, aside). An archive or image

@@ -20,7 +20,8 @@ from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import DiffFilter, Session
+from sysextant.core.workbench.figures import DiffFilter
+from sysextant.core.workbench.session import Session
 
 
 def diff_words(f: DiffFilter) -> str:

@@ -17,7 +17,7 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import ExtensionFigures
+from sysextant.core.workbench.figures import ExtensionFigures
 
 from .tree_list import EXT_COLOURS  # one colour per extension, by spec order, in both widgets
 

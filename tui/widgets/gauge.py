@@ -11,8 +11,8 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
+from sysextant.core.sizing.forecast import Figures
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import Figures
 
 LEVEL_WORDS = {"ok": "under the limit", "warn": "close to the limit", "high-risk": "high risk (past 1 GiB)",
                "over": "over the limit", "fails": "over: fails on every firmware seen (2 GiB)",

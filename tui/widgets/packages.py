@@ -20,7 +20,8 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import PackageRow, Session
+from sysextant.core.workbench.figures import PackageRow
+from sysextant.core.workbench.session import Session
 
 from .cursor import CursorMoves
 from .tree_list import EXT_COLOURS, OWNER_MAX, SIZE_W, middle_cut
