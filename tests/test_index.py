@@ -180,6 +180,8 @@ def test_the_native_listing_is_built() -> None:
     from sysextant.core.tree import _listdir, index
 
     assert index.listdir_lstat is _listdir.listdir_lstat
+    assert index.Walker is _listdir.Walker and index.settle is _listdir.settle
+    assert isinstance(scan(os.path.dirname(__file__)).names, _listdir.Names)
 
 
 def _listings(folders: list[str], fn) -> dict[str, tuple]:
@@ -231,18 +233,124 @@ def test_native_and_python_listings_agree(tmp_path: Path) -> None:
         shutil.rmtree(base)
 
 
-def test_scan_is_the_same_with_the_python_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+COLUMNS = ("names", "parent", "mode", "size", "alloc", "cpio", "first_child", "nchild", "tot_size", "tot_alloc",
+           "tot_cpio", "tot_count", "hardlinks", "link_size", "links_unseen", "outside_inodes", "special")
+
+
+def _python_scan(root, **kwargs):
+    """A scan by the pure-Python twins: what an install without a C compiler runs."""
     from sysextant.core.tree import index as index_mod
 
+    saved = index_mod.Walker, index_mod.settle, index_mod.new_names
+    index_mod.Walker, index_mod.settle, index_mod.new_names = index_mod._Walker, index_mod._settle_py, list
+    try:
+        return scan(root, **kwargs)
+    finally:
+        index_mod.Walker, index_mod.settle, index_mod.new_names = saved
+
+
+def _contents(index) -> dict:
+    out = {c: getattr(index, c) for c in COLUMNS}
+    out["names"] = list(out["names"])
+    out["problems"] = [str(p) for p in index.problems]
+    return out
+
+
+def test_scan_is_the_same_with_the_python_listing(tmp_path: Path) -> None:
     make_tree(tmp_path)
+    (tmp_path / "usr/lib/firmware/empty-dir").mkdir()
+    for k in range(40):  # more names of the hardlinked inode, in folders scanned in later chunks
+        d = tmp_path / f"usr/share/many/d{k:02d}"
+        d.mkdir(parents=True)
+        os.link(tmp_path / "usr/bin/tool", d / "tool")
+        (d / "file").write_bytes(b"y" * k)
     fast = scan(tmp_path)
-    monkeypatch.setattr(index_mod, "listdir_lstat", index_mod._listdir_lstat_py)
-    slow = scan(tmp_path)
-    for column in ("names", "parent", "mode", "size", "alloc", "cpio", "first_child", "nchild", "tot_size",
-                   "tot_alloc", "tot_cpio", "tot_count", "hardlinks", "link_size", "links_unseen", "outside_inodes",
-                   "special"):
+    slow = _python_scan(tmp_path)
+    assert isinstance(slow.names, list)
+    for column in COLUMNS:
         assert getattr(fast, column) == getattr(slow, column), column
     assert [str(p) for p in fast.problems] == [str(p) for p in slow.problems]
+    # chunks of any size give the same index: one entry a step, or the whole tree in one
+    assert _contents(scan(tmp_path, every=1)) == _contents(fast) == _contents(scan(tmp_path, every=10**9))
+    assert _contents(_python_scan(tmp_path, every=1)) == _contents(fast)
+    assert fast.tot_count[0] == len(fast) - 1 and fast.tot_size[0] == sum(fast.size)
+
+
+def _both_scans(root: str) -> tuple[dict, dict]:
+    return _contents(scan(root)), _contents(_python_scan(root))
+
+
+def test_scans_agree_on_unreadable_folders_and_entries() -> None:
+    base = Path(tempfile.mkdtemp(prefix="sysextant-scan-problems-"))
+    try:
+        os.chmod(base, 0o755)
+        make_tree(base)
+        os.chmod(base / "usr/share/odd", 0o644)  # names can be read, entries cannot be examined
+        os.chmod(base / "usr/bin", 0)
+        from unprivileged import run_unprivileged
+
+        native, python = run_unprivileged(_both_scans, str(base))
+        assert native == python
+        assert len(native["problems"]) == 7, native["problems"]  # usr/bin, and the 6 odd names
+        assert sum("folder not readable (Permission denied)" in p for p in native["problems"]) == 1
+    finally:
+        for folder in (base / "usr/share/odd", base / "usr/bin"):
+            os.chmod(folder, 0o755)
+        shutil.rmtree(base)
+
+
+def test_progress_sees_a_consistent_growing_index(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    seen = []
+
+    def progress(index) -> None:
+        n = len(index)
+        assert all(len(getattr(index, c)) == n for c in COLUMNS[:12])
+        assert index.tot_count[0] == n - 1  # every listed entry is in the root's totals
+        assert index.tot_cpio[0] == sum(index.cpio)
+        seen.append((n, index.complete))
+
+    index = scan(tmp_path, progress=progress, every=3)
+    assert seen[-1] == (len(index), True)
+    assert len(seen) > 5 and all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
+    assert all(b[0] - a[0] >= 3 for a, b in zip(seen[:-2], seen[1:-1], strict=True))  # at least `every` apart
+
+
+def test_names_column() -> None:
+    from sysextant.core.tree._listdir import Names
+
+    items = [b"", b"usr", b"latin1-\xe9\xff", b"new\nline", b"x" * 255]
+    names = Names(items)
+    assert len(names) == 5 and list(names) == items and names == items and names == tuple(items)
+    assert names[2] == items[2] and names[-1] == items[-1] and names[1:4] == items[1:4] and names[::-2] == items[::-2]
+    assert b"\0".join(names) == b"\0".join(items)
+    assert names == Names(items) and names != Names(items[:-1]) and names != items[::-1] and names != [b"usr"]
+    names.append(b"more")
+    assert names[5] == b"more" and len(names) == 6 and b"more" in names
+    for bad in (6, -7):
+        with pytest.raises(IndexError):
+            names[bad]
+    with pytest.raises(TypeError):
+        names.append("str")
+    with pytest.raises(TypeError):
+        Names([b"a", 1])
+    with pytest.raises(TypeError):
+        hash(names)
+
+
+def test_settle_checks_its_columns() -> None:
+    from array import array
+
+    from sysextant.core.tree._listdir import settle
+
+    cols = [array("i", [-1, 0]), array("i", [-1, -1]), array("i", [0, 0]), array("q", [0, 0]), array("q", [0, 0]),
+            array("q", [0, 0]), array("i", [0, 0])]
+    settle(array("q", [1, 2, 3, 10, 20, 30]).tobytes(), *cols)
+    assert [list(c) for c in cols] == [[-1, 0], [-1, 2], [0, 3], [10, 10], [20, 20], [30, 30], [3, 3]]
+    with pytest.raises(TypeError):
+        settle(b"", *cols[:3], array("i", [0, 0]), *cols[4:])
+    with pytest.raises(ValueError):
+        settle(array("q", [5, 2, 3, 10, 20, 30]).tobytes(), *cols)
 
 
 def test_glob_and_intervals(tmp_path: Path) -> None:

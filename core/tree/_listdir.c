@@ -1,17 +1,34 @@
-/* One folder's names and lstat figures in one call: the scan's hot loop, natively.
+/* The scan's native part: folder listings with lstat, and the tree walk that lays out the
+ * index's columns (sysextant.core.tree.index; the column layout and the newc sizes are
+ * described there and in docs/formats.md).
  *
  * listdir_lstat(path: bytes) -> (names: list[bytes], stats: bytes, failed: list[tuple[bytes, int]])
  *
- * ``stats`` packs six native int64 per listed name, in ``names`` order: st_mode, st_nlink,
- * st_size, st_blocks, st_dev, st_ino (read with ``memoryview(stats).cast("q")``). Entries
- * whose lstat failed (vanished, or a folder that can be listed but not searched) are left out
- * of both and come back in ``failed`` with their errno. The folder itself is opened with
- * O_NOFOLLOW, entries are examined with fstatat(AT_SYMLINK_NOFOLLOW) relative to it: no
- * symlink is ever followed. Opening or reading the folder fails with OSError naming ``path``.
+ *   ``stats`` packs six native int64 per listed name, in ``names`` order: st_mode, st_nlink,
+ *   st_size, st_blocks, st_dev, st_ino (read with ``memoryview(stats).cast("q")``). Entries
+ *   whose lstat failed (vanished, or a folder that can be listed but not searched) are left out
+ *   of both and come back in ``failed`` with their errno. Opening or reading the folder fails
+ *   with OSError naming ``path``.
  *
- * The listing and the stat calls run without the GIL (the workbench scans in a background
- * thread); Python objects are made afterwards in one go. The pure-Python equivalent, used when
- * this module is not built, is sysextant.core.index._listdir_lstat_py; tests check both agree.
+ * Walker(root: bytes).step(limit, names) -> chunk | None
+ *
+ *   The depth-first walk of index.scan: each call lists whole folders until at least ``limit``
+ *   entries are out (or the tree is done: then the next call returns None), appends their names
+ *   to ``names`` (a Names) and returns their columns packed, ready for array.frombytes. The
+ *   tuple is documented at index._Walker.step, the pure-Python twin the tests compare it to.
+ *
+ * settle(folders, parent, first_child, nchild, tot_size, tot_alloc, tot_cpio, tot_count)
+ *
+ *   Records a chunk's listed folders in the index columns (arrays, written in place) and adds
+ *   each folder's children to its own and its ancestors' totals.
+ *
+ * Names: the index's names column, one blob and the end offset of each name (8 bytes an entry
+ *   and the name itself, where a list of bytes takes about 56): len, [i], iteration, ==.
+ *
+ * Every folder is opened with O_NOFOLLOW, its entries examined with fstatat(AT_SYMLINK_NOFOLLOW)
+ * relative to it: no symlink is ever followed. The listing and the stat calls run without the
+ * GIL (the workbench scans in a background thread); Python objects are made afterwards in one go.
+ * Buffers come from PyMem_Raw* so tracemalloc (bench/scan.py) sees them.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,29 +43,32 @@
 #include <unistd.h>
 
 #define FIELDS 6
+#define HEADER 110
 
 typedef struct {
     char *names;      /* NUL-separated names */
     size_t names_len, names_cap;
     int64_t *stats;   /* FIELDS per kept entry */
     size_t kept, stats_cap;
-    struct entry { size_t offset; int err; } *entries; /* name start; 0 or the lstat errno */
+    struct entry { size_t offset, len; int err; } *entries; /* name start and length; 0 or the lstat errno */
     size_t count, entries_cap;
 } listing;
 
 static void listing_free(listing *l) {
-    free(l->names);
-    free(l->stats);
-    free(l->entries);
+    PyMem_RawFree(l->names);
+    PyMem_RawFree(l->stats);
+    PyMem_RawFree(l->entries);
+    memset(l, 0, sizeof *l);
 }
 
+/* Makes room for ``need`` items of ``item`` bytes; 0, or -1 when out of memory. */
 static int grow(void **buf, size_t *cap, size_t need, size_t item) {
     if (need <= *cap)
         return 0;
     size_t cap2 = *cap ? *cap : 64;
     while (cap2 < need)
         cap2 *= 2;
-    void *p = realloc(*buf, cap2 * item);
+    void *p = PyMem_RawRealloc(*buf, cap2 * item);
     if (p == NULL)
         return -1;
     *buf = p;
@@ -56,8 +76,10 @@ static int grow(void **buf, size_t *cap, size_t need, size_t item) {
     return 0;
 }
 
-/* Fills ``l``; returns 0, or the errno of opening or reading the folder itself. */
+/* Fills ``l`` (emptied first, its buffers kept); returns 0, or the errno of opening or reading
+ * the folder itself. */
 static int read_folder(const char *path, listing *l) {
+    l->names_len = l->kept = l->count = 0;
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno;
@@ -87,6 +109,7 @@ static int read_folder(const char *path, listing *l) {
         memcpy(l->names + l->names_len, n, len + 1);
         struct entry *ent = &l->entries[l->count++];
         ent->offset = l->names_len;
+        ent->len = len;
         ent->err = 0;
         l->names_len += len + 1;
 
@@ -112,17 +135,23 @@ static int read_folder(const char *path, listing *l) {
     return err;
 }
 
+static int check_path(PyObject *arg, const char *who) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "%s: path must be bytes", who);
+        return -1;
+    }
+    if ((Py_ssize_t)strlen(PyBytes_AS_STRING(arg)) != PyBytes_GET_SIZE(arg)) {
+        PyErr_Format(PyExc_ValueError, "%s: embedded NUL in path", who);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *listdir_lstat(PyObject *self, PyObject *arg) {
     (void)self;
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "listdir_lstat: path must be bytes");
+    if (check_path(arg, "listdir_lstat"))
         return NULL;
-    }
     const char *path = PyBytes_AS_STRING(arg);
-    if ((Py_ssize_t)strlen(path) != PyBytes_GET_SIZE(arg)) {
-        PyErr_SetString(PyExc_ValueError, "listdir_lstat: embedded NUL in path");
-        return NULL;
-    }
     listing l;
     memset(&l, 0, sizeof l);
     int err;
@@ -167,15 +196,677 @@ error:
     return NULL;
 }
 
+/* ---- Names ------------------------------------------------------------------------------ */
+
+typedef struct {
+    PyObject_HEAD
+    char *blob;       /* the names, one after another */
+    size_t blob_len, blob_cap;
+    int64_t *ends;    /* ends[i]: where name i ends in blob; it starts at ends[i - 1] (or 0) */
+    Py_ssize_t n, cap;
+} NamesObject;
+
+static PyTypeObject NamesType;
+
+/* Room for ``more`` names of ``bytes`` bytes in all; grows by an eighth (the arrays' way). */
+static int names_reserve(NamesObject *o, Py_ssize_t more, size_t bytes) {
+    if (o->blob_len + bytes > o->blob_cap) {
+        size_t need = o->blob_len + bytes;
+        size_t cap = need + (need >> 3) + 256;
+        char *p = PyMem_RawRealloc(o->blob, cap);
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        o->blob = p;
+        o->blob_cap = cap;
+    }
+    if (o->n + more > o->cap) {
+        Py_ssize_t need = o->n + more;
+        Py_ssize_t cap = need + (need >> 3) + 32;
+        int64_t *p = PyMem_RawRealloc(o->ends, (size_t)cap * sizeof(int64_t));
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        o->ends = p;
+        o->cap = cap;
+    }
+    return 0;
+}
+
+static int names_push(NamesObject *o, const char *s, size_t len) {
+    if (names_reserve(o, 1, len))
+        return -1;
+    memcpy(o->blob + o->blob_len, s, len);
+    o->blob_len += len;
+    o->ends[o->n++] = (int64_t)o->blob_len;
+    return 0;
+}
+
+static PyObject *names_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *items = NULL;
+    static char *kwlist[] = {"items", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Names", kwlist, &items))
+        return NULL;
+    NamesObject *o = (NamesObject *)type->tp_alloc(type, 0);
+    if (o == NULL)
+        return NULL;
+    if (items != NULL) {
+        PyObject *it = PyObject_GetIter(items);
+        if (it == NULL)
+            goto error;
+        PyObject *x;
+        while ((x = PyIter_Next(it)) != NULL) {
+            int bad = !PyBytes_Check(x);
+            if (bad)
+                PyErr_SetString(PyExc_TypeError, "Names holds bytes");
+            else
+                bad = names_push(o, PyBytes_AS_STRING(x), (size_t)PyBytes_GET_SIZE(x));
+            Py_DECREF(x);
+            if (bad) {
+                Py_DECREF(it);
+                goto error;
+            }
+        }
+        Py_DECREF(it);
+        if (PyErr_Occurred())
+            goto error;
+    }
+    return (PyObject *)o;
+error:
+    Py_DECREF(o);
+    return NULL;
+}
+
+static void names_dealloc(NamesObject *o) {
+    PyMem_RawFree(o->blob);
+    PyMem_RawFree(o->ends);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static Py_ssize_t names_len(NamesObject *o) { return o->n; }
+
+static PyObject *names_at(NamesObject *o, Py_ssize_t i) {
+    int64_t start = i ? o->ends[i - 1] : 0;
+    return PyBytes_FromStringAndSize(o->blob + start, (Py_ssize_t)(o->ends[i] - start));
+}
+
+static PyObject *names_item(NamesObject *o, Py_ssize_t i) {
+    if (i < 0 || i >= o->n) {
+        PyErr_SetString(PyExc_IndexError, "Names index out of range");
+        return NULL;
+    }
+    return names_at(o, i);
+}
+
+static PyObject *names_subscript(NamesObject *o, PyObject *key) {
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return NULL;
+        if (i < 0)
+            i += o->n;
+        return names_item(o, i);
+    }
+    if (PySlice_Check(key)) {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+            return NULL;
+        Py_ssize_t len = PySlice_AdjustIndices(o->n, &start, &stop, step);
+        PyObject *out = PyList_New(len);
+        if (out == NULL)
+            return NULL;
+        for (Py_ssize_t k = 0, i = start; k < len; k++, i += step) {
+            PyObject *x = names_at(o, i);
+            if (x == NULL) {
+                Py_DECREF(out);
+                return NULL;
+            }
+            PyList_SET_ITEM(out, k, x);
+        }
+        return out;
+    }
+    PyErr_Format(PyExc_TypeError, "Names indices must be integers or slices, not %.200s", Py_TYPE(key)->tp_name);
+    return NULL;
+}
+
+/* Equal to another Names or to a list or tuple of the same bytes, in order. */
+static PyObject *names_richcompare(NamesObject *o, PyObject *other, int op) {
+    if (op != Py_EQ && op != Py_NE)
+        Py_RETURN_NOTIMPLEMENTED;
+    int same;
+    if (PyObject_TypeCheck(other, &NamesType)) {
+        NamesObject *b = (NamesObject *)other;
+        same = o->n == b->n && o->blob_len == b->blob_len &&
+               (o->n == 0 || (memcmp(o->ends, b->ends, (size_t)o->n * sizeof(int64_t)) == 0 &&
+                              memcmp(o->blob, b->blob, o->blob_len) == 0));
+    } else if (PyList_Check(other) || PyTuple_Check(other)) {
+        PyObject *seq = PySequence_Fast(other, "");
+        if (seq == NULL)
+            return NULL;
+        Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+        same = n == o->n;
+        for (Py_ssize_t i = 0; same && i < n; i++) {
+            PyObject *x = PySequence_Fast_GET_ITEM(seq, i);
+            int64_t start = i ? o->ends[i - 1] : 0;
+            same = PyBytes_Check(x) && PyBytes_GET_SIZE(x) == o->ends[i] - start &&
+                   memcmp(PyBytes_AS_STRING(x), o->blob + start, (size_t)PyBytes_GET_SIZE(x)) == 0;
+        }
+        Py_DECREF(seq);
+    } else {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    if (op == Py_NE)
+        same = !same;
+    return PyBool_FromLong(same);
+}
+
+static PyObject *names_append(NamesObject *o, PyObject *x) {
+    if (!PyBytes_Check(x)) {
+        PyErr_SetString(PyExc_TypeError, "Names holds bytes");
+        return NULL;
+    }
+    if (names_push(o, PyBytes_AS_STRING(x), (size_t)PyBytes_GET_SIZE(x)))
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *names_sizeof(NamesObject *o, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(sizeof(NamesObject) + o->blob_cap + (size_t)o->cap * sizeof(int64_t));
+}
+
+static PyObject *names_repr(NamesObject *o) {
+    return PyUnicode_FromFormat("<Names: %zd names, %zu bytes>", o->n, o->blob_len);
+}
+
+static PyMethodDef names_methods[] = {
+    {"append", (PyCFunction)names_append, METH_O, "append(name: bytes): one more name at the end."},
+    {"__sizeof__", (PyCFunction)names_sizeof, METH_NOARGS, "Bytes held, the buffers' spare room included."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods names_as_sequence = {
+    .sq_length = (lenfunc)names_len,
+    .sq_item = (ssizeargfunc)names_item,
+};
+
+static PyMappingMethods names_as_mapping = {
+    .mp_length = (lenfunc)names_len,
+    .mp_subscript = (binaryfunc)names_subscript,
+};
+
+static PyTypeObject NamesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sysextant.core.tree._listdir.Names",
+    .tp_doc = "Names(items=()): the index's names, bytes each, in one buffer (8 bytes an entry and the name).",
+    .tp_basicsize = sizeof(NamesObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_SEQUENCE,
+    .tp_new = names_new,
+    .tp_dealloc = (destructor)names_dealloc,
+    .tp_repr = (reprfunc)names_repr,
+    .tp_as_sequence = &names_as_sequence,
+    .tp_as_mapping = &names_as_mapping,
+    .tp_richcompare = (richcmpfunc)names_richcompare,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_methods = names_methods,
+};
+
+/* ---- the walk ---------------------------------------------------------------------------- */
+
+typedef struct { char *path; int32_t index, prefix; } pending;
+
+/* A growable buffer of fixed-size items. */
+typedef struct { void *p; size_t n, cap; } vec;
+
+static int vec_push(vec *v, const void *item, size_t size) {
+    if (grow(&v->p, &v->cap, v->n + 1, size))
+        return -1;
+    memcpy((char *)v->p + v->n * size, item, size);
+    v->n++;
+    return 0;
+}
+
+/* The (dev, ino) of hardlinked files met so far: open addressing, linear probing. */
+typedef struct { int64_t dev, ino; } inode;
+typedef struct { inode *slots; unsigned char *used; size_t cap, count; } inode_set;
+
+static size_t inode_hash(int64_t dev, int64_t ino, size_t mask) {
+    uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull ^ (uint64_t)dev * 0xC2B2AE3D27D4EB4Full;
+    return (size_t)(h ^ (h >> 29)) & mask;
+}
+
+/* 1 if (dev, ino) was there already, 0 if added now, -1 when out of memory. */
+static int inode_add(inode_set *s, int64_t dev, int64_t ino) {
+    if ((s->count + 1) * 2 > s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 1024;
+        inode *slots = PyMem_RawMalloc(cap * sizeof(inode));
+        unsigned char *used = PyMem_RawCalloc(cap, 1);
+        if (slots == NULL || used == NULL) {
+            PyMem_RawFree(slots);
+            PyMem_RawFree(used);
+            return -1;
+        }
+        for (size_t k = 0; k < s->cap; k++) {
+            if (!s->used[k])
+                continue;
+            size_t j = inode_hash(s->slots[k].dev, s->slots[k].ino, cap - 1);
+            while (used[j])
+                j = (j + 1) & (cap - 1);
+            used[j] = 1;
+            slots[j] = s->slots[k];
+        }
+        PyMem_RawFree(s->slots);
+        PyMem_RawFree(s->used);
+        s->slots = slots;
+        s->used = used;
+        s->cap = cap;
+    }
+    size_t j = inode_hash(dev, ino, s->cap - 1);
+    while (s->used[j]) {
+        if (s->slots[j].dev == dev && s->slots[j].ino == ino)
+            return 1;
+        j = (j + 1) & (s->cap - 1);
+    }
+    s->used[j] = 1;
+    s->slots[j].dev = dev;
+    s->slots[j].ino = ino;
+    s->count++;
+    return 0;
+}
+
+typedef struct { int kind, err; size_t offset, len; } problem; /* kind 0: a folder, 1: an entry */
+typedef struct { size_t k; int32_t index; } subdir; /* position in the listing, index */
+
+typedef struct {
+    PyObject_HEAD
+    vec stack;          /* pending folders, popped from the end */
+    int64_t next;       /* index of the next entry */
+    int busy;           /* a step is running (two threads must not share a walker) */
+    listing l;
+    inode_set seen;
+    /* one chunk */
+    vec blob;           /* char: the chunk's names */
+    vec ends;           /* int64: where each name ends in blob */
+    vec parent;         /* int32 */
+    vec mode;           /* uint32 */
+    vec size, alloc, cpio;  /* int64 */
+    vec folders;        /* int64 x 6: folder, first child, children, their size, alloc, cpio */
+    vec links;          /* int64 x 5: entry, st_dev, st_ino, st_nlink, st_size of hardlinked files */
+    vec special;        /* int32 */
+    vec problems;       /* problem */
+    vec ptext;          /* char: the problems' paths */
+    vec subdirs;        /* subdir: one folder's subfolders */
+} WalkerObject;
+
+static void walker_clear_stack(WalkerObject *w) {
+    pending *p = w->stack.p;
+    for (size_t k = 0; k < w->stack.n; k++)
+        PyMem_RawFree(p[k].path);
+    w->stack.n = 0;
+}
+
+static void walker_dealloc(WalkerObject *w) {
+    walker_clear_stack(w);
+    vec *vs[] = {&w->stack, &w->blob, &w->ends, &w->parent, &w->mode, &w->size, &w->alloc, &w->cpio,
+                 &w->folders, &w->links, &w->special, &w->problems, &w->ptext, &w->subdirs};
+    for (size_t k = 0; k < sizeof vs / sizeof vs[0]; k++)
+        PyMem_RawFree(vs[k]->p);
+    listing_free(&w->l);
+    PyMem_RawFree(w->seen.slots);
+    PyMem_RawFree(w->seen.used);
+    Py_TYPE(w)->tp_free((PyObject *)w);
+}
+
+/* os.path.join(path, name) for a name without '/': a copy from PyMem_RawMalloc, or NULL. */
+static char *join(const char *path, size_t plen, const char *name, size_t nlen, size_t *out_len) {
+    int sep = plen == 0 || path[plen - 1] != '/';
+    char *s = PyMem_RawMalloc(plen + sep + nlen + 1);
+    if (s == NULL)
+        return NULL;
+    memcpy(s, path, plen);
+    if (sep)
+        s[plen] = '/';
+    memcpy(s + plen + sep, name, nlen);
+    s[plen + sep + nlen] = 0;
+    *out_len = plen + sep + nlen;
+    return s;
+}
+
+static int add_problem(WalkerObject *w, int kind, int err, const char *path, size_t plen, const char *name,
+                       size_t nlen) {
+    size_t len = plen;
+    char *joined = NULL;
+    if (name != NULL) {
+        joined = join(path, plen, name, nlen, &len);
+        if (joined == NULL)
+            return -1;
+        path = joined;
+    }
+    problem pr = {kind, err, w->ptext.n, len};
+    int bad = grow(&w->ptext.p, &w->ptext.cap, w->ptext.n + len, 1);
+    if (!bad) {
+        memcpy((char *)w->ptext.p + w->ptext.n, path, len);
+        w->ptext.n += len;
+        bad = vec_push(&w->problems, &pr, sizeof pr);
+    }
+    PyMem_RawFree(joined);
+    return bad;
+}
+
+/* Lists one folder into the chunk and pushes its subfolders; 0, or -1 when out of memory, -2
+ * past the int32 index. Runs without the GIL. */
+static int walk_folder(WalkerObject *w, pending *f) {
+    listing *l = &w->l;
+    size_t plen = strlen(f->path);
+    int err = read_folder(f->path, l);
+    if (err == ENOMEM)
+        return -1;
+    if (err)
+        return add_problem(w, 0, err, f->path, plen, NULL, 0);
+    if (w->next + (int64_t)l->count > INT32_MAX)
+        return -2;
+    size_t n = l->count;
+    if (grow(&w->parent.p, &w->parent.cap, w->parent.n + n, sizeof(int32_t)) ||
+        grow(&w->mode.p, &w->mode.cap, w->mode.n + n, sizeof(uint32_t)) ||
+        grow(&w->size.p, &w->size.cap, w->size.n + n, sizeof(int64_t)) ||
+        grow(&w->alloc.p, &w->alloc.cap, w->alloc.n + n, sizeof(int64_t)) ||
+        grow(&w->cpio.p, &w->cpio.cap, w->cpio.n + n, sizeof(int64_t)) ||
+        grow(&w->ends.p, &w->ends.cap, w->ends.n + n, sizeof(int64_t)) ||
+        grow(&w->blob.p, &w->blob.cap, w->blob.n + l->names_len, 1))
+        return -1;
+    int32_t *parent = w->parent.p;
+    uint32_t *mode = w->mode.p;
+    int64_t *size = w->size.p, *alloc = w->alloc.p, *cpio = w->cpio.p, *ends = w->ends.p;
+    char *blob = w->blob.p;
+    int64_t start = w->next, s_size = 0, s_alloc = 0, s_cpio = 0;
+    int64_t head = HEADER + 4 + f->prefix; /* align4(110 + len(archive name) + 1) = (head + len) & ~3 */
+    w->subdirs.n = 0;
+    const int64_t *r = l->stats;
+    for (size_t k = 0; k < n; k++) {
+        const struct entry *e = &l->entries[k];
+        const char *name = l->names + e->offset;
+        if (e->err) {
+            if (add_problem(w, 1, e->err, f->path, plen, name, e->len))
+                return -1;
+            continue;
+        }
+        int64_t m = r[0], nlink = r[1], z = r[2], a = r[3] * 512, dev = r[4], ino = r[5];
+        r += FIELDS;
+        int64_t i = w->next++;
+        int64_t hdr = (head + (int64_t)e->len) & ~(int64_t)3;
+        int64_t c = hdr;
+        switch (m & S_IFMT) {
+        case S_IFREG:
+            if (nlink > 1) {
+                int64_t rec[5] = {i, dev, ino, nlink, z};
+                int seen = inode_add(&w->seen, dev, ino);
+                if (seen < 0 || vec_push(&w->links, rec, sizeof rec))
+                    return -1;
+                if (seen) { /* a further name of an inode already counted: no data of its own */
+                    z = a = 0;
+                    break;
+                }
+            }
+            c = hdr + ((z + 3) & ~(int64_t)3);
+            break;
+        case S_IFLNK:
+            c = hdr + ((z + 3) & ~(int64_t)3);
+            break;
+        case S_IFDIR: {
+            subdir sd = {k, (int32_t)i};
+            if (vec_push(&w->subdirs, &sd, sizeof sd))
+                return -1;
+            break;
+        }
+        default: { /* devices, fifos, sockets: a header and nothing else */
+            int32_t si = (int32_t)i;
+            z = a = 0;
+            if (vec_push(&w->special, &si, sizeof si))
+                return -1;
+        }
+        }
+        size_t j = w->parent.n++;
+        w->mode.n++, w->size.n++, w->alloc.n++, w->cpio.n++, w->ends.n++;
+        parent[j] = f->index;
+        mode[j] = (uint32_t)m;
+        size[j] = z;
+        alloc[j] = a;
+        cpio[j] = c;
+        memcpy(blob + w->blob.n, name, e->len);
+        w->blob.n += e->len;
+        ends[j] = (int64_t)w->blob.n;
+        s_size += z;
+        s_alloc += a;
+        s_cpio += c;
+    }
+    int64_t rec[6] = {f->index, start, w->next - start, s_size, s_alloc, s_cpio};
+    if (vec_push(&w->folders, rec, sizeof rec))
+        return -1;
+    /* subfolders pushed last first, so they are walked in listing order */
+    const subdir *sub = w->subdirs.p;
+    for (size_t s = w->subdirs.n; s-- > 0;) {
+        const struct entry *e = &l->entries[sub[s].k];
+        pending p;
+        size_t len;
+        p.path = join(f->path, plen, l->names + e->offset, e->len, &len);
+        if (p.path == NULL)
+            return -1;
+        p.index = sub[s].index;
+        p.prefix = f->prefix + (int32_t)e->len + 1;
+        if (vec_push(&w->stack, &p, sizeof p)) {
+            PyMem_RawFree(p.path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int walker_init(WalkerObject *w, PyObject *args, PyObject *kwds) {
+    PyObject *root;
+    static char *kwlist[] = {"root", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Walker", kwlist, &root) || check_path(root, "Walker"))
+        return -1;
+    if (w->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Walker: a step is running");
+        return -1;
+    }
+    walker_clear_stack(w);
+    PyMem_RawFree(w->seen.slots);
+    PyMem_RawFree(w->seen.used);
+    memset(&w->seen, 0, sizeof w->seen);
+    Py_ssize_t len = PyBytes_GET_SIZE(root);
+    pending p = {PyMem_RawMalloc((size_t)len + 1), 0, 0};
+    if (p.path == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(p.path, PyBytes_AS_STRING(root), (size_t)len + 1);
+    if (vec_push(&w->stack, &p, sizeof p)) {
+        PyMem_RawFree(p.path);
+        PyErr_NoMemory();
+        return -1;
+    }
+    w->next = 1; /* entry 0 is the root, laid out by the caller */
+    return 0;
+}
+
+static PyObject *vec_bytes(const vec *v, size_t size) {
+    return PyBytes_FromStringAndSize(v->p, (Py_ssize_t)(v->n * size));
+}
+
+static PyObject *walker_step(WalkerObject *w, PyObject *args) {
+    Py_ssize_t limit;
+    PyObject *names_obj;
+    if (!PyArg_ParseTuple(args, "nO!:step", &limit, &NamesType, &names_obj))
+        return NULL;
+    if (w->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "Walker: a step is running");
+        return NULL;
+    }
+    if (w->stack.n == 0)
+        Py_RETURN_NONE;
+    vec *chunk[] = {&w->blob, &w->ends, &w->parent, &w->mode, &w->size, &w->alloc, &w->cpio,
+                    &w->folders, &w->links, &w->special, &w->problems, &w->ptext};
+    for (size_t k = 0; k < sizeof chunk / sizeof chunk[0]; k++)
+        chunk[k]->n = 0;
+    int failed = 0;
+    w->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    while (w->stack.n > 0 && (Py_ssize_t)w->parent.n < limit) {
+        pending f = ((pending *)w->stack.p)[--w->stack.n];
+        failed = walk_folder(w, &f);
+        PyMem_RawFree(f.path);
+        if (failed)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    w->busy = 0;
+    if (failed) {
+        walker_clear_stack(w); /* the walk cannot go on consistently */
+        if (failed == -2)
+            return PyErr_Format(PyExc_OverflowError, "the tree has more than %d entries", INT32_MAX - 1);
+        return PyErr_NoMemory();
+    }
+    NamesObject *names = (NamesObject *)names_obj;
+    size_t n = w->parent.n;
+    if (names_reserve(names, (Py_ssize_t)n, w->blob.n))
+        return NULL;
+    int64_t base = (int64_t)names->blob_len, *ends = w->ends.p;
+    memcpy(names->blob + names->blob_len, w->blob.p, w->blob.n);
+    names->blob_len += w->blob.n;
+    for (size_t k = 0; k < n; k++)
+        names->ends[names->n + (Py_ssize_t)k] = base + ends[k];
+    names->n += (Py_ssize_t)n;
+
+    PyObject *problems = PyList_New((Py_ssize_t)w->problems.n);
+    if (problems == NULL)
+        return NULL;
+    const problem *pr = w->problems.p;
+    for (size_t k = 0; k < w->problems.n; k++) {
+        PyObject *item = Py_BuildValue("(iy#i)", pr[k].kind, (char *)w->ptext.p + pr[k].offset,
+                                       (Py_ssize_t)pr[k].len, pr[k].err);
+        if (item == NULL) {
+            Py_DECREF(problems);
+            return NULL;
+        }
+        PyList_SET_ITEM(problems, (Py_ssize_t)k, item);
+    }
+    return Py_BuildValue("(NNNNNNNNN)", vec_bytes(&w->parent, sizeof(int32_t)), vec_bytes(&w->mode, sizeof(uint32_t)),
+                         vec_bytes(&w->size, sizeof(int64_t)), vec_bytes(&w->alloc, sizeof(int64_t)),
+                         vec_bytes(&w->cpio, sizeof(int64_t)), vec_bytes(&w->folders, 6 * sizeof(int64_t)),
+                         vec_bytes(&w->links, 5 * sizeof(int64_t)), vec_bytes(&w->special, sizeof(int32_t)),
+                         problems);
+}
+
+static PyMethodDef walker_methods[] = {
+    {"step", (PyCFunction)walker_step, METH_VARARGS,
+     "step(limit, names) -> (parent, mode, size, alloc, cpio, folders, links, special, problems) | None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject WalkerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sysextant.core.tree._listdir.Walker",
+    .tp_doc = "Walker(root: bytes): the scan's depth-first walk, a chunk of whole folders per step().",
+    .tp_basicsize = sizeof(WalkerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)walker_init,
+    .tp_dealloc = (destructor)walker_dealloc,
+    .tp_methods = walker_methods,
+};
+
+/* ---- totals ------------------------------------------------------------------------------ */
+
+static int column(PyObject *obj, Py_buffer *view, const char *format, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (view->format == NULL || strcmp(view->format, format) != 0) {
+        PyErr_Format(PyExc_TypeError, "settle: %s must be an array of typecode '%s'", what, format);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *settle(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer folders, cols[7];
+    PyObject *objs[7];
+    static const char *formats[7] = {"i", "i", "i", "q", "q", "q", "i"};
+    static const char *what[7] = {"parent", "first_child", "nchild", "tot_size", "tot_alloc", "tot_cpio", "tot_count"};
+    if (!PyArg_ParseTuple(args, "y*OOOOOOO:settle", &folders, &objs[0], &objs[1], &objs[2], &objs[3], &objs[4],
+                          &objs[5], &objs[6]))
+        return NULL;
+    int k = 0;
+    for (; k < 7; k++)
+        if (column(objs[k], &cols[k], formats[k], what[k]))
+            break;
+    PyObject *out = NULL;
+    if (k == 7) {
+        Py_ssize_t n = cols[0].len / (Py_ssize_t)sizeof(int32_t);
+        for (int c = 1; c < 7; c++)
+            if (cols[c].len / cols[c].itemsize < n)
+                n = cols[c].len / cols[c].itemsize;
+        int32_t *parent = cols[0].buf, *first_child = cols[1].buf, *nchild = cols[2].buf, *tot_count = cols[6].buf;
+        int64_t *tot_size = cols[3].buf, *tot_alloc = cols[4].buf, *tot_cpio = cols[5].buf;
+        const int64_t *rec = folders.buf;
+        Py_ssize_t nrec = folders.len / (Py_ssize_t)(6 * sizeof(int64_t));
+        int bad = 0;
+        for (Py_ssize_t r = 0; r < nrec && !bad; r++, rec += 6) {
+            int64_t d = rec[0];
+            bad = d < 0 || d >= n;
+            if (bad)
+                break;
+            first_child[d] = (int32_t)rec[1];
+            nchild[d] = (int32_t)rec[2];
+            for (int64_t a = d, hops = 0; a >= 0; a = parent[a], hops++) {
+                if (a >= n || hops > n) {
+                    bad = 1;
+                    break;
+                }
+                tot_size[a] += rec[3];
+                tot_alloc[a] += rec[4];
+                tot_cpio[a] += rec[5];
+                tot_count[a] += (int32_t)rec[2];
+            }
+        }
+        if (bad)
+            PyErr_SetString(PyExc_ValueError, "settle: a folder or a parent outside the columns");
+        else
+            out = Py_NewRef(Py_None);
+    }
+    while (k-- > 0)
+        PyBuffer_Release(&cols[k]);
+    PyBuffer_Release(&folders);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"listdir_lstat", listdir_lstat, METH_O,
      "listdir_lstat(path: bytes) -> (names, packed int64 stats, failed): one folder, no symlink followed."},
+    {"settle", settle, METH_VARARGS,
+     "settle(folders, parent, first_child, nchild, tot_size, tot_alloc, tot_cpio, tot_count): a chunk's folders into the columns."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_listdir", "One folder's names and lstat figures per call (the scan's hot loop).",
+    PyModuleDef_HEAD_INIT, "_listdir", "The scan's native part: folder listings, the tree walk, the names column.",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__listdir(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__listdir(void) {
+    if (PyType_Ready(&NamesType) < 0 || PyType_Ready(&WalkerType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Names", (PyObject *)&NamesType) < 0 ||
+        PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,21 +1,27 @@
 """The OS tree index: one lstat per entry, compact columns, exact newc cpio sizes.
 
-The scan walks the tree depth-first, one folder listing and one lstat per entry (natively in
-core/tree/_listdir.c, with a pure-Python twin), and never follows a symlink. All entries
-of one folder are appended together, and a folder's whole subtree is scanned before the walk
-returns to its siblings, so the descendants of folder ``d`` are exactly the contiguous index
-range ``[first_child[d], first_child[d] + count[d])``. Subtrees are therefore intervals, which
-keeps marks, lookups and the workbench cheap on a million entries.
+The scan walks the tree depth-first, one folder listing and one lstat per entry, and never
+follows a symlink. All entries of one folder are appended together, and a folder's whole
+subtree is scanned before the walk returns to its siblings, so the descendants of folder ``d``
+are exactly the contiguous index range ``[first_child[d], first_child[d] + count[d])``. Subtrees
+are therefore intervals, which keeps marks, lookups and the workbench cheap on a million entries.
 
-Per entry the index keeps a few typed array columns (about 70 bytes an entry with the name):
-mode, apparent size, allocated bytes, the newc archive bytes of the entry itself, and the
-recursive totals for folders, which grow live while a scan runs (each finished folder adds its
-children's figures to itself and its ancestors).
+The walk and the per-entry layout run natively (core/tree/_listdir.c: ``Walker`` lists whole
+folders per step without the GIL and hands back the chunk's columns packed, ``settle`` adds a
+chunk's folders to the totals); :class:`_Walker` and :func:`_settle_py` are the pure-Python twins
+used when it is not built, and the tests check both give the same index.
 
-newc sizes follow the cpio(5) "new ASCII" format as GNU cpio writes it: every entry takes
-``align4(110 + len(name) + 1) + align4(data)``; data is the file size (counted once per
-hardlinked inode), the link target for a symlink, nothing for folders and devices; the archive
-ends with the 124-byte ``TRAILER!!!`` entry. Names are relative to the root, without ``./``.
+Per entry the index keeps a few typed array columns: mode, apparent size, allocated bytes, the
+newc archive bytes of the entry itself, and the recursive totals for folders, which grow live
+while a scan runs (each finished folder adds its children's figures to itself and its
+ancestors): 68 bytes an entry, and the name in the native ``Names`` column (the name's bytes and
+an 8-byte end offset, where a list of bytes objects takes about 56 bytes a name).
+
+newc sizes follow the cpio(5) "new ASCII" format as GNU cpio writes it (docs/formats.md,
+section 1): every entry takes ``align4(110 + len(name) + 1) + align4(data)``; data is the file
+size (counted once per hardlinked inode), the link target for a symlink, nothing for folders and
+devices; the archive ends with the 124-byte ``TRAILER!!!`` entry. Names are relative to the
+root, without ``./``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import os
 import stat
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableSequence
 from dataclasses import dataclass, field
 
 from ..errors import UserError
@@ -52,7 +58,8 @@ class TreeIndex:
     """A scanned tree. Entry 0 is the root itself (name ``b""``, not part of any archive)."""
 
     root: bytes
-    names: list[bytes] = field(default_factory=list)
+    #: the entries' names: a native ``Names`` (len, [i], iteration, ==, append), or a list
+    names: MutableSequence[bytes] = field(default_factory=lambda: new_names())
     parent: array = field(default_factory=lambda: array("i"))
     mode: array = field(default_factory=lambda: array("I"))
     size: array = field(default_factory=lambda: array("q"))  # own apparent bytes (0 for a repeated hardlink)
@@ -212,10 +219,115 @@ def _listdir_lstat_py(path: bytes) -> tuple[list[bytes], bytes, list[tuple[bytes
         os.close(fd)
 
 
+class _Walker:
+    """The scan's depth-first walk, one chunk of whole folders per :meth:`step`: the pure-Python
+    twin of the native ``_listdir.Walker`` (core/tree/_listdir.c), used when that is not built.
+    Entry 0, the root, is laid out by the caller; the walk numbers entries from 1."""
+
+    def __init__(self, root: bytes, listing: Callable[[bytes], tuple] | None = None) -> None:
+        # (host path, index, bytes a child's archive name adds to its own name: "dir/" or nothing)
+        self._stack: list[tuple[bytes, int, int]] = [(root, 0, 0)]
+        self._next = 1
+        self._seen: set[tuple[int, int]] = set()  # (st_dev, st_ino) of hardlinked files met
+        self._listing = listing or _listdir_lstat_py
+
+    def step(self, limit: int, names: MutableSequence[bytes]) -> tuple | None:
+        """List folders until at least ``limit`` entries are out (or the walk is done; None once
+        it is), append their names to ``names`` and return their figures, in index order:
+        ``(parent, mode, size, alloc, cpio, folders, links, special, problems)``: packed native
+        int32 / uint32 / int64 / int64 / int64 columns of the entries (sizes already 0 for
+        devices and for the further names of a hardlinked inode); ``folders``, six int64 per
+        listed folder (index, first child, children, and the sums of the children's size, alloc
+        and cpio); ``links``, five int64 per regular file with more than one link (index, st_dev,
+        st_ino, st_nlink, st_size); ``special``, int32 indices of devices, fifos and sockets;
+        ``problems``, (0, folder, errno) for a folder that could not be read and (1, path, errno)
+        for an entry that could not be examined."""
+        if not self._stack:
+            return None
+        parent, mode, size, alloc, cpio = array("i"), array("I"), array("q"), array("q"), array("q")
+        folders, links, special = array("q"), array("q"), array("i")
+        problems: list[tuple[int, bytes, int]] = []
+        S_IFMT, DIR, REG, LNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+        seen = self._seen
+        while self._stack and len(parent) < limit:
+            path, d, prefix = self._stack.pop()
+            try:
+                l_name, packed, failed = self._listing(path)
+            except OSError as exc:
+                problems.append((0, path, exc.errno or 5))
+                continue
+            problems += [(1, os.path.join(path, name), err) for name, err in failed]
+            start = self._next
+            n = len(l_name)
+            if start + n > 2**31 - 1:
+                raise OverflowError(f"the tree has more than {2**31 - 2} entries")
+            self._next = start + n
+            cols = memoryview(packed).cast("q")
+            l_mode = cols[0::STAT_FIELDS].tolist()
+            l_size = cols[2::STAT_FIELDS].tolist()
+            l_alloc = [b * 512 for b in cols[3::STAT_FIELDS].tolist()]
+            head = HEADER + 4 + prefix  # align4(110 + len(archive name) + 1) = (head + len(name)) & ~3
+            l_cpio = [((head + len(nm)) & ~3) + ((z + 3) & ~3) for nm, z in zip(l_name, l_size, strict=True)]
+            subdirs: list[tuple[bytes, int, int]] = []
+            for k, m in enumerate(l_mode):
+                kind = m & S_IFMT
+                if kind == REG:
+                    nlink = cols[k * STAT_FIELDS + 1]
+                    if nlink > 1:
+                        key = (cols[k * STAT_FIELDS + 4], cols[k * STAT_FIELDS + 5])
+                        links += array("q", (start + k, key[0], key[1], nlink, l_size[k]))
+                        if key in seen:  # a further name of an inode already counted: no data of its own
+                            l_size[k] = l_alloc[k] = 0
+                            l_cpio[k] = (head + len(l_name[k])) & ~3
+                        else:
+                            seen.add(key)
+                elif kind == DIR:
+                    l_cpio[k] = (head + len(l_name[k])) & ~3
+                    subdirs.append((os.path.join(path, l_name[k]), start + k, prefix + len(l_name[k]) + 1))
+                elif kind != LNK:  # devices, fifos, sockets: a header and nothing else
+                    l_size[k] = l_alloc[k] = 0
+                    l_cpio[k] = (head + len(l_name[k])) & ~3
+                    special.append(start + k)
+            for name in l_name:
+                names.append(name)
+            parent += array("i", (d,)) * n
+            mode += array("I", l_mode)
+            size += array("q", l_size)
+            alloc += array("q", l_alloc)
+            cpio += array("q", l_cpio)
+            folders += array("q", (d, start, n, sum(l_size), sum(l_alloc), sum(l_cpio)))
+            subdirs.reverse()  # pop in name-listing order; keeps descendants contiguous either way
+            self._stack += subdirs
+        return (parent.tobytes(), mode.tobytes(), size.tobytes(), alloc.tobytes(), cpio.tobytes(),
+                folders.tobytes(), links.tobytes(), special.tobytes(), problems)
+
+
+def _settle_py(folders: bytes, parent: array, first_child: array, nchild: array, tot_size: array,
+               tot_alloc: array, tot_cpio: array, tot_count: array) -> None:
+    """Record a chunk's listed folders (``folders`` of :meth:`_Walker.step`) in the columns and
+    add their children to their own and their ancestors' totals. Twin of ``_listdir.settle``."""
+    rec = memoryview(folders).cast("q")
+    for r in range(0, len(rec), 6):
+        d, start, n, s_size, s_alloc, s_cpio = rec[r:r + 6].tolist()
+        first_child[d] = start
+        nchild[d] = n
+        a = d
+        while a >= 0:
+            tot_size[a] += s_size
+            tot_alloc[a] += s_alloc
+            tot_cpio[a] += s_cpio
+            tot_count[a] += n
+            a = parent[a]
+
+
 try:
-    from ._listdir import listdir_lstat
-except ImportError:  # not built (no C compiler at install time): same results, ~2x slower scans
+    from ._listdir import Names as new_names
+    from ._listdir import Walker, listdir_lstat, settle
+except ImportError:  # not built (no C compiler at install time): the same index, slower scans
     listdir_lstat = _listdir_lstat_py
+    Walker = _Walker
+    settle = _settle_py
+    new_names = list
 
 
 def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex], None] | None = None,
@@ -265,87 +377,52 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
     tot_cpio.append(0)
     tot_count.append(0)
 
-    S_IFMT, DIR, REG, LNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
-    # (host path, index, bytes a child's archive name adds to its own name: "dir/" or nothing)
-    stack: list[tuple[bytes, int, int]] = [(broot, 0, 0)]
+    walker = Walker(broot)
+    minus_one, zero = array("i", (-1,)), array("i", (0,))
     next_report = every
-    while stack:
-        path, d, prefix = stack.pop()
-        try:
-            l_name, packed, failed = listdir_lstat(path)
-        except OSError as exc:
-            problems.append(ScanProblem(path, f"folder not readable ({exc.strerror}); its contents are not counted"))
-            continue
-        for name, err in failed:
-            problems.append(ScanProblem(os.path.join(path, name), f"not readable ({os.strerror(err)}); left out"))
-        start = len(names)
-        first_child[d] = start
-        # Columns of the packed lstat figures; comprehensions keep the per-entry Python work small.
-        cols = memoryview(packed).cast("q")
-        l_mode = cols[0::STAT_FIELDS].tolist()
-        l_size = cols[2::STAT_FIELDS].tolist()
-        l_alloc = [b * 512 for b in cols[3::STAT_FIELDS].tolist()]
-        head = HEADER + 4 + prefix  # align4(110 + len(archive name) + 1) = (head + len(name)) & ~3
-        l_cpio = [((head + len(nm)) & ~3) + ((z + 3) & ~3) for nm, z in zip(l_name, l_size, strict=True)]
-        subdirs: list[tuple[bytes, int, int]] = []
-        nlinks = cols[1::STAT_FIELDS]
-        for k in [k for k, m in enumerate(l_mode) if m & S_IFMT == REG and nlinks[k] > 1]:
-            i = start + k
-            key = (cols[k * STAT_FIELDS + 4], cols[k * STAT_FIELDS + 5])
-            group = hardlinks.get(key)
-            if group is None:
-                hardlinks[key] = [i]
-                links_unseen[key] = nlinks[k] - 1
-                outside += 1
-            else:  # a further name of an inode already counted: no data of its own
-                group.append(i)
-                unseen = links_unseen[key] - 1
-                links_unseen[key] = unseen
-                if unseen == 0:
-                    outside -= 1
-                link_size[i] = l_size[k]
-                l_size[k] = l_alloc[k] = 0
-                l_cpio[k] = (head + len(l_name[k])) & ~3
-        for k in [k for k, m in enumerate(l_mode) if m & S_IFMT != REG]:
-            kind = l_mode[k] & S_IFMT
-            if kind == DIR:
-                l_cpio[k] = (head + len(l_name[k])) & ~3
-                subdirs.append((os.path.join(path, l_name[k]), start + k, prefix + len(l_name[k]) + 1))
-            elif kind != LNK:  # devices, fifos, sockets: a header and nothing else
-                l_size[k] = l_alloc[k] = 0
-                l_cpio[k] = (head + len(l_name[k])) & ~3
-                special.append(start + k)
-        n = len(l_name)
-        names.extend(l_name)
-        parent.extend(array("i", (d,)) * n)
-        mode.extend(array("I", l_mode))
-        own_size = array("q", l_size)
-        own_alloc = array("q", l_alloc)
-        own_cpio = array("q", l_cpio)
-        size.extend(own_size)
-        alloc.extend(own_alloc)
-        cpio.extend(own_cpio)
-        tot_size.extend(own_size)
-        tot_alloc.extend(own_alloc)
-        tot_cpio.extend(own_cpio)
-        minus_one = array("i", (-1,)) * n
-        zero = array("i", (0,)) * n
-        first_child.extend(minus_one)
-        nchild.extend(zero)
-        tot_count.extend(zero)
-        s_size = sum(l_size)
-        s_alloc = sum(l_alloc)
-        s_cpio = sum(l_cpio)
-        nchild[d] = n
-        a = d
-        while a >= 0:
-            tot_size[a] += s_size
-            tot_alloc[a] += s_alloc
-            tot_cpio[a] += s_cpio
-            tot_count[a] += n
-            a = parent[a]
-        subdirs.reverse()  # pop in name-listing order; keeps descendants contiguous either way
-        stack.extend(subdirs)
+    while True:
+        chunk = walker.step(max(next_report - len(names), 1), names)
+        if chunk is None:
+            break
+        parents, modes, sizes, allocs, cpios, folders, links, specials, failures = chunk
+        n = len(parents) // 4
+        parent.frombytes(parents)
+        mode.frombytes(modes)
+        size.frombytes(sizes)
+        alloc.frombytes(allocs)
+        cpio.frombytes(cpios)
+        tot_size.frombytes(sizes)
+        tot_alloc.frombytes(allocs)
+        tot_cpio.frombytes(cpios)
+        first_child.extend(minus_one * n)
+        nchild.extend(zero * n)
+        tot_count.extend(zero * n)
+        settle(folders, parent, first_child, nchild, tot_size, tot_alloc, tot_cpio, tot_count)
+        if links:
+            rec = memoryview(links).cast("q").tolist()
+            for r in range(0, len(rec), 5):
+                i, dev, ino, nlink, z = rec[r:r + 5]
+                key = (dev, ino)
+                group = hardlinks.get(key)
+                if group is None:
+                    hardlinks[key] = [i]
+                    links_unseen[key] = nlink - 1
+                    outside += 1
+                else:  # a further name of an inode already counted: its size is the first's
+                    group.append(i)
+                    unseen = links_unseen[key] - 1
+                    links_unseen[key] = unseen
+                    if unseen == 0:
+                        outside -= 1
+                    link_size[i] = z
+        if specials:
+            special += memoryview(specials).cast("i").tolist()
+        for kind, path, err in failures:
+            if kind == 0:
+                problems.append(ScanProblem(path, f"folder not readable ({os.strerror(err)}); "
+                                                  "its contents are not counted"))
+            else:
+                problems.append(ScanProblem(path, f"not readable ({os.strerror(err)}); left out"))
         if len(names) >= next_report:
             idx.outside_inodes = outside
             next_report = len(names) + every
