@@ -25,12 +25,14 @@ class Progress:
     unit: str = "bytes"  # bytes | files | steps
     message: str = ""  # a log line worth showing, or ""
     #: what the event is, so no front end parses the message: ``progress`` (done of total),
-    #: ``log`` (a line about ``task``), ``reused`` (``task``'s artefact is unchanged and reused),
-    #: ``step`` (a step of the build as a whole: scan, plan, lock, clean; not an artefact)
+    #: ``log`` (a line about ``task``), ``reused`` (the artefact is unchanged since the last
+    #: build and reused as it is), ``step`` (a step of the build as a whole: scan, plan, lock,
+    #: clean; no artefact)
     kind: str = "progress"
     #: the artefact the event belongs to (an extension's name, ``uki``, ``verify``), set by the
     #: engine (:meth:`Reporter.for_artefact`), and the stage within it (``pack``, ``verity``,
-    #: ``initrd: compress``); both empty for an event of the build as a whole
+    #: ``initrd: compress``; empty on a line about the artefact as a whole); both empty for an
+    #: event of the build as a whole. ``task`` stays the text a plain log line shows.
     artefact: str = ""
     stage: str = ""
 
@@ -76,21 +78,33 @@ class Reporter:
             self._callback(Progress(task, 0, 0, "steps", message, kind))
 
     def for_artefact(self, name: str) -> Reporter:
-        """A reporter for the work on one artefact: its events carry ``artefact=name`` and the
-        stage (the task without the ``name: `` prefix), so front ends need not parse task names.
-        It shares this reporter's callback and cancel flag."""
+        """A reporter for the work on one artefact: its events carry ``artefact=name`` and their
+        ``stage``, so front ends need not read task names. It shares this reporter's callback and
+        cancel flag.
+
+        The stage is the work's own name within the artefact, as the engine named the task: the
+        task less the ``name: `` prefix (``firmware: verity`` -> ``verity``), a task of another
+        name whole (the UKI's ``initrd: compress``), and for a task named after the artefact
+        itself the artefact's name on progress (verification's one stage) and empty on a line
+        about the artefact as a whole. Events already stamped (a reporter for an artefact inside
+        another's work) keep their own artefact and stage.
+        """
         parent = self
         prefix = f"{name}: "
 
         def stamp(ev: Progress) -> None:
+            if parent._callback is None:
+                return
+            if ev.artefact:
+                parent._callback(ev)
+                return
             if ev.task.startswith(prefix):
                 stage = ev.task[len(prefix):]
-            elif ev.task == name:  # the artefact's own line, or its one-stage progress (verify)
-                stage = name if ev.kind == "progress" and not ev.message else ""
-            else:  # work done for it under another name (the UKI's "initrd: compress")
+            elif ev.task == name:
+                stage = name if ev.kind == "progress" else ""
+            else:
                 stage = ev.task
-            if parent._callback is not None:
-                parent._callback(replace(ev, artefact=name, stage=stage))
+            parent._callback(replace(ev, artefact=name, stage=stage))
 
         return Reporter(stamp, cancelled=lambda: parent.cancelled)
 

@@ -58,6 +58,10 @@ def test_headless_build_json_matches_verify(demo: Path, tmp_path: Path, capsys: 
         verified = json.loads(capsys.readouterr().out)
         assert verified["ok"] and verified["root_hash"] == art["digest"]
         assert os.path.getsize(art["path"]) == art["size"]
+        # one check type for both: the same JSON, the root hash still at the end of verity's detail
+        assert art["checks"] == verified["checks"] and all(list(c) == ["name", "ok", "detail"] for c in art["checks"])
+        verity = next(c for c in art["checks"] if c["name"] == "verity")
+        assert verity["detail"].endswith(f" data bytes matches; root hash {art['digest']}")
     assert no_temp_files(spec.parent)
 
 
@@ -113,7 +117,7 @@ def test_cancel_mid_build_keeps_previous_outputs(demo: Path, tmp_path: Path) -> 
     reporter = Reporter()
 
     def cancel_when_packing(ev: Progress) -> None:
-        if ev.task.endswith("verity") and ev.done > 0:
+        if ev.stage == "verity" and ev.done > 0:
             reporter.cancel()
 
     reporter._callback = cancel_when_packing
@@ -249,7 +253,7 @@ def test_what_was_built_before_a_cancel_is_reused(demo: Path, tmp_path: Path) ->
     reporter = Reporter()
 
     def cancel_at_drivers(ev: Progress) -> None:
-        if ev.task.startswith("drivers: "):
+        if ev.artefact == "drivers" and ev.stage:
             reporter.cancel()
 
     reporter._callback = cancel_at_drivers
@@ -268,9 +272,9 @@ def test_an_empty_extension_builds_no_image(demo: Path, tmp_path: Path) -> None:
     editor = SpecEditor(spec_path.read_text(), spec_path)
     editor.add_extension(ExtensionSpec(name="later"))
     save_text_atomic(spec_path, editor.text)
-    logged: list[str] = []
-    report = build(load_spec(spec_path), only=["later", "drivers"],
-                   reporter=Reporter(lambda ev: logged.append(f"{ev.task}: {ev.message}")))
+    events: list[Progress] = []
+    report = build(load_spec(spec_path), only=["later", "drivers"], reporter=Reporter(events.append))
     assert [a.name for a in report.artefacts] == ["drivers"]
-    assert "later: selects nothing yet: no image built" in logged
+    said = [(e.artefact, e.stage, e.kind, e.message) for e in events if e.task == "later"]
+    assert said == [("later", "", "log", "selects nothing yet: no image built")]
     assert not (spec_path.parent / "build/later.sysext.raw").exists()

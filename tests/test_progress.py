@@ -20,8 +20,10 @@ def test_for_artefact_stamps_artefact_and_stage_and_shares_cancel() -> None:
     uki("initrd: compress", 3, 4)
     uki.log("uki", "building uki.efi")
     parent.for_artefact("verify")("verify", 0, 2, "files")
+    parent.for_artefact("diff").for_artefact("docs")("docs: pack", 1, 2)  # the inner artefact's work
     assert [(e.artefact, e.stage) for e in events] == [("uki", "assemble: write"), ("uki", "initrd: compress"),
-                                                     ("uki", ""), ("verify", "verify")]
+                                                     ("uki", ""), ("verify", "verify"), ("docs", "pack")]
+    assert [e.task for e in events] == ["uki: assemble: write", "initrd: compress", "uki", "verify", "docs: pack"]
     parent.cancel()
     with pytest.raises(Cancelled):
         uki.check()

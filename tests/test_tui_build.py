@@ -144,7 +144,7 @@ async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> Non
             if a.kind == "sysext":
                 checked = verify_image(path, cert)
                 assert checked.ok, [c for c in checked.checks if not c.ok]
-                assert any(c.name == "verity" and a.digest in c.detail for c in checked.checks)
+                assert checked.check("verity").root_hash == checked.root_hash == a.digest
             else:
                 assert verify_uki(path, cert).ok
                 assert sha256(path) == a.digest
@@ -285,8 +285,9 @@ async def test_error_is_shown_and_the_workbench_goes_on(spec_path: Path) -> None
 @needs_stub
 async def test_internal_error_is_shown_not_fatal(spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(spec, *, reporter, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        reporter.log("firmware", "building firmware.sysext.raw")
-        reporter("firmware: pack", 10, 100)
+        firmware = reporter.for_artefact("firmware")
+        firmware.log("firmware", "building firmware.sysext.raw")
+        firmware("firmware: pack", 10, 100)
         raise ZeroDivisionError("a bug in the engine")
 
     monkeypatch.setattr(build_module, "build", broken)
@@ -338,22 +339,66 @@ def test_tracker_eta_from_measured_rates_and_monotone_fraction(spec_path: Path) 
     spec = load_spec(spec_path)  # extensions firmware, drivers; signed
     t = BuildTracker(spec, None, started=0.0, uki_bytes=4096)  # no plan: tiny nominal sizes
     assert t.fraction(0.5) == 0.0  # key checks and such are not progress
-    t.apply(Progress("firmware", 0, 0, "steps", "building firmware.sysext.raw"), 0.1)
-    t.apply(Progress("firmware: pack", 0, 100 << 20), 0.1)
-    t.apply(Progress("firmware: pack", 50 << 20, 100 << 20), 1.1)  # 50 MiB in 1 s
+    t.apply(Progress("firmware", 0, 0, "steps", "building firmware.sysext.raw", "log", "firmware"), 0.1)
+    t.apply(Progress("firmware: pack", 0, 100 << 20, artefact="firmware", stage="pack"), 0.1)
+    t.apply(Progress("firmware: pack", 50 << 20, 100 << 20, artefact="firmware", stage="pack"), 1.1)  # 50 MiB in 1 s
     fw = t.groups["firmware"]
     assert fw.stages["pack"].rate == pytest.approx(50 << 20)
     assert fw.remaining(1.1) == pytest.approx(1.0, abs=0.01)  # the other half at the same rate
     assert t.eta(1.1) == pytest.approx(1.0, abs=0.05) and 0.4 < t.fraction(1.1) < 0.6
-    t.apply(Progress("drivers", 0, 0, "steps", "unchanged since the last build: reusing drivers.sysext.raw", "reused"), 2.0)
+    t.apply(Progress("drivers", 0, 0, "steps", "unchanged since the last build: reusing drivers.sysext.raw", "reused",
+                     "drivers"), 2.0)
     assert fw.state == "done" and fw.remaining(2.0) == 0 and t.groups["drivers"].state == "reused"
     shown = [t.fraction(x) for x in (1.1, 2.0, 2.1)]
-    t.apply(Progress("initrd: compress", 1, 1000), 2.2)
+    t.apply(Progress("initrd: compress", 1, 1000, artefact="uki", stage="initrd: compress"), 2.2)
     shown += [t.fraction(x) for x in (2.3, 5.0, 9.0)]
     assert shown == sorted(shown) and shown[-1] < 1.0  # never backwards, never 100% before the end
     t.finish(None, "cancelled", 9.5)
     assert t.groups["uki"].state == "cancelled" and t.groups["verify"].state == "waiting"
     assert t.eta(9.6) is None and t.fraction(9.6) == shown[-1]
+
+
+def test_tracker_reads_the_events_fields_never_their_text(spec_path: Path) -> None:
+    """The artefact and stage come from the event's fields: a task text naming another artefact,
+    or a message saying "unchanged", changes nothing; only ``kind`` says reused."""
+    t = BuildTracker(load_spec(spec_path), None, started=0.0, uki_bytes=4096)
+    firmware, drivers = t.groups["firmware"], t.groups["drivers"]
+    assert t.apply(Progress("drivers: pack", 5, 10, artefact="firmware", stage="pack"), 0.1) is firmware
+    assert set(firmware.stages) == {"pack"} and not drivers.stages and drivers.state == "waiting"
+    # events of the build as a whole (a step; a line no artefact claims) leave every group alone
+    assert t.apply(Progress("drivers: pack", 1, 2), 0.2) is None
+    assert t.apply(Progress("scan", 0, 0, "steps", "scanning the tree", "step"), 0.3) is None
+    assert not drivers.stages and drivers.state == "waiting"
+    # a line about an artefact starts it; its words do not make it reused, nor a stage of it
+    t.apply(Progress("drivers: pack", 0, 0, "steps", "unchanged since the last build: mksquashfs", "log",
+                     "drivers", "pack"), 0.4)
+    assert drivers.state == "building" and not drivers.stages and firmware.state == "done"
+    t.apply(Progress("uki", 0, 0, "steps", "reusing uki.efi", "reused", "uki"), 0.5)
+    assert t.groups["uki"].state == "reused" and t.groups["uki"].ended == 0.5
+    # a reused artefact that fails verification is rebuilt: its progress makes it building again
+    t.apply(Progress("uki: assemble: write", 1, 4, artefact="uki", stage="assemble: write"), 0.6)
+    assert t.groups["uki"].state == "building" and t.groups["uki"].ended is None
+
+
+def test_result_shows_checks_from_their_fields(tmp_path: Path) -> None:
+    """The report's checks are typed: the detail is shown as it is, the verity check's root hash
+    is a field (shown once, on the artefact's own row), failed checks say what failed."""
+    from sysextant.core.build.artefacts import Artefact, BuildReport
+    from sysextant.core.build.verify import Check
+    from sysextant.tui.widgets.build import result_text
+
+    root = "ab" * 32
+    checks = [Check("gpt", True, "protective MBR"),
+              Check("verity", True, "hash tree recomputed from 4096 data bytes matches", root_hash=root),
+              Check("signature", False, "not signed by the given certificate"),
+              Check("layout", False, "no root partition")]
+    art = Artefact("sysext", "fw", str(tmp_path / "fw.sysext.raw"), 8192, False, True, root, False, checks)
+    report = BuildReport("sysextant.yaml", str(tmp_path), [art], 1.0, 1 << 30, None, [])
+    text = result_text(report, None, lambda name: "", width=120).plain
+    assert text.count(root) == 1 and f"root hash {root}\n" in text
+    assert "✓ verity: hash tree recomputed from 4096 data bytes matches\n" in text
+    assert "✗ signature: not signed by the given certificate\n" in text and "✗ layout: no root partition\n" in text
+    assert "✗ 2 of 4 checks FAILED (gpt verity)" not in text and "✗ 2 of 4 checks FAILED (gpt)" in text
 
 
 @needs_stub

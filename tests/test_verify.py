@@ -65,9 +65,16 @@ def test_good_image_passes(good) -> None:
     assert report.root_hash == res.root_hash and report.architecture == "x86-64" and report.signed
     assert report.filesystem == "erofs"
     assert report.check("signature").detail == "signed by the given certificate"
+    # the root hash the verity check recomputed is a field, not words in its detail
+    verity = report.check("verity")
+    assert verity.root_hash == res.root_hash and "root hash" not in verity.detail
+    assert all(c.root_hash is None for c in report.checks if c is not verity)
     data = json.loads(report.to_json())
     assert data["ok"] == report.ok and data["root_hash"] == res.root_hash
     assert [c["name"] for c in data["checks"]] == _names(report)
+    # the JSON (and `verify`'s lines) as before: the root hash at the end of verity's detail
+    assert data["checks"][3] == {"name": "verity", "ok": True,
+                                 "detail": f"{verity.detail}; root hash {res.root_hash}"}
 
 
 def test_without_cert_signature_is_checked_but_trust_is_not(good) -> None:
@@ -103,6 +110,7 @@ def test_damage_fails_the_named_check(good, tmp_path: Path, what: str, offset_of
     assert not report.ok
     failed = {c.name for c in report.failed()} - {"content"}
     assert check in failed, (what, [(c.name, c.detail) for c in report.checks])
+    assert all(c.root_hash is None for c in report.failed())  # a fact only of a check that passed
     # Damage in one place is not blamed on unrelated parts.
     assert failed <= {check, "partition-uuids", "filesystem", "extension-release"}, what
 

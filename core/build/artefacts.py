@@ -21,6 +21,7 @@ from ..errors import UserError
 from ..spec.model import Spec
 from ..spec.outputs import STATE_FILE
 from ..units import failing_verdict
+from .verify import Check
 
 
 @dataclass
@@ -33,9 +34,15 @@ class Artefact:
     signed: bool
     digest: str  # verity root hash (sysext) or sha256 of the file (uki)
     verified: bool = False
-    checks: list[dict] = field(default_factory=list)
+    #: the independent verification (:mod:`.verify`), the same type for an image and a UKI
+    checks: list[Check] = field(default_factory=list)
     predicted_size: int | None = None  # uki: the estimate made before the build
     extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["checks"] = [c.as_dict() for c in self.checks]
+        return data
 
 
 @dataclass
@@ -63,7 +70,9 @@ class BuildReport:
         return all(a.verified for a in self.artefacts) and not self.over_limit
 
     def to_json(self) -> dict:
-        return {"ok": self.ok, **asdict(self)}
+        data = {"ok": self.ok, **asdict(self)}
+        data["artefacts"] = [a.to_json() for a in self.artefacts]
+        return data
 
 
 def file_identity(path: str | os.PathLike[str]) -> dict | None:

@@ -38,8 +38,11 @@ def build_from_images(base: Path, image: Path, ext: ExtensionSpec, out_dir: Path
                       cert: Path | None = None, platform: str | None = None,
                       reporter: Reporter | None = None) -> FromImages:
     """Build ``out_dir/NAME.sysext.raw`` from what ``image`` adds over ``base``; UserError (naming
-    every problem) when the difference cannot be a system extension."""
+    every problem) when the difference cannot be a system extension. Every event of the work
+    (the images' difference, the packing, dm-verity) names the artefact ``ext.name``."""
     ext.from_images = ImageDiff(image=image, base=base)
+    if reporter is not None:
+        reporter = reporter.for_artefact(ext.name)
     src, problems, warnings = diff_content(base, image, ext, platform=platform, reporter=reporter)
     if problems or src is None:
         raise UserError(f"{image} over {base} cannot be extension {ext.name}:\n  " + "\n  ".join(problems))

@@ -247,7 +247,7 @@ def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], 
         if ext.name not in wanted:
             continue
         if not ext_plan.entries:
-            reporter.log(ext.name, "selects nothing yet: no image built")
+            reporter.for_artefact(ext.name).log(ext.name, "selects nothing yet: no image built")
             continue
         jobs.append((ext, ext_plan))
 
@@ -266,8 +266,9 @@ def _build_all(spec: Spec, index: TreeIndex, plan: Plan, wanted: Sequence[str], 
     _verify_all(artefacts, spec, reporter.for_artefact("verify"))
     for k, (job, art) in enumerate(zip(todo, artefacts, strict=True)):
         if art.reused and not art.verified:
-            reporter.log(art.name, f"{Path(art.path).name} was reused but fails verification now "
-                                   "(changed on disk since it was built): rebuilding it")
+            reporter.for_artefact(art.name).log(art.name, f"{Path(art.path).name} was reused but fails "
+                                                          "verification now (changed on disk since it was built): "
+                                                          "rebuilding it")
             artefacts[k] = make(job, True)
             _verify_all([artefacts[k]], spec, reporter.for_artefact("verify"))
     return artefacts
@@ -321,7 +322,7 @@ def _verify_all(artefacts: Sequence[Artefact], spec: Spec, reporter: Reporter) -
     for k, art in enumerate(artefacts):
         reporter("verify", k, len(artefacts), "files")
         report = verify_image(Path(art.path), cert) if art.kind == "sysext" else verify_uki(Path(art.path), cert)
-        art.checks = report.check_dicts()
+        art.checks = report.checks
         art.verified = report.ok
         reporter.log("verify", f"{Path(art.path).name}: {'verified' if art.verified else 'FAILED verification'}")
     reporter("verify", len(artefacts), len(artefacts), "files")
@@ -348,8 +349,8 @@ def render(report: BuildReport) -> str:
         lines.append(f"{mark:>6}  {a.kind:<6} {Path(a.path).name:<28} {format_size(a.size):>10}  {state:<6}  "
                      f"{'signed' if a.signed else 'unsigned'}  {a.digest[:16]}…")
         for c in a.checks:
-            if not c["ok"]:
-                lines.append(f"          {c['name']}: {c['detail']}")
+            if not c.ok:
+                lines.append(f"          {c.name}: {c.text}")
         if a.kind == "uki" and a.predicted_size is not None:
             err = (a.predicted_size - a.size) / a.size * 100 if a.size else 0.0
             lines.append(f"          predicted {format_size(a.predicted_size)}, got {format_size(a.size)} "

@@ -22,7 +22,7 @@ import struct
 import subprocess
 import uuid
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -46,11 +46,23 @@ ALLOWED_TOP = {t.encode() for t in rules.MERGED_TOPS}
 
 @dataclass
 class Check:
-    """One named check: ``ok`` and a one-line ``detail`` saying what was found."""
+    """One named check of an image or a UKI: ``ok``, a one-line ``detail`` saying what was found,
+    and the facts it established as fields of their own (a front end shows them without reading
+    the detail): ``root_hash``, the dm-verity root hash the verity check recomputed."""
 
     name: str
     ok: bool
     detail: str = ""
+    root_hash: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The detail with the facts, one line: what ``verify`` prints and the JSON's ``detail``."""
+        return f"{self.detail}; root hash {self.root_hash}" if self.root_hash else self.detail
+
+    def as_dict(self) -> dict:
+        """The JSON of one check (``verify --json``, ``build --json``): name, ok, detail."""
+        return {"name": self.name, "ok": self.ok, "detail": self.text}
 
 
 @dataclass
@@ -75,12 +87,13 @@ class VerifyReport:
     def check(self, name: str) -> Check | None:
         return next((c for c in self.checks if c.name == name), None)
 
-    def add(self, name: str, problems: list[str], good: str) -> bool:
-        self.checks.append(Check(name, not problems, "; ".join(problems) if problems else good))
+    def add(self, name: str, problems: list[str], good: str, *, root_hash: str | None = None) -> bool:
+        """Record check ``name``: passed with ``good`` (and its facts) when there are no problems."""
+        self.checks.append(Check(name, False, "; ".join(problems)) if problems else Check(name, True, good, root_hash))
         return not problems
 
     def check_dicts(self) -> list[dict]:
-        return [asdict(c) for c in self.checks]
+        return [c.as_dict() for c in self.checks]
 
     def as_dict(self) -> dict:
         """The JSON of ``verify --json`` (a UKI: only its checks; an image: what was read too)."""
@@ -88,7 +101,7 @@ class VerifyReport:
             return {"ok": self.ok, "checks": self.check_dicts()}
         return {"path": self.path, "ok": self.ok, "root_hash": self.root_hash,
                 "architecture": self.architecture, "signed": self.signed,
-                "filesystem": self.filesystem, "checks": [asdict(c) for c in self.checks]}
+                "filesystem": self.filesystem, "checks": self.check_dicts()}
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2)
@@ -392,7 +405,7 @@ def verify_image(path: Path, cert: Path | None = None) -> VerifyReport:
                    f"root {uuid.UUID(bytes=rh[:16])} and verity {uuid.UUID(bytes=rh[16:])} are the root hash halves")
 
         report.add("verity", verity.verify_tree(f, root.offset, root.size, f, hashp.offset, rh),
-                   f"hash tree recomputed from {root.size} data bytes matches; root hash {rh.hex()}")
+                   f"hash tree recomputed from {root.size} data bytes matches", root_hash=rh.hex())
 
         if sig_raw is not None:
             problems = pkcs7.check_signature(sig_raw, rh, trusted)

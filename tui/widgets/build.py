@@ -2,7 +2,8 @@
 
 :func:`sysextant.core.build.pipeline.build` runs in a thread worker; its :class:`~sysextant.core.progress.Progress`
 events come back to the screen with ``post_message``, at most about ten a second per task. The
-screen groups them by artefact (one group per extension, the UKI, the final verification), keeps
+screen groups them by artefact (one group per extension, the UKI, the final verification) from
+the events' fields (``artefact``, ``stage``, ``kind``; never their text), keeps
 a log of the engine's messages, and ends on the build report: every artefact with its path, size,
 root hash or sha256, reused or built, and its verification checks; the UKI against the limit; and
 how Kairos deploys the files. ``esc`` asks the engine to stop at its next check; the engine writes
@@ -206,54 +207,31 @@ class BuildTracker:
         self.groups["verify"] = Group("verify", "verify", "", [("verify", total_ext + uki, NOMINAL_RATE["verify"])])
 
     # -- events -----------------------------------------------------------------------------
-    def group_of_event(self, ev: Progress) -> tuple[Group, str | None]:
-        """The group an event belongs to and its stage (None for a log line): the engine names both
-        (``Progress.artefact``, ``.stage``); events from outside a build's artefacts fall back to
-        the task name."""
+    def apply(self, ev: Progress, now: float) -> Group | None:
+        """Take one event; returns the group of its artefact, or None for an event of the build as
+        a whole (a step such as the scan or the lock: a log line, no artefact's state)."""
         if not ev.artefact:
-            return self.group_of(ev.task)
+            return None
         group = self.groups.get(ev.artefact)
         if group is None:
             group = self.groups[ev.artefact] = Group(ev.artefact, "other")
-        return group, (ev.stage or None)
-
-    def group_of(self, task: str) -> tuple[Group, str | None]:
-        """The group a task belongs to and its stage name (None for a log-only task name)."""
-        if task in self.groups:
-            return self.groups[task], (task if task == "verify" else None)
-        if task.startswith(("initrd: ", "estimate: ")):  # the size prediction is part of the UKI's work
-            return self.groups["uki"], task
-        head, sep, rest = task.partition(": ")
-        if sep and head in self.groups:
-            return self.groups[head], rest
-        group = self.groups.get(head)
-        if group is None:
-            group = self.groups[head] = Group(head, "other")
-        return group, (rest or None)
-
-    def apply(self, ev: Progress, now: float) -> Group:
-        """Take one event; returns its group."""
-        if ev.kind == "step":  # the build's own steps show in the log, not as artefact rows
-            return Group(ev.task, "other")
-        group, stage_name = self.group_of_event(ev)
         self._start(group, now)
-        if ev.message and stage_name is None:
-            if ev.kind == "reused":
-                group.state = "reused"
-                group.ended = now
-            elif group.state == "waiting":
-                group.state = "building"
-        if stage_name is not None and not (ev.total == 0 and ev.done == 0 and ev.message):
+        if ev.kind == "reused":
+            group.state = "reused"
+            group.ended = now
+        elif ev.kind == "progress" and ev.stage:
             if self.work_started is None:
                 self.work_started = now
-            st = group.stages.get(stage_name)
+            st = group.stages.get(ev.stage)
             if st is None:  # a stage starts where the group's previous one ended
-                st = group.stages[stage_name] = Stage(ev.task, stage_name, ev.unit, group.last_event or now)
+                st = group.stages[ev.stage] = Stage(ev.task, ev.stage, ev.unit, group.last_event or now)
             st.done, st.total, st.updated = ev.done, ev.total, now
             if ev.total and ev.done >= ev.total:
                 st.finished = True
-            if group.state == "waiting":
-                group.state = "building"
+            if group.state in ("waiting", "reused"):  # a reused artefact that failed is rebuilt
+                group.state, group.ended = "building", None
+        elif group.state == "waiting":  # a line about the artefact: its work has begun
+            group.state = "building"
         group.last_event = now
         return group
 
@@ -552,18 +530,18 @@ def result_text(r: BuildReport, gauge: Figures | None, style: Callable[[str], ob
         else:  # 80 columns: the hash on a row of its own, inside it (whole in the JSON summary)
             out.append(f"    {label}\n", dim)
             out.append(f"    {a.digest if 4 + len(a.digest) <= width else middle_cut(a.digest, width - 4)}\n")
-        failed = [c for c in a.checks if not c["ok"]]
+        failed = [c for c in a.checks if not c.ok]
         if not a.checks:
             out.append("    no checks were run\n", bad_style)
         for c in a.checks:  # the two that make it trustworthy first, with what they found
-            if c["name"] in KEY_CHECKS:
-                out.append(f"    {'✓' if c['ok'] else '✗'} {c['name']}: ", ok_style if c["ok"] else bad_style)
-                out.append(f"{c['detail'].split('; root hash')[0]}\n")
+            if c.name in KEY_CHECKS:  # (the root hash has its own row above)
+                out.append(f"    {'✓' if c.ok else '✗'} {c.name}: ", ok_style if c.ok else bad_style)
+                out.append(f"{c.detail}\n")
         for c in failed:
-            if c["name"] not in KEY_CHECKS:
-                out.append(f"    ✗ {c['name']}: ", bad_style)
-                out.append(f"{c['detail']}\n")
-        others = [c["name"] for c in a.checks if c["ok"] and c["name"] not in KEY_CHECKS]
+            if c.name not in KEY_CHECKS:
+                out.append(f"    ✗ {c.name}: ", bad_style)
+                out.append(f"{c.detail}\n")
+        others = [c.name for c in a.checks if c.ok and c.name not in KEY_CHECKS]
         if a.checks:
             out.append(f"    ✓ all {plural(len(a.checks), 'check')} passed" if not failed else
                        f"    ✗ {len(failed)} of {len(a.checks)} checks FAILED", ok_style if not failed else bad_style)
