@@ -24,8 +24,8 @@ pytest.importorskip("textual")
 from textual.widgets import Button, Input  # noqa: E402
 
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
-from sysextant.tui.widgets.difffilter import BaseScreen  # noqa: E402
-from sysextant.tui.widgets.fit import FitScreen  # noqa: E402
+from sysextant.tui.screens.difffilter import BaseScreen  # noqa: E402
+from sysextant.tui.screens.fit import FitScreen  # noqa: E402
 from sysextant.tui.widgets.packages import PackageList  # noqa: E402
 
 pytestmark = pytest.mark.anyio

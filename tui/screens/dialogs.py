@@ -1,4 +1,4 @@
-"""Modal screens: help, a yes/no question, a name prompt."""
+"""The workbench's dialogs: help, a yes/no question, a name prompt."""
 
 from __future__ import annotations
 
