@@ -32,16 +32,12 @@ pytest.importorskip("textual")
 
 from test_tui import ready, status, wait_for  # noqa: E402
 
+from sysextant.core.build.tracker import BuildTracker  # noqa: E402
 from sysextant.tui import app as app_module  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
-from sysextant.tui.widgets import build as build_module  # noqa: E402
-from sysextant.tui.widgets.build import (  # noqa: E402
-    BuildScreen,
-    BuildTracker,
-    OverallBar,
-    ResultView,
-    StagesView,
-)
+from sysextant.tui.screens import build as build_module  # noqa: E402
+from sysextant.tui.screens.build import BuildScreen  # noqa: E402
+from sysextant.tui.widgets.build import OverallBar, ResultView, StagesView  # noqa: E402
 from sysextant.tui.widgets.gauge import LEVEL_WORDS  # noqa: E402
 
 pytestmark = pytest.mark.anyio

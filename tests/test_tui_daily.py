@@ -248,7 +248,7 @@ def slow_build(spec, *, reporter, **_kw):  # noqa: ANN001, ANN201 - stands in fo
 
 async def test_q_during_a_build_says_what_it_does_then_stops_and_quits(spec_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from sysextant.tui.widgets import build as build_module
+    from sysextant.tui.screens import build as build_module
 
     monkeypatch.setattr(build_module, "build", slow_build)
     app = WorkbenchApp(spec_path, watch=False, estimate=False)
@@ -268,7 +268,7 @@ async def test_q_during_a_build_says_what_it_does_then_stops_and_quits(spec_path
 
 
 def test_a_stopped_build_names_what_it_replaced_without_contradiction(spec_path: Path) -> None:
-    from sysextant.tui.widgets.build import BuildScreen
+    from sysextant.tui.screens.build import BuildScreen
 
     spec = load_spec(spec_path)
     screen = BuildScreen(spec, None, None)

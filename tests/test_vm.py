@@ -579,7 +579,7 @@ async def test_workbench_v_shows_the_stages_as_they_pass(demo_spec, monkeypatch)
     from sysextant.core.vm import run as vm_run
     from sysextant.tui.app import WorkbenchApp
     from sysextant.tui.widgets.bootcheck import BootCheckScreen
-    from sysextant.tui.widgets.build import BuildScreen
+    from sysextant.tui.screens.build import BuildScreen
 
     lines = (DATA / "console-check-build.txt").read_bytes().decode("utf-8", "replace").split("\n")
     gate = threading.Event()
