@@ -31,12 +31,13 @@ from sysextant.core.sizing.plan import Plan
 from sysextant.core.tree.index import TreeIndex, scan
 from sysextant.core.tree.selection import Sums, match
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import Outcome, Session
+from sysextant.core.workbench.operations import Outcome
+from sysextant.core.workbench.session import Session
 
 from .commands import WorkbenchCommands
 from .screens.build import BuildScreen
+from .screens.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings
-from .widgets.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
 from .widgets.item import item_line, item_pane, plural
@@ -290,7 +291,7 @@ class WorkbenchApp(App[int]):
 
     def action_fit(self) -> None:
         """F: propose the moves that bring the UKI under its limit; enter in the preview applies them."""
-        from .widgets.fit import FitScreen
+        from .screens.fit import FitScreen
 
         if not self._on_main_screen():
             raise SkipAction()
@@ -306,7 +307,7 @@ class WorkbenchApp(App[int]):
 
     def action_diff_filter(self) -> None:
         """D: show only what the tree adds or changes over a base image or tree; D again clears it."""
-        from .widgets.difffilter import BaseScreen, diff_words
+        from .screens.difffilter import BaseScreen, diff_words
 
         if not self._on_main_screen():
             raise SkipAction()
