@@ -273,3 +273,33 @@ async def test_diff_filter_shows_only_what_differs_from_the_base(tmp_path: Path,
         await pilot.press("D")  # D again clears it
         assert tree.only is None and "cleared" in status(app)
         assert len(tree.rows) == len(list(index.children(0)))
+
+
+def screen_lines(app: WorkbenchApp) -> list[str]:
+    """What the terminal shows, line by line (the compositor's output, overlaps and clipping done)."""
+    return ["".join(seg.text for seg in strip) for strip in app.screen._compositor.render_strips()]
+
+
+async def test_packages_view_without_a_database_says_why_whole_at_80x24(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "a-tree-whose-path-is-long-enough-to-need-wrapping" / "rootfs"
+    generate_tree(root, scale=0.05)  # no package database written into it
+    app = WorkbenchApp(project(tmp_path, root), estimate=False, watch=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(app, pilot)
+        await pilot.press("P")
+        await pilot.pause()
+        tp, why = app.session.package_db()
+        assert tp is None and "has no package database" in why and len(why) > 80
+        lines = screen_lines(app)
+        assert len(lines) == 24 and all(len(line) == 80 for line in lines)
+        box = app.query_one(PackageList).region
+        listed = [line[box.x:box.right] for line in lines[box.y:box.bottom]]
+        # every character of the reason in the list's place, in order (wrapped over its lines)
+        assert "".join(why.split()) in "".join("".join(listed).split())
+        shown = [line for line in lines if "no packages to list" in line]
+        assert len(shown) == 1 and "P: back to the tree" in shown[0] and "…" not in shown[0]
+        await pilot.press("space")  # nothing to mark: said in one line, whole
+        assert any("no package under the cursor: the list says why" in line for line in screen_lines(app))

@@ -35,9 +35,9 @@ from sysextant.core.workbench.operations import Outcome
 from sysextant.core.workbench.session import Session
 
 from .commands import WorkbenchCommands
-from .screens.build import BuildScreen
 from .screens.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings
+from .widgets.build import BuildScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
 from .widgets.item import item_line, item_pane, plural
@@ -279,8 +279,8 @@ class WorkbenchApp(App[int]):
         if shown:
             plist.current_ext = self.current_ext
             plist.reload_rows()
-            if plist.why:
-                self.set_status(plist.why, "refused")
+            if plist.why:  # the list says why, wrapped; the status line has one line at 80 columns
+                self.set_status("no packages to list: the list says why · P: back to the tree", "refused")
             else:
                 self.set_status(f"packages by what they cost in the UKI · space marks one into "
                                 f"{self.current_ext or 'an extension (+ adds one)'} · P: back to the tree", "info")
@@ -728,7 +728,8 @@ class WorkbenchApp(App[int]):
         plist = self.packages
         if plist is not None:
             if plist.row is None:
-                self.set_status(plist.why or "no package under the cursor", "refused")
+                self.set_status("no package under the cursor" + (": the list says why" if plist.why else ""),
+                                "refused")
                 return
             outcome = self.session.toggle_package(plist.row.key, self.current_ext)
             self.report(outcome)

@@ -10,6 +10,8 @@ extension, or takes it out; every figure comes from :meth:`Session.package_rows`
 
 from __future__ import annotations
 
+import textwrap
+
 from rich.markup import escape
 from rich.segment import Segment
 from rich.text import Text
@@ -112,9 +114,10 @@ class PackageList(CursorMoves, ScrollView, can_focus=True):
         n = self.scroll_offset.y + y
         width = self.size.width
         if n >= len(self.rows):
-            if n == 0 and y == 0:
-                msg = self.why or "no package has files in the tree"
-                return Strip([Segment(f"  {msg}"[:width].ljust(width), self.get_component_rich_style("tree-list--dim"))])
+            if not self.rows:  # why there is nothing to list, wrapped: it names paths, and 80 columns are few
+                lines = empty_lines(self.why or "no package has files in the tree", width)
+                if y < len(lines):
+                    return Strip([Segment(lines[y].ljust(width), self.get_component_rich_style("tree-list--dim"))])
             return Strip.blank(width, self.rich_style)
         text = self._row_text(self.rows[n], width)
         if n == self.cursor:
@@ -145,13 +148,19 @@ class PackageList(CursorMoves, ScrollView, can_focus=True):
         return t
 
 
+def empty_lines(why: str, width: int) -> list[str]:
+    """What the empty list says, wrapped to ``width`` (indented by two), every word kept."""
+    return ["  " + line for line in textwrap.wrap(why, max(8, width - 3), break_on_hyphens=False)]
+
+
 def packages_crumb(session: Session, plist: PackageList, current_ext: str | None) -> str:
     """The line above the list: the database, the row count, the extension space marks into."""
-    tp, why = session.package_db()
-    what = f"{tp.db.kind}, {len(plist.rows):,} with files" if tp is not None else escape(why or "no database")
+    tp, _why = session.package_db()
+    # without rows the list itself says why (wrapped); the one line above it stays short
+    what = f" ({tp.db.kind}, {len(plist.rows):,} with files)" if tp is not None else ""
     pos = f"  {plist.cursor + 1:,} of {len(plist.rows):,}" if plist.rows else ""
     ext = f"  → [b]{escape(current_ext)}[/b]" if current_ext else "  [dim]no extension: + adds one[/]"
-    return f"[b]packages[/b] [dim]({what}){pos}[/]{ext}"
+    return f"[b]packages[/b][dim]{what}{pos}[/]{ext}"
 
 
 def package_line(session: Session, r: PackageRow | None, ext: str | None) -> str:
