@@ -35,9 +35,9 @@ from sysextant.core.workbench.operations import Outcome
 from sysextant.core.workbench.session import Session
 
 from .commands import WorkbenchCommands
+from .screens.build import BuildScreen
 from .screens.dialogs import ConfirmScreen, HelpScreen, NameScreen
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings
-from .widgets.build import BuildScreen
 from .widgets.extensions import ExtensionsPanel, PathList
 from .widgets.gauge import UkiGauge
 from .widgets.item import item_line, item_pane, plural
