@@ -281,9 +281,9 @@ async def test_a_refused_name_keeps_the_dialog_open_with_the_text_and_the_reason
 # -- the build result at 80 columns ------------------------------------------------------------------
 def fake_report(tmp: Path) -> object:
     from sysextant.core.build.artefacts import Artefact, BuildReport
+    from sysextant.core.build.verify import Check
 
-    checks = [{"name": "verity", "ok": True, "detail": "hash tree recomputed"},
-              {"name": "signature", "ok": True, "detail": "signed by the given certificate"}]
+    checks = [Check("verity", True, "hash tree recomputed"), Check("signature", True, "signed by the given certificate")]
     arts = [Artefact("sysext", "firmware", str(tmp / "build/firmware.sysext.raw"), 124_010_496, True, True,
                      "a36f96f0f6d1f21d347db8bda045c545932f1f9333a9c7a812a4592b0eb8f412", True, checks),
             Artefact("uki", "uki", str(tmp / "build/uki.efi"), 220_000_000, False, True,
