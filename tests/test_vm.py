@@ -578,7 +578,7 @@ async def test_workbench_v_shows_the_stages_as_they_pass(demo_spec, monkeypatch)
     from sysextant.core.vm import qemu as vm_qemu
     from sysextant.core.vm import run as vm_run
     from sysextant.tui.app import WorkbenchApp
-    from sysextant.tui.widgets.bootcheck import BootCheckScreen
+    from sysextant.tui.screens.bootcheck import BootCheckScreen
     from sysextant.tui.screens.build import BuildScreen
 
     lines = (DATA / "console-check-build.txt").read_bytes().decode("utf-8", "replace").split("\n")
@@ -693,7 +693,7 @@ async def test_workbench_boot_check_esc_stops_qemu_and_swtpm_and_removes_the_tem
 
     from sysextant.core.vm import run as vm_run
     from sysextant.tui.app import WorkbenchApp
-    from sysextant.tui.widgets.bootcheck import BootCheckScreen
+    from sysextant.tui.screens.bootcheck import BootCheckScreen
 
     console_lines = (DATA / "console-check-build.txt").read_bytes().split(b"\n")[:8]  # up to the kernel
     spawned, temp = _stand_in_vm(monkeypatch, tmp_path, console_lines)

@@ -1048,8 +1048,8 @@ class WorkbenchApp(App[int]):
 
     def action_boot_check(self) -> None:
         """Boot the built UKI (with extensions: the check build) under Secure Boot in a VM and
-        show the stages as they pass (tui/widgets/bootcheck.py); esc stops QEMU and swtpm."""
-        from .widgets.bootcheck import BootCheckScreen, boot_check_refusal
+        show the stages as they pass (tui/screens/bootcheck.py); esc stops QEMU and swtpm."""
+        from .screens.bootcheck import BootCheckScreen, boot_check_refusal
 
         refusal = boot_check_refusal(self)
         if refusal:
@@ -1074,7 +1074,7 @@ class WorkbenchApp(App[int]):
         building = self.build_screen()
         if building is not None and building.running:
             await building.stop()  # the engine removes its temp files and child processes
-        from .widgets.bootcheck import BootCheckScreen
+        from .screens.bootcheck import BootCheckScreen
 
         for checking in [s for s in self.screen_stack if isinstance(s, BootCheckScreen) and s.running]:
             await checking.stop()  # QEMU and swtpm stopped, the temp folder removed

@@ -41,7 +41,7 @@ MARKS = {PASSED: ("✓", "green"), FAILED: ("✗", "red"), SKIPPED: ("–", "yel
 def boot_check_refusal(app: Any) -> str | None:
     """Why ``v`` cannot boot-check now, or None: it needs a build (the UKI on disk), no build or
     other check running, and the spec on disk as shown (the check build reads the file)."""
-    from ..screens.build import BuildScreen
+    from .build import BuildScreen
 
     s = app.session
     if any(isinstance(x, (BuildScreen, BootCheckScreen)) for x in app.screen_stack):
