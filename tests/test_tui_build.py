@@ -32,7 +32,7 @@ pytest.importorskip("textual")
 
 from test_tui import ready, status, wait_for  # noqa: E402
 
-from sysextant.core.build.tracker import BuildTracker  # noqa: E402
+from sysextant.core.build.tracker import STAGE_LABELS, BuildTracker  # noqa: E402
 from sysextant.tui import app as app_module  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 from sysextant.tui.screens import build as build_module  # noqa: E402
@@ -122,6 +122,8 @@ async def test_full_build_then_unchanged_then_everything(spec_path: Path) -> Non
         assert {"pack", "copy", "verity"} <= set(groups["firmware"].stages)
         assert {"initrd: compress", "assemble: write", "assemble: sign", "assemble: sha256"} <= set(groups["uki"].stages)
         assert all(st.finished for g in groups.values() for st in g.stages.values())
+        unworded = {st.name for g in groups.values() for st in g.stages.values()} - set(STAGE_LABELS)
+        assert not unworded, f"stages shown by their engine names: {unworded}"
         assert [g.state for g in groups.values()] == ["verified", "verified", "verified", "passed"]
         text = str(screen.query_one(ResultView).text)
         for a in report.artefacts:

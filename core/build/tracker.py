@@ -28,6 +28,12 @@ STAGE_LABELS = {
     "assemble: sign": "bytes hashed for the signature",
     "assemble: sha256": "sha256 of the UKI",
     "verify": "artefacts verified",
+    # the UKI's size estimated before its build (when the front end had no prepared estimate)
+    "estimate: compress groups": "initrd estimated (fast level)",
+    "estimate: sample target level": "estimate sampled at its level",
+    "estimate: target level": "estimate at the build's level",
+    "estimate: refine cut groups": "estimate refined",
+    "pcr 11 signature": "bytes hashed for PCR 11 policy",
 }
 
 MiB = 1 << 20
