@@ -29,6 +29,7 @@ STAGE_LABELS = {
     "assemble: sha256": "sha256 of the UKI",
     "verify": "artefacts verified",
     # the UKI's size estimated before its build (when the front end had no prepared estimate)
+    "estimate: quick sample": "initrd sampled by content kind",
     "estimate: compress groups": "initrd estimated (fast level)",
     "estimate: sample target level": "estimate sampled at its level",
     "estimate: target level": "estimate at the build's level",
