@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+from array import array
 from pathlib import Path
 
 import pytest
@@ -181,7 +182,8 @@ def test_the_native_listing_is_built() -> None:
 
     assert index.listdir_lstat is _listdir.listdir_lstat
     assert index.Walker is _listdir.Walker and index.settle is _listdir.settle
-    assert isinstance(scan(os.path.dirname(__file__)).names, _listdir.Names)
+    scanned = scan(os.path.dirname(__file__))
+    assert isinstance(scanned.names, _listdir.Names) and isinstance(scanned.layout, _listdir.Folders)
 
 
 def _listings(folders: list[str], fn) -> dict[str, tuple]:
@@ -241,17 +243,19 @@ def _python_scan(root, **kwargs):
     """A scan by the pure-Python twins: what an install without a C compiler runs."""
     from sysextant.core.tree import index as index_mod
 
-    saved = index_mod.Walker, index_mod.settle, index_mod.new_names
-    index_mod.Walker, index_mod.settle, index_mod.new_names = index_mod._Walker, index_mod._settle_py, list
+    saved = index_mod.Walker, index_mod.settle, index_mod.new_names, index_mod.new_folders
+    index_mod.Walker, index_mod.settle, index_mod.new_names, index_mod.new_folders = (
+        index_mod._Walker, index_mod._settle_py, list, index_mod._Folders)
     try:
         return scan(root, **kwargs)
     finally:
-        index_mod.Walker, index_mod.settle, index_mod.new_names = saved
+        index_mod.Walker, index_mod.settle, index_mod.new_names, index_mod.new_folders = saved
 
 
 def _contents(index) -> dict:
     out = {c: getattr(index, c) for c in COLUMNS}
-    out["names"] = list(out["names"])
+    for c in ("names", "first_child", "nchild", "tot_size", "tot_alloc", "tot_cpio", "tot_count"):
+        out[c] = list(out[c])
     out["problems"] = [str(p) for p in index.problems]
     return out
 
@@ -266,7 +270,7 @@ def test_scan_is_the_same_with_the_python_listing(tmp_path: Path) -> None:
         (d / "file").write_bytes(b"y" * k)
     fast = scan(tmp_path)
     slow = _python_scan(tmp_path)
-    assert isinstance(slow.names, list)
+    assert isinstance(slow.names, list) and isinstance(slow.tot_size, array)
     for column in COLUMNS:
         assert getattr(fast, column) == getattr(slow, column), column
     assert [str(p) for p in fast.problems] == [str(p) for p in slow.problems]
@@ -336,21 +340,49 @@ def test_names_column() -> None:
         Names([b"a", 1])
     with pytest.raises(TypeError):
         hash(names)
+    # thousands of names cross the column's blocks of 1024: each still reads back whole
+    many = [bytes([65 + k % 26]) * (k % 256) for k in range(5000)]
+    col = Names(many)
+    assert list(col) == many and col == many and col[1000:3100:3] == many[1000:3100:3]
+    assert [col[k] for k in (1023, 1024, 1025, 2047, 2048, 4999)] == [many[k] for k in (1023, 1024, 1025, 2047, 2048, 4999)]
 
 
-def test_settle_checks_its_columns() -> None:
-    from array import array
+def test_folder_columns() -> None:
+    """Kept for folders only; a file's first_child, nchild, totals and tot_count read as -1, 0,
+    its own figures and 0, like the per-entry arrays of the pure-Python twin."""
+    from sysextant.core.tree._listdir import Folders, settle
 
-    from sysextant.core.tree._listdir import settle
-
-    cols = [array("i", [-1, 0]), array("i", [-1, -1]), array("i", [0, 0]), array("q", [0, 0]), array("q", [0, 0]),
-            array("q", [0, 0]), array("i", [0, 0])]
-    settle(array("q", [1, 2, 3, 10, 20, 30]).tobytes(), *cols)
-    assert [list(c) for c in cols] == [[-1, 0], [-1, 2], [0, 3], [10, 10], [20, 20], [30, 30], [3, 3]]
+    size, alloc, cpio = array("q", [4096, 7, 4096, 5]), array("q", [4096, 8, 4096, 9]), array("q", [0, 120, 116, 124])
+    parent = array("i", [-1, 0, 0, 2])
+    layout = Folders()
+    layout.add(1, array("i", [0]).tobytes(), size[:1].tobytes(), alloc[:1].tobytes(), cpio[:1].tobytes())
+    layout.add(2, array("i", [2]).tobytes(), size[1:3].tobytes(), alloc[1:3].tobytes(), cpio[1:3].tobytes())
+    settle(array("q", [0, 1, 2, 7 + 4096, 8 + 4096, 236]).tobytes(), parent[:3], layout)
+    layout.add(1, b"", size[3:].tobytes(), alloc[3:].tobytes(), cpio[3:].tobytes())
+    settle(array("q", [2, 3, 1, 5, 9, 124]).tobytes(), parent, layout)
+    assert len(layout) == 4 and layout.folders() == 2
+    cols = {name: layout.column(name, own) for name, own in (("first_child", None), ("nchild", None),
+                                                             ("tot_count", None), ("tot_size", size),
+                                                             ("tot_alloc", alloc), ("tot_cpio", cpio))}
+    expect = {"first_child": [1, -1, 3, -1], "nchild": [2, 0, 1, 0], "tot_count": [3, 0, 1, 0],
+              "tot_size": [4096 + 7 + 4096 + 5, 7, 4096 + 5, 5], "tot_alloc": [4096 + 8 + 4096 + 9, 8, 4096 + 9, 9],
+              "tot_cpio": [360, 120, 240, 124]}
+    for name, col in cols.items():
+        assert col.tolist() == list(col) == expect[name] and len(col) == 4, name
+        assert col == array("q", expect[name]) and col == expect[name] and col != expect[name][:3], name
+        assert col[-1] == expect[name][-1] and col[1:3] == expect[name][1:3], name
+        with pytest.raises(IndexError):
+            col[4]
     with pytest.raises(TypeError):
-        settle(b"", *cols[:3], array("i", [0, 0]), *cols[4:])
+        layout.column("tot_size")  # a total needs the entries' own figures
     with pytest.raises(ValueError):
-        settle(array("q", [5, 2, 3, 10, 20, 30]).tobytes(), *cols)
+        layout.column("nope")
+    with pytest.raises(ValueError):  # entry 1 is not a folder
+        settle(array("q", [1, 3, 1, 5, 9, 124]).tobytes(), parent, layout)
+    with pytest.raises(TypeError):
+        settle(b"", array("q", parent), layout)
+    with pytest.raises(ValueError):  # folders are new entries, ascending
+        layout.add(2, array("i", [1]).tobytes(), bytes(16), bytes(16), bytes(16))
 
 
 def test_glob_and_intervals(tmp_path: Path) -> None:

@@ -17,13 +17,17 @@
  *   to ``names`` (a Names) and returns their columns packed, ready for array.frombytes. The
  *   tuple is documented at index._Walker.step, the pure-Python twin the tests compare it to.
  *
- * settle(folders, parent, first_child, nchild, tot_size, tot_alloc, tot_cpio, tot_count)
+ * Folders(): the index's folder columns (first_child, nchild, tot_size, tot_alloc, tot_cpio,
+ *   tot_count) kept for folders only, a file's read as -1, 0, its own figures and 0; add() grows
+ *   it by a chunk, column(name, own) is one column seen per entry (a FolderColumn).
  *
- *   Records a chunk's listed folders in the index columns (arrays, written in place) and adds
- *   each folder's children to its own and its ancestors' totals.
+ * settle(folders, parent, layout)
  *
- * Names: the index's names column, one blob and the end offset of each name (8 bytes an entry
- *   and the name itself, where a list of bytes takes about 56): len, [i], iteration, ==.
+ *   Records a chunk's listed folders in the Folders ``layout`` and adds each folder's children
+ *   to its own and its ancestors' totals.
+ *
+ * Names: the index's names column, one blob and 4 bytes an entry for where each name ends
+ *   (where a list of bytes takes about 56 a name): len, [i], iteration, ==, append.
  *
  * Every folder is opened with O_NOFOLLOW, its entries examined with fstatat(AT_SYMLINK_NOFOLLOW)
  * relative to it: no symlink is ever followed. The listing and the stat calls run without the
@@ -198,50 +202,79 @@ error:
 
 /* ---- Names ------------------------------------------------------------------------------ */
 
+/* Names are kept one after another in ``blob``. Name ``i`` ends at ``base[i / BLOCK] + rel[i]``
+ * and starts where name ``i - 1`` ends, or at ``base[i / BLOCK]`` for the first of a block: 4
+ * bytes an entry, as any name but the block's first starts within 4 GiB of its block's base. */
+#define BLOCK 1024
+
 typedef struct {
     PyObject_HEAD
-    char *blob;       /* the names, one after another */
+    char *blob;
     size_t blob_len, blob_cap;
-    int64_t *ends;    /* ends[i]: where name i ends in blob; it starts at ends[i - 1] (or 0) */
+    uint32_t *rel;
     Py_ssize_t n, cap;
+    int64_t *base;    /* where each block starts in blob */
+    Py_ssize_t bcap;
 } NamesObject;
 
 static PyTypeObject NamesType;
 
-/* Room for ``more`` names of ``bytes`` bytes in all; grows by an eighth (the arrays' way). */
+static size_t spare(size_t need, size_t floor) { return need + (need >> 3) + floor; } /* arrays grow so */
+
+/* Room for ``more`` names of ``bytes`` bytes in all. */
 static int names_reserve(NamesObject *o, Py_ssize_t more, size_t bytes) {
     if (o->blob_len + bytes > o->blob_cap) {
-        size_t need = o->blob_len + bytes;
-        size_t cap = need + (need >> 3) + 256;
+        size_t cap = spare(o->blob_len + bytes, 256);
         char *p = PyMem_RawRealloc(o->blob, cap);
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
+        if (p == NULL)
+            goto nomem;
         o->blob = p;
         o->blob_cap = cap;
     }
     if (o->n + more > o->cap) {
-        Py_ssize_t need = o->n + more;
-        Py_ssize_t cap = need + (need >> 3) + 32;
-        int64_t *p = PyMem_RawRealloc(o->ends, (size_t)cap * sizeof(int64_t));
-        if (p == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        o->ends = p;
-        o->cap = cap;
+        size_t cap = spare((size_t)(o->n + more), 32);
+        uint32_t *p = PyMem_RawRealloc(o->rel, cap * sizeof(uint32_t));
+        if (p == NULL)
+            goto nomem;
+        o->rel = p;
+        o->cap = (Py_ssize_t)cap;
     }
+    Py_ssize_t blocks = (o->n + more + BLOCK - 1) / BLOCK;
+    if (blocks > o->bcap) {
+        size_t cap = spare((size_t)blocks, 4);
+        int64_t *p = PyMem_RawRealloc(o->base, cap * sizeof(int64_t));
+        if (p == NULL)
+            goto nomem;
+        o->base = p;
+        o->bcap = (Py_ssize_t)cap;
+    }
+    return 0;
+nomem:
+    PyErr_NoMemory();
+    return -1;
+}
+
+/* Appends a name there is room for; -1 (ValueError) for a name of 4 GiB or more. */
+static int names_put(NamesObject *o, const char *s, size_t len) {
+    Py_ssize_t i = o->n;
+    if (i % BLOCK == 0)
+        o->base[i / BLOCK] = (int64_t)o->blob_len;
+    uint64_t end = o->blob_len + len - (uint64_t)o->base[i / BLOCK];
+    if (end > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "Names: a name of 4 GiB or more");
+        return -1;
+    }
+    memcpy(o->blob + o->blob_len, s, len);
+    o->blob_len += len;
+    o->rel[i] = (uint32_t)end;
+    o->n++;
     return 0;
 }
 
 static int names_push(NamesObject *o, const char *s, size_t len) {
     if (names_reserve(o, 1, len))
         return -1;
-    memcpy(o->blob + o->blob_len, s, len);
-    o->blob_len += len;
-    o->ends[o->n++] = (int64_t)o->blob_len;
-    return 0;
+    return names_put(o, s, len);
 }
 
 static PyObject *names_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -281,15 +314,25 @@ error:
 
 static void names_dealloc(NamesObject *o) {
     PyMem_RawFree(o->blob);
-    PyMem_RawFree(o->ends);
+    PyMem_RawFree(o->rel);
+    PyMem_RawFree(o->base);
     Py_TYPE(o)->tp_free((PyObject *)o);
 }
 
 static Py_ssize_t names_len(NamesObject *o) { return o->n; }
 
+static void names_span(const NamesObject *o, Py_ssize_t i, const char **s, Py_ssize_t *len) {
+    int64_t base = o->base[i / BLOCK];
+    uint32_t start = i % BLOCK ? o->rel[i - 1] : 0;
+    *s = o->blob + base + start;
+    *len = (Py_ssize_t)(o->rel[i] - start);
+}
+
 static PyObject *names_at(NamesObject *o, Py_ssize_t i) {
-    int64_t start = i ? o->ends[i - 1] : 0;
-    return PyBytes_FromStringAndSize(o->blob + start, (Py_ssize_t)(o->ends[i] - start));
+    const char *s;
+    Py_ssize_t len;
+    names_span(o, i, &s, &len);
+    return PyBytes_FromStringAndSize(s, len);
 }
 
 static PyObject *names_item(NamesObject *o, Py_ssize_t i) {
@@ -339,7 +382,8 @@ static PyObject *names_richcompare(NamesObject *o, PyObject *other, int op) {
     if (PyObject_TypeCheck(other, &NamesType)) {
         NamesObject *b = (NamesObject *)other;
         same = o->n == b->n && o->blob_len == b->blob_len &&
-               (o->n == 0 || (memcmp(o->ends, b->ends, (size_t)o->n * sizeof(int64_t)) == 0 &&
+               (o->n == 0 || (memcmp(o->rel, b->rel, (size_t)o->n * sizeof(uint32_t)) == 0 &&
+                              memcmp(o->base, b->base, (size_t)((o->n + BLOCK - 1) / BLOCK) * sizeof(int64_t)) == 0 &&
                               memcmp(o->blob, b->blob, o->blob_len) == 0));
     } else if (PyList_Check(other) || PyTuple_Check(other)) {
         PyObject *seq = PySequence_Fast(other, "");
@@ -349,9 +393,10 @@ static PyObject *names_richcompare(NamesObject *o, PyObject *other, int op) {
         same = n == o->n;
         for (Py_ssize_t i = 0; same && i < n; i++) {
             PyObject *x = PySequence_Fast_GET_ITEM(seq, i);
-            int64_t start = i ? o->ends[i - 1] : 0;
-            same = PyBytes_Check(x) && PyBytes_GET_SIZE(x) == o->ends[i] - start &&
-                   memcmp(PyBytes_AS_STRING(x), o->blob + start, (size_t)PyBytes_GET_SIZE(x)) == 0;
+            const char *s;
+            Py_ssize_t len;
+            names_span(o, i, &s, &len);
+            same = PyBytes_Check(x) && PyBytes_GET_SIZE(x) == len && memcmp(PyBytes_AS_STRING(x), s, (size_t)len) == 0;
         }
         Py_DECREF(seq);
     } else {
@@ -374,7 +419,8 @@ static PyObject *names_append(NamesObject *o, PyObject *x) {
 
 static PyObject *names_sizeof(NamesObject *o, PyObject *unused) {
     (void)unused;
-    return PyLong_FromSize_t(sizeof(NamesObject) + o->blob_cap + (size_t)o->cap * sizeof(int64_t));
+    return PyLong_FromSize_t(sizeof(NamesObject) + o->blob_cap + (size_t)o->cap * sizeof(uint32_t) +
+                             (size_t)o->bcap * sizeof(int64_t));
 }
 
 static PyObject *names_repr(NamesObject *o) {
@@ -400,7 +446,7 @@ static PyMappingMethods names_as_mapping = {
 static PyTypeObject NamesType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "sysextant.core.tree._listdir.Names",
-    .tp_doc = "Names(items=()): the index's names, bytes each, in one buffer (8 bytes an entry and the name).",
+    .tp_doc = "Names(items=()): the index's names, bytes each, in one buffer (4 bytes an entry and the name).",
     .tp_basicsize = sizeof(NamesObject),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_SEQUENCE,
     .tp_new = names_new,
@@ -492,6 +538,7 @@ typedef struct {
     vec parent;         /* int32 */
     vec mode;           /* uint32 */
     vec size, alloc, cpio;  /* int64 */
+    vec dirs;           /* int32: the entries that are folders */
     vec folders;        /* int64 x 6: folder, first child, children, their size, alloc, cpio */
     vec links;          /* int64 x 5: entry, st_dev, st_ino, st_nlink, st_size of hardlinked files */
     vec special;        /* int32 */
@@ -510,7 +557,7 @@ static void walker_clear_stack(WalkerObject *w) {
 static void walker_dealloc(WalkerObject *w) {
     walker_clear_stack(w);
     vec *vs[] = {&w->stack, &w->blob, &w->ends, &w->parent, &w->mode, &w->size, &w->alloc, &w->cpio,
-                 &w->folders, &w->links, &w->special, &w->problems, &w->ptext, &w->subdirs};
+                 &w->dirs, &w->folders, &w->links, &w->special, &w->problems, &w->ptext, &w->subdirs};
     for (size_t k = 0; k < sizeof vs / sizeof vs[0]; k++)
         PyMem_RawFree(vs[k]->p);
     listing_free(&w->l);
@@ -616,7 +663,7 @@ static int walk_folder(WalkerObject *w, pending *f) {
             break;
         case S_IFDIR: {
             subdir sd = {k, (int32_t)i};
-            if (vec_push(&w->subdirs, &sd, sizeof sd))
+            if (vec_push(&w->subdirs, &sd, sizeof sd) || vec_push(&w->dirs, &sd.index, sizeof sd.index))
                 return -1;
             break;
         }
@@ -708,7 +755,7 @@ static PyObject *walker_step(WalkerObject *w, PyObject *args) {
     if (w->stack.n == 0)
         Py_RETURN_NONE;
     vec *chunk[] = {&w->blob, &w->ends, &w->parent, &w->mode, &w->size, &w->alloc, &w->cpio,
-                    &w->folders, &w->links, &w->special, &w->problems, &w->ptext};
+                    &w->dirs, &w->folders, &w->links, &w->special, &w->problems, &w->ptext};
     for (size_t k = 0; k < sizeof chunk / sizeof chunk[0]; k++)
         chunk[k]->n = 0;
     int failed = 0;
@@ -733,12 +780,10 @@ static PyObject *walker_step(WalkerObject *w, PyObject *args) {
     size_t n = w->parent.n;
     if (names_reserve(names, (Py_ssize_t)n, w->blob.n))
         return NULL;
-    int64_t base = (int64_t)names->blob_len, *ends = w->ends.p;
-    memcpy(names->blob + names->blob_len, w->blob.p, w->blob.n);
-    names->blob_len += w->blob.n;
-    for (size_t k = 0; k < n; k++)
-        names->ends[names->n + (Py_ssize_t)k] = base + ends[k];
-    names->n += (Py_ssize_t)n;
+    const int64_t *ends = w->ends.p;
+    for (size_t k = 0, start = 0; k < n; start = (size_t)ends[k], k++)
+        if (names_put(names, (const char *)w->blob.p + start, (size_t)ends[k] - start))
+            return NULL;
 
     PyObject *problems = PyList_New((Py_ssize_t)w->problems.n);
     if (problems == NULL)
@@ -753,16 +798,17 @@ static PyObject *walker_step(WalkerObject *w, PyObject *args) {
         }
         PyList_SET_ITEM(problems, (Py_ssize_t)k, item);
     }
-    return Py_BuildValue("(NNNNNNNNN)", vec_bytes(&w->parent, sizeof(int32_t)), vec_bytes(&w->mode, sizeof(uint32_t)),
+    return Py_BuildValue("(NNNNNNNNNN)", vec_bytes(&w->parent, sizeof(int32_t)), vec_bytes(&w->mode, sizeof(uint32_t)),
                          vec_bytes(&w->size, sizeof(int64_t)), vec_bytes(&w->alloc, sizeof(int64_t)),
-                         vec_bytes(&w->cpio, sizeof(int64_t)), vec_bytes(&w->folders, 6 * sizeof(int64_t)),
+                         vec_bytes(&w->cpio, sizeof(int64_t)), vec_bytes(&w->dirs, sizeof(int32_t)),
+                         vec_bytes(&w->folders, 6 * sizeof(int64_t)),
                          vec_bytes(&w->links, 5 * sizeof(int64_t)), vec_bytes(&w->special, sizeof(int32_t)),
                          problems);
 }
 
 static PyMethodDef walker_methods[] = {
     {"step", (PyCFunction)walker_step, METH_VARARGS,
-     "step(limit, names) -> (parent, mode, size, alloc, cpio, folders, links, special, problems) | None"},
+     "step(limit, names) -> (parent, mode, size, alloc, cpio, dirs, folders, links, special, problems) | None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -778,69 +824,359 @@ static PyTypeObject WalkerType = {
     .tp_methods = walker_methods,
 };
 
-/* ---- totals ------------------------------------------------------------------------------ */
+/* ---- the folder columns ----------------------------------------------------------------- */
 
-static int column(PyObject *obj, Py_buffer *view, const char *format, const char *what) {
-    if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+/* first_child, nchild, tot_size, tot_alloc, tot_cpio and tot_count mean something for folders
+ * only: a file's are -1, 0, its own size, alloc and cpio, and 0. Folders keeps them for the
+ * folders (36 bytes each) and one int32 per entry, the entry's folder slot or -1, where six
+ * arrays take 36 bytes an entry. FolderColumn is one of them seen as a per-entry sequence. */
+
+enum { FIRST_CHILD, NCHILD, TOT_SIZE, TOT_ALLOC, TOT_CPIO, TOT_COUNT, NCOLUMNS };
+static const char *column_names[NCOLUMNS] = {"first_child", "nchild", "tot_size", "tot_alloc", "tot_cpio", "tot_count"};
+
+typedef struct {
+    PyObject_HEAD
+    int32_t *slot;                 /* per entry */
+    Py_ssize_t n, cap;
+    int32_t *first_child, *nchild, *tot_count;   /* per folder */
+    int64_t *tot_size, *tot_alloc, *tot_cpio;
+    Py_ssize_t nf, fcap;
+} FoldersObject;
+
+static PyTypeObject FoldersType;
+
+static void folders_dealloc(FoldersObject *o) {
+    PyMem_RawFree(o->slot);
+    PyMem_RawFree(o->first_child);
+    PyMem_RawFree(o->nchild);
+    PyMem_RawFree(o->tot_count);
+    PyMem_RawFree(o->tot_size);
+    PyMem_RawFree(o->tot_alloc);
+    PyMem_RawFree(o->tot_cpio);
+    Py_TYPE(o)->tp_free((PyObject *)o);
+}
+
+static int realloc_to(void **p, size_t items, size_t size) {
+    void *q = PyMem_RawRealloc(*p, items * size);
+    if (q == NULL)
         return -1;
-    if (view->format == NULL || strcmp(view->format, format) != 0) {
-        PyErr_Format(PyExc_TypeError, "settle: %s must be an array of typecode '%s'", what, format);
-        PyBuffer_Release(view);
-        return -1;
-    }
+    *p = q;
     return 0;
 }
 
+/* add(count, dirs, size, alloc, cpio): ``count`` more entries, the folders among them at the
+ * int32 indices ``dirs``, their own figures in the packed int64 ``size``, ``alloc``, ``cpio``
+ * of those ``count`` entries. */
+static PyObject *folders_add(FoldersObject *o, PyObject *args) {
+    Py_ssize_t count;
+    Py_buffer dirs, cols[3];
+    if (!PyArg_ParseTuple(args, "ny*y*y*y*:add", &count, &dirs, &cols[0], &cols[1], &cols[2]))
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t first = o->n, nd = dirs.len / (Py_ssize_t)sizeof(int32_t);
+    const int32_t *d = dirs.buf;
+    if (count < 0 || nd > count || first + count > INT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "Folders.add: bad count");
+        goto done;
+    }
+    for (int c = 0; c < 3; c++)
+        if (cols[c].len != count * (Py_ssize_t)sizeof(int64_t)) {
+            PyErr_SetString(PyExc_ValueError, "Folders.add: figures for `count` entries expected");
+            goto done;
+        }
+    for (Py_ssize_t k = 0; k < nd; k++)
+        if (d[k] < first || d[k] >= first + count || (k && d[k] <= d[k - 1])) {
+            PyErr_SetString(PyExc_ValueError, "Folders.add: folders must be new entries, ascending");
+            goto done;
+        }
+    if (first + count > o->cap) {
+        size_t cap = spare((size_t)(first + count), 64);
+        if (realloc_to((void **)&o->slot, cap, sizeof(int32_t))) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        o->cap = (Py_ssize_t)cap;
+    }
+    if (o->nf + nd > o->fcap) {
+        size_t cap = spare((size_t)(o->nf + nd), 16);
+        if (realloc_to((void **)&o->first_child, cap, sizeof(int32_t)) ||
+            realloc_to((void **)&o->nchild, cap, sizeof(int32_t)) ||
+            realloc_to((void **)&o->tot_count, cap, sizeof(int32_t)) ||
+            realloc_to((void **)&o->tot_size, cap, sizeof(int64_t)) ||
+            realloc_to((void **)&o->tot_alloc, cap, sizeof(int64_t)) ||
+            realloc_to((void **)&o->tot_cpio, cap, sizeof(int64_t))) {
+            PyErr_NoMemory(); /* the grown ones stay grown: fcap still fits them all */
+            goto done;
+        }
+        o->fcap = (Py_ssize_t)cap;
+    }
+    for (Py_ssize_t k = 0; k < count; k++)
+        o->slot[first + k] = -1;
+    const int64_t *size = cols[0].buf, *alloc = cols[1].buf, *cpio = cols[2].buf;
+    for (Py_ssize_t k = 0; k < nd; k++) {
+        Py_ssize_t i = d[k], f = o->nf++;
+        o->slot[i] = (int32_t)f;
+        o->first_child[f] = -1;
+        o->nchild[f] = o->tot_count[f] = 0;
+        o->tot_size[f] = size[i - first];
+        o->tot_alloc[f] = alloc[i - first];
+        o->tot_cpio[f] = cpio[i - first];
+    }
+    o->n = first + count;
+    out = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&dirs);
+    for (int c = 0; c < 3; c++)
+        PyBuffer_Release(&cols[c]);
+    return out;
+}
+
+typedef struct {
+    PyObject_HEAD
+    FoldersObject *folders;
+    int which;
+    PyObject *own;   /* a file's figure: own[i], or ``fallback`` when NULL */
+    long fallback;
+} FolderColumnObject;
+
+static PyTypeObject FolderColumnType;
+
+static PyObject *folders_column(FoldersObject *o, PyObject *args) {
+    const char *name;
+    PyObject *own = Py_None;
+    if (!PyArg_ParseTuple(args, "s|O:column", &name, &own))
+        return NULL;
+    int which = 0;
+    while (which < NCOLUMNS && strcmp(name, column_names[which]) != 0)
+        which++;
+    if (which == NCOLUMNS)
+        return PyErr_Format(PyExc_ValueError, "Folders.column: no column %s", name);
+    int totals = which == TOT_SIZE || which == TOT_ALLOC || which == TOT_CPIO;
+    if (totals == (own == Py_None))
+        return PyErr_Format(PyExc_TypeError, "Folders.column: %s %s the entries' own figures", name,
+                            totals ? "needs" : "takes no");
+    FolderColumnObject *c = PyObject_New(FolderColumnObject, &FolderColumnType);
+    if (c == NULL)
+        return NULL;
+    c->folders = (FoldersObject *)Py_NewRef(o);
+    c->which = which;
+    c->own = totals ? Py_NewRef(own) : NULL;
+    c->fallback = which == FIRST_CHILD ? -1 : 0;
+    return (PyObject *)c;
+}
+
+static PyObject *folders_sizeof(FoldersObject *o, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(sizeof(FoldersObject) + (size_t)o->cap * sizeof(int32_t) +
+                             (size_t)o->fcap * (3 * sizeof(int32_t) + 3 * sizeof(int64_t)));
+}
+
+static PyObject *folders_len_py(FoldersObject *o, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSsize_t(o->nf);
+}
+
+static Py_ssize_t folders_len(FoldersObject *o) { return o->n; }
+
+static PyMethodDef folders_methods[] = {
+    {"add", (PyCFunction)folders_add, METH_VARARGS,
+     "add(count, dirs, size, alloc, cpio): more entries, the folders among them at the int32 indices dirs."},
+    {"column", (PyCFunction)folders_column, METH_VARARGS,
+     "column(name, own=None) -> FolderColumn: first_child, nchild, tot_count, or tot_size/alloc/cpio over own."},
+    {"folders", (PyCFunction)folders_len_py, METH_NOARGS, "How many entries are folders."},
+    {"__sizeof__", (PyCFunction)folders_sizeof, METH_NOARGS, "Bytes held, the buffers' spare room included."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods folders_as_sequence = {.sq_length = (lenfunc)folders_len};
+
+static PyTypeObject FoldersType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sysextant.core.tree._listdir.Folders",
+    .tp_doc = "Folders(): the index's folder columns (first_child, nchild, totals), kept for folders only.",
+    .tp_basicsize = sizeof(FoldersObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)folders_dealloc,
+    .tp_as_sequence = &folders_as_sequence,
+    .tp_methods = folders_methods,
+};
+
+static void column_dealloc(FolderColumnObject *c) {
+    Py_DECREF(c->folders);
+    Py_XDECREF(c->own);
+    PyObject_Free(c);
+}
+
+static Py_ssize_t column_len(FolderColumnObject *c) { return c->folders->n; }
+
+static PyObject *column_at(FolderColumnObject *c, Py_ssize_t i) {
+    FoldersObject *o = c->folders;
+    int32_t f = o->slot[i];
+    if (f < 0)
+        return c->own ? PySequence_GetItem(c->own, i) : PyLong_FromLong(c->fallback);
+    switch (c->which) {
+    case FIRST_CHILD: return PyLong_FromLong(o->first_child[f]);
+    case NCHILD: return PyLong_FromLong(o->nchild[f]);
+    case TOT_SIZE: return PyLong_FromLongLong(o->tot_size[f]);
+    case TOT_ALLOC: return PyLong_FromLongLong(o->tot_alloc[f]);
+    case TOT_CPIO: return PyLong_FromLongLong(o->tot_cpio[f]);
+    default: return PyLong_FromLong(o->tot_count[f]);
+    }
+}
+
+static PyObject *column_item(FolderColumnObject *c, Py_ssize_t i) {
+    if (i < 0 || i >= c->folders->n) {
+        PyErr_Format(PyExc_IndexError, "%s index out of range", column_names[c->which]);
+        return NULL;
+    }
+    return column_at(c, i);
+}
+
+static PyObject *column_slice(FolderColumnObject *c, Py_ssize_t start, Py_ssize_t step, Py_ssize_t len) {
+    PyObject *out = PyList_New(len);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t k = 0, i = start; k < len; k++, i += step) {
+        PyObject *x = column_at(c, i);
+        if (x == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, x);
+    }
+    return out;
+}
+
+static PyObject *column_subscript(FolderColumnObject *c, PyObject *key) {
+    if (PyIndex_Check(key)) {
+        Py_ssize_t i = PyNumber_AsSsize_t(key, PyExc_IndexError);
+        if (i == -1 && PyErr_Occurred())
+            return NULL;
+        if (i < 0)
+            i += c->folders->n;
+        return column_item(c, i);
+    }
+    if (PySlice_Check(key)) {
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(key, &start, &stop, &step) < 0)
+            return NULL;
+        return column_slice(c, start, step, PySlice_AdjustIndices(c->folders->n, &start, &stop, step));
+    }
+    PyErr_Format(PyExc_TypeError, "%s indices must be integers or slices, not %.200s", column_names[c->which],
+                 Py_TYPE(key)->tp_name);
+    return NULL;
+}
+
+static PyObject *column_tolist(FolderColumnObject *c, PyObject *unused) {
+    (void)unused;
+    return column_slice(c, 0, 1, c->folders->n);
+}
+
+/* Equal to any sequence of the same numbers (an array of the pure-Python scan, a list). */
+static PyObject *column_richcompare(FolderColumnObject *c, PyObject *other, int op) {
+    if ((op != Py_EQ && op != Py_NE) || !PySequence_Check(other))
+        Py_RETURN_NOTIMPLEMENTED;
+    Py_ssize_t n = PySequence_Size(other);
+    if (n < 0)
+        return NULL;
+    int same = n == c->folders->n;
+    for (Py_ssize_t i = 0; same && i < n; i++) {
+        PyObject *a = column_at(c, i), *b = a ? PySequence_GetItem(other, i) : NULL;
+        int eq = b ? PyObject_RichCompareBool(a, b, Py_EQ) : -1;
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        if (eq < 0)
+            return NULL;
+        same = eq;
+    }
+    return PyBool_FromLong(op == Py_EQ ? same : !same);
+}
+
+static PyObject *column_repr(FolderColumnObject *c) {
+    return PyUnicode_FromFormat("<FolderColumn %s: %zd entries>", column_names[c->which], c->folders->n);
+}
+
+static PyMethodDef column_methods[] = {
+    {"tolist", (PyCFunction)column_tolist, METH_NOARGS, "Every entry's figure, in a list."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods column_as_sequence = {
+    .sq_length = (lenfunc)column_len,
+    .sq_item = (ssizeargfunc)column_item,
+};
+
+static PyMappingMethods column_as_mapping = {
+    .mp_length = (lenfunc)column_len,
+    .mp_subscript = (binaryfunc)column_subscript,
+};
+
+static PyTypeObject FolderColumnType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sysextant.core.tree._listdir.FolderColumn",
+    .tp_doc = "One of the index's folder columns seen per entry (read-only; the scan writes it through settle).",
+    .tp_basicsize = sizeof(FolderColumnObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_SEQUENCE,
+    .tp_dealloc = (destructor)column_dealloc,
+    .tp_repr = (reprfunc)column_repr,
+    .tp_as_sequence = &column_as_sequence,
+    .tp_as_mapping = &column_as_mapping,
+    .tp_richcompare = (richcmpfunc)column_richcompare,
+    .tp_hash = PyObject_HashNotImplemented,
+    .tp_methods = column_methods,
+};
+
+/* ---- totals ------------------------------------------------------------------------------ */
+
+/* settle(folders, parent, layout): each listed folder's first child and children into the
+ * folder columns, its children's figures added to its own totals and its ancestors'. */
 static PyObject *settle(PyObject *self, PyObject *args) {
     (void)self;
-    Py_buffer folders, cols[7];
-    PyObject *objs[7];
-    static const char *formats[7] = {"i", "i", "i", "q", "q", "q", "i"};
-    static const char *what[7] = {"parent", "first_child", "nchild", "tot_size", "tot_alloc", "tot_cpio", "tot_count"};
-    if (!PyArg_ParseTuple(args, "y*OOOOOOO:settle", &folders, &objs[0], &objs[1], &objs[2], &objs[3], &objs[4],
-                          &objs[5], &objs[6]))
+    Py_buffer recs, pb;
+    PyObject *parent_obj;
+    FoldersObject *o;
+    if (!PyArg_ParseTuple(args, "y*OO!:settle", &recs, &parent_obj, &FoldersType, &o))
         return NULL;
-    int k = 0;
-    for (; k < 7; k++)
-        if (column(objs[k], &cols[k], formats[k], what[k]))
-            break;
-    PyObject *out = NULL;
-    if (k == 7) {
-        Py_ssize_t n = cols[0].len / (Py_ssize_t)sizeof(int32_t);
-        for (int c = 1; c < 7; c++)
-            if (cols[c].len / cols[c].itemsize < n)
-                n = cols[c].len / cols[c].itemsize;
-        int32_t *parent = cols[0].buf, *first_child = cols[1].buf, *nchild = cols[2].buf, *tot_count = cols[6].buf;
-        int64_t *tot_size = cols[3].buf, *tot_alloc = cols[4].buf, *tot_cpio = cols[5].buf;
-        const int64_t *rec = folders.buf;
-        Py_ssize_t nrec = folders.len / (Py_ssize_t)(6 * sizeof(int64_t));
-        int bad = 0;
-        for (Py_ssize_t r = 0; r < nrec && !bad; r++, rec += 6) {
-            int64_t d = rec[0];
-            bad = d < 0 || d >= n;
-            if (bad)
-                break;
-            first_child[d] = (int32_t)rec[1];
-            nchild[d] = (int32_t)rec[2];
-            for (int64_t a = d, hops = 0; a >= 0; a = parent[a], hops++) {
-                if (a >= n || hops > n) {
-                    bad = 1;
-                    break;
-                }
-                tot_size[a] += rec[3];
-                tot_alloc[a] += rec[4];
-                tot_cpio[a] += rec[5];
-                tot_count[a] += (int32_t)rec[2];
-            }
-        }
-        if (bad)
-            PyErr_SetString(PyExc_ValueError, "settle: a folder or a parent outside the columns");
-        else
-            out = Py_NewRef(Py_None);
+    if (PyObject_GetBuffer(parent_obj, &pb, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&recs);
+        return NULL;
     }
-    while (k-- > 0)
-        PyBuffer_Release(&cols[k]);
-    PyBuffer_Release(&folders);
+    PyObject *out = NULL;
+    if (pb.format == NULL || strcmp(pb.format, "i") != 0) {
+        PyErr_SetString(PyExc_TypeError, "settle: parent must be an array of typecode 'i'");
+        goto done;
+    }
+    const int32_t *parent = pb.buf;
+    Py_ssize_t n = pb.len / (Py_ssize_t)sizeof(int32_t);
+    if (o->n < n)
+        n = o->n;
+    const int64_t *rec = recs.buf;
+    Py_ssize_t nrec = recs.len / (Py_ssize_t)(6 * sizeof(int64_t));
+    for (Py_ssize_t r = 0; r < nrec; r++, rec += 6) {
+        int64_t d = rec[0], hops = 0;
+        if (d < 0 || d >= n || o->slot[d] < 0)
+            goto bad;
+        int32_t f = o->slot[d];
+        o->first_child[f] = (int32_t)rec[1];
+        o->nchild[f] = (int32_t)rec[2];
+        for (int64_t a = d; a >= 0; a = parent[a]) {
+            if (a >= n || o->slot[a] < 0 || ++hops > n)
+                goto bad;
+            f = o->slot[a];
+            o->tot_size[f] += rec[3];
+            o->tot_alloc[f] += rec[4];
+            o->tot_cpio[f] += rec[5];
+            o->tot_count[f] += (int32_t)rec[2];
+        }
+    }
+    out = Py_NewRef(Py_None);
+    goto done;
+bad:
+    PyErr_SetString(PyExc_ValueError, "settle: a folder or a parent that is not a folder of the index");
+done:
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&recs);
     return out;
 }
 
@@ -848,7 +1184,7 @@ static PyMethodDef methods[] = {
     {"listdir_lstat", listdir_lstat, METH_O,
      "listdir_lstat(path: bytes) -> (names, packed int64 stats, failed): one folder, no symlink followed."},
     {"settle", settle, METH_VARARGS,
-     "settle(folders, parent, first_child, nchild, tot_size, tot_alloc, tot_cpio, tot_count): a chunk's folders into the columns."},
+     "settle(folders, parent, layout): a chunk's listed folders into the folder columns and the totals."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -858,13 +1194,16 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__listdir(void) {
-    if (PyType_Ready(&NamesType) < 0 || PyType_Ready(&WalkerType) < 0)
+    if (PyType_Ready(&NamesType) < 0 || PyType_Ready(&WalkerType) < 0 || PyType_Ready(&FoldersType) < 0 ||
+        PyType_Ready(&FolderColumnType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
     if (PyModule_AddObjectRef(m, "Names", (PyObject *)&NamesType) < 0 ||
-        PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0) {
+        PyModule_AddObjectRef(m, "Walker", (PyObject *)&WalkerType) < 0 ||
+        PyModule_AddObjectRef(m, "Folders", (PyObject *)&FoldersType) < 0 ||
+        PyModule_AddObjectRef(m, "FolderColumn", (PyObject *)&FolderColumnType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

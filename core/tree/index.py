@@ -11,11 +11,15 @@ folders per step without the GIL and hands back the chunk's columns packed, ``se
 chunk's folders to the totals); :class:`_Walker` and :func:`_settle_py` are the pure-Python twins
 used when it is not built, and the tests check both give the same index.
 
-Per entry the index keeps a few typed array columns: mode, apparent size, allocated bytes, the
-newc archive bytes of the entry itself, and the recursive totals for folders, which grow live
-while a scan runs (each finished folder adds its children's figures to itself and its
-ancestors): 68 bytes an entry, and the name in the native ``Names`` column (the name's bytes and
-an 8-byte end offset, where a list of bytes objects takes about 56 bytes a name).
+Per entry the index keeps a few typed array columns: parent, mode, apparent size, allocated
+bytes and the newc archive bytes of the entry itself (28 bytes), and the name. The folder
+columns (first child, children, and the recursive totals, which grow live while a scan runs:
+each listed folder adds its children's figures to itself and its ancestors) mean something for
+folders only. Natively, names live in one ``Names`` buffer (the name's bytes and 4 more, where a
+list of bytes objects takes about 56 a name) and the folder columns in ``Folders`` (36 bytes a
+folder and a 4-byte slot an entry, where six arrays take 36 bytes an entry): about 60 bytes an
+entry on the demo tree, 68 on ``/usr`` (bench/scan.py). The pure-Python twins keep a list and
+six arrays; either way the columns read the same.
 
 newc sizes follow the cpio(5) "new ASCII" format as GNU cpio writes it (docs/formats.md,
 section 1): every entry takes ``align4(110 + len(name) + 1) + align4(data)``; data is the file
@@ -29,8 +33,9 @@ from __future__ import annotations
 import os
 import stat
 from array import array
-from collections.abc import Callable, Iterator, MutableSequence
+from collections.abc import Callable, Iterator, MutableSequence, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import UserError
 from .sidecar import apply_to_index
@@ -65,12 +70,16 @@ class TreeIndex:
     size: array = field(default_factory=lambda: array("q"))  # own apparent bytes (0 for a repeated hardlink)
     alloc: array = field(default_factory=lambda: array("q"))  # own allocated bytes (st_blocks * 512)
     cpio: array = field(default_factory=lambda: array("q"))  # own newc bytes
-    first_child: array = field(default_factory=lambda: array("i"))  # -1 until the folder is scanned
-    nchild: array = field(default_factory=lambda: array("i"))  # direct children
-    tot_size: array = field(default_factory=lambda: array("q"))  # recursive, self included
-    tot_alloc: array = field(default_factory=lambda: array("q"))
-    tot_cpio: array = field(default_factory=lambda: array("q"))
-    tot_count: array = field(default_factory=lambda: array("i"))  # descendants, self excluded
+    #: where the folder columns below live: the native ``Folders`` keeps them for folders only
+    #: (a file's are -1, 0, its own figures and 0), the pure-Python twin as six arrays
+    layout: Any = field(default_factory=lambda: new_folders(), repr=False)
+    # The folder columns, read-only sequences of ints (or arrays), one item an entry:
+    first_child: Sequence[int] = field(init=False)  # -1 until the folder is scanned, and for a non-folder
+    nchild: Sequence[int] = field(init=False)  # direct children
+    tot_size: Sequence[int] = field(init=False)  # recursive, self included
+    tot_alloc: Sequence[int] = field(init=False)
+    tot_cpio: Sequence[int] = field(init=False)
+    tot_count: Sequence[int] = field(init=False)  # descendants, self excluded
     #: (dev, ino) -> entries sharing one inode with st_nlink > 1; the first counts the data.
     hardlinks: dict[tuple[int, int], list[int]] = field(default_factory=dict)
     #: first name of each hardlinked inode's real size, for entries whose own size was zeroed
@@ -84,6 +93,14 @@ class TreeIndex:
     problems: list[ScanProblem] = field(default_factory=list)
     complete: bool = False
     _child_maps: dict[int, dict[bytes, int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        layout = self.layout
+        self.first_child, self.nchild, self.tot_count = (layout.column("first_child"), layout.column("nchild"),
+                                                         layout.column("tot_count"))
+        self.tot_size = layout.column("tot_size", self.size)
+        self.tot_alloc = layout.column("tot_alloc", self.alloc)
+        self.tot_cpio = layout.column("tot_cpio", self.cpio)
 
     # -- basic access -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -234,9 +251,10 @@ class _Walker:
     def step(self, limit: int, names: MutableSequence[bytes]) -> tuple | None:
         """List folders until at least ``limit`` entries are out (or the walk is done; None once
         it is), append their names to ``names`` and return their figures, in index order:
-        ``(parent, mode, size, alloc, cpio, folders, links, special, problems)``: packed native
-        int32 / uint32 / int64 / int64 / int64 columns of the entries (sizes already 0 for
-        devices and for the further names of a hardlinked inode); ``folders``, six int64 per
+        ``(parent, mode, size, alloc, cpio, dirs, folders, links, special, problems)``: packed
+        native int32 / uint32 / int64 / int64 / int64 columns of the entries (sizes already 0 for
+        devices and for the further names of a hardlinked inode); ``dirs``, int32 indices of the
+        entries that are folders, ascending; ``folders``, six int64 per
         listed folder (index, first child, children, and the sums of the children's size, alloc
         and cpio); ``links``, five int64 per regular file with more than one link (index, st_dev,
         st_ino, st_nlink, st_size); ``special``, int32 indices of devices, fifos and sockets;
@@ -245,7 +263,7 @@ class _Walker:
         if not self._stack:
             return None
         parent, mode, size, alloc, cpio = array("i"), array("I"), array("q"), array("q"), array("q")
-        folders, links, special = array("q"), array("q"), array("i")
+        dirs, folders, links, special = array("i"), array("q"), array("q"), array("i")
         problems: list[tuple[int, bytes, int]] = []
         S_IFMT, DIR, REG, LNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
         seen = self._seen
@@ -283,6 +301,7 @@ class _Walker:
                             seen.add(key)
                 elif kind == DIR:
                     l_cpio[k] = (head + len(l_name[k])) & ~3
+                    dirs.append(start + k)
                     subdirs.append((os.path.join(path, l_name[k]), start + k, prefix + len(l_name[k]) + 1))
                 elif kind != LNK:  # devices, fifos, sockets: a header and nothing else
                     l_size[k] = l_alloc[k] = 0
@@ -298,14 +317,41 @@ class _Walker:
             folders += array("q", (d, start, n, sum(l_size), sum(l_alloc), sum(l_cpio)))
             subdirs.reverse()  # pop in name-listing order; keeps descendants contiguous either way
             self._stack += subdirs
-        return (parent.tobytes(), mode.tobytes(), size.tobytes(), alloc.tobytes(), cpio.tobytes(),
+        return (parent.tobytes(), mode.tobytes(), size.tobytes(), alloc.tobytes(), cpio.tobytes(), dirs.tobytes(),
                 folders.tobytes(), links.tobytes(), special.tobytes(), problems)
 
 
-def _settle_py(folders: bytes, parent: array, first_child: array, nchild: array, tot_size: array,
-               tot_alloc: array, tot_cpio: array, tot_count: array) -> None:
-    """Record a chunk's listed folders (``folders`` of :meth:`_Walker.step`) in the columns and
-    add their children to their own and their ancestors' totals. Twin of ``_listdir.settle``."""
+class _Folders:
+    """The folder columns as six per-entry arrays: the pure-Python twin of ``_listdir.Folders``
+    (which keeps them for folders only)."""
+
+    def __init__(self) -> None:
+        self.first_child, self.nchild, self.tot_count = array("i"), array("i"), array("i")
+        self.tot_size, self.tot_alloc, self.tot_cpio = array("q"), array("q"), array("q")
+
+    def __len__(self) -> int:
+        return len(self.first_child)
+
+    def add(self, count: int, dirs: bytes, size: bytes, alloc: bytes, cpio: bytes) -> None:
+        """``count`` more entries, their own figures packed in ``size``, ``alloc``, ``cpio``."""
+        self.first_child.extend(array("i", (-1,)) * count)
+        zero = array("i", (0,)) * count
+        self.nchild.extend(zero)
+        self.tot_count.extend(zero)
+        self.tot_size.frombytes(size)
+        self.tot_alloc.frombytes(alloc)
+        self.tot_cpio.frombytes(cpio)
+
+    def column(self, name: str, own: array | None = None) -> array:
+        return getattr(self, name)
+
+
+def _settle_py(folders: bytes, parent: array, layout: _Folders) -> None:
+    """Record a chunk's listed folders (``folders`` of :meth:`_Walker.step`) in the folder
+    columns and add their children to their own and their ancestors' totals. Twin of
+    ``_listdir.settle``."""
+    first_child, nchild, tot_count = layout.first_child, layout.nchild, layout.tot_count
+    tot_size, tot_alloc, tot_cpio = layout.tot_size, layout.tot_alloc, layout.tot_cpio
     rec = memoryview(folders).cast("q")
     for r in range(0, len(rec), 6):
         d, start, n, s_size, s_alloc, s_cpio = rec[r:r + 6].tolist()
@@ -321,6 +367,7 @@ def _settle_py(folders: bytes, parent: array, first_child: array, nchild: array,
 
 
 try:
+    from ._listdir import Folders as new_folders
     from ._listdir import Names as new_names
     from ._listdir import Walker, listdir_lstat, settle
 except ImportError:  # not built (no C compiler at install time): the same index, slower scans
@@ -328,6 +375,7 @@ except ImportError:  # not built (no C compiler at install time): the same index
     Walker = _Walker
     settle = _settle_py
     new_names = list
+    new_folders = _Folders
 
 
 def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex], None] | None = None,
@@ -357,9 +405,7 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
     broot = os.path.normpath(broot)
     idx = TreeIndex(root=broot)
     names = idx.names
-    parent, mode, size, alloc, cpio = idx.parent, idx.mode, idx.size, idx.alloc, idx.cpio
-    first_child, nchild = idx.first_child, idx.nchild
-    tot_size, tot_alloc, tot_cpio, tot_count = idx.tot_size, idx.tot_alloc, idx.tot_cpio, idx.tot_count
+    parent, mode, size, alloc, cpio, layout = idx.parent, idx.mode, idx.size, idx.alloc, idx.cpio, idx.layout
     hardlinks, link_size, special, problems = idx.hardlinks, idx.link_size, idx.special, idx.problems
     links_unseen = idx.links_unseen
     outside = 0  # inodes with links not met yet
@@ -370,34 +416,22 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
     size.append(st.st_size)
     alloc.append(st.st_blocks * 512)
     cpio.append(0)
-    first_child.append(-1)
-    nchild.append(0)
-    tot_size.append(st.st_size)
-    tot_alloc.append(st.st_blocks * 512)
-    tot_cpio.append(0)
-    tot_count.append(0)
+    layout.add(1, array("i", (0,)).tobytes(), size.tobytes(), alloc.tobytes(), cpio.tobytes())
 
     walker = Walker(broot)
-    minus_one, zero = array("i", (-1,)), array("i", (0,))
     next_report = every
     while True:
         chunk = walker.step(max(next_report - len(names), 1), names)
         if chunk is None:
             break
-        parents, modes, sizes, allocs, cpios, folders, links, specials, failures = chunk
-        n = len(parents) // 4
+        parents, modes, sizes, allocs, cpios, dirs, folders, links, specials, failures = chunk
         parent.frombytes(parents)
         mode.frombytes(modes)
         size.frombytes(sizes)
         alloc.frombytes(allocs)
         cpio.frombytes(cpios)
-        tot_size.frombytes(sizes)
-        tot_alloc.frombytes(allocs)
-        tot_cpio.frombytes(cpios)
-        first_child.extend(minus_one * n)
-        nchild.extend(zero * n)
-        tot_count.extend(zero * n)
-        settle(folders, parent, first_child, nchild, tot_size, tot_alloc, tot_cpio, tot_count)
+        layout.add(len(parents) // 4, dirs, sizes, allocs, cpios)
+        settle(folders, parent, layout)
         if links:
             rec = memoryview(links).cast("q").tolist()
             for r in range(0, len(rec), 5):
