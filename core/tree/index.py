@@ -378,6 +378,11 @@ except ImportError:  # not built (no C compiler at install time): the same index
     new_folders = _Folders
 
 
+#: entries a walker step lists at most (whole folders: a bigger folder comes in one step), so the
+#: step's buffers stay small next to the index (a few hundred kB)
+CHUNK = 4096
+
+
 def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex], None] | None = None,
          every: int = 20000, check: Callable[[], None] | None = None) -> TreeIndex:
     """Index the tree at ``root``. ``progress(index)`` runs every ``every`` entries (the index is
@@ -421,7 +426,7 @@ def scan(root: str | os.PathLike[str] | bytes, *, progress: Callable[[TreeIndex]
     walker = Walker(broot)
     next_report = every
     while True:
-        chunk = walker.step(max(next_report - len(names), 1), names)
+        chunk = walker.step(min(max(next_report - len(names), 1), CHUNK), names)
         if chunk is None:
             break
         parents, modes, sizes, allocs, cpios, dirs, folders, links, specials, failures = chunk
