@@ -75,7 +75,7 @@ def bench(label: str, tree: str, runs: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="*")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--no-big", action="store_true", help="leave out the 1,000,000-entry tree")
     args = parser.parse_args()
     print(f"{'tree':<30} {'entries':>9} {'du -s':>8} {'scan':>8} {'ratio':>6} {'held B/entry':>13} "
