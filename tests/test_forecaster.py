@@ -35,14 +35,13 @@ def project(demo: Path) -> Path:
 
 @pytest.fixture
 def small_groups(monkeypatch):
-    """Groups of 2 MiB and samples of 4 MiB, so the small demo has several groups to refine."""
+    """Groups of 2 MiB, so the small demo has several groups (some left to refine)."""
     from sysextant.core.sizing import estimate
 
     init = estimate.Estimator.__init__
 
     def smaller(self, *a, **kw):  # noqa: ANN001, ANN002, ANN003
         kw.setdefault("group_bytes", 2 << 20)
-        kw.setdefault("sample_bytes", 4 << 20)
         init(self, *a, **kw)
 
     monkeypatch.setattr(estimate.Estimator, "__init__", smaller)
@@ -52,8 +51,10 @@ def events_of(forecaster_box: list) -> tuple[list[str], threading.Event]:
     seen: list[str] = []
     done = threading.Event()
 
-    def on_change(what: str) -> None:
+    def on_change(f: Forecaster, what: str) -> None:
         seen.append(what)
+        if what == "ready":
+            seen.append(f"left {f.left}")
         if what in ("done", "failed"):
             done.set()
 
@@ -72,7 +73,9 @@ def test_background_lifecycle_prepares_then_refines_every_group(project: Path, s
     assert done.wait(120), f"no end: {seen}"
     assert f.phase == "done" and f.error is None, f.error
     assert seen.index("ready") < seen.index("done")
-    assert "refined" in seen  # groups left after the samples were compressed at the build's level
+    left = int(next(w for w in seen if w.startswith("left "))[5:])
+    assert left > 0  # groups the samples did not cover: refined one by one, each one announced
+    assert seen.count("refined") == left
     est = f.estimator
     assert est is f.prepared and all(g.target is not None for g in est.groups)
     # refined to the build's level everywhere: the same figure as a synchronous, fully refined run
@@ -166,8 +169,8 @@ def test_quick_estimate_comes_first_then_the_prepared_one(project: Path) -> None
     def quick(spec, plan, reporter=None):  # noqa: ANN001, ANN202
         return Rough()
 
-    def on_change(what: str) -> None:
-        box[0](what)
+    def on_change(f_: Forecaster, what: str) -> None:
+        box[0](f_, what)
         if what == "quick":
             assert isinstance(f.estimator, Rough)
             gate.set()

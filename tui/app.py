@@ -3,16 +3,14 @@
 ``sysextant SPEC`` opens it. The tree is scanned in a thread worker while the first screen is
 already up (folder sizes grow as the scan proceeds); the spec's folder is watched by an async
 worker around ``watchfiles.awatch`` so edits made in an editor show up within a second; the
-compressed-size estimator, when the engine has one, is prepared in another thread worker. Every
+compressed-size estimate runs in the engine's own background thread (a Forecaster). Every
 figure and every rule comes from the session; this module only shows them and routes keys.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from rich.text import Text
@@ -27,7 +25,6 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.sizing.plan import Plan
 from sysextant.core.tree.index import TreeIndex, scan
 from sysextant.core.tree.selection import Sums, match
 from sysextant.core.units import format_size
@@ -72,26 +69,14 @@ class ScanFailed(Message):
         self.message = message
 
 
-class EstimatorReady(Message):
-    def __init__(self, estimator: object, index: TreeIndex) -> None:
+class ForecastChanged(Message):
+    """The compressed estimate moved on (a quick sample, ready, a group refined, failed):
+    posted from the estimate's own thread (core.sizing.forecaster)."""
+
+    def __init__(self, forecaster: object, what: str) -> None:
         super().__init__()
-        self.estimator = estimator
-        self.index = index
-
-
-class EstimatorRefined(Message):
-    """The estimator compressed one more group at the build's level: the band narrowed."""
-
-    def __init__(self, estimator: object, left: int) -> None:
-        super().__init__()
-        self.estimator = estimator
-        self.left = left
-
-
-class EstimatorProgress(Message):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
+        self.forecaster = forecaster
+        self.what = what
 
 
 class SearchDone(Message):
@@ -477,78 +462,25 @@ class WorkbenchApp(App[int]):
 
     # -- compressed estimate ------------------------------------------------------------------
     def start_estimator(self) -> None:
-        if self.estimate_enabled and self.session.plan is not None and self.session.estimator is None:
-            self.prepare_estimator(self.session.plan)
+        """Start (or keep) the engine's background estimate for the current plan
+        (:meth:`Session.forecast`); its news arrives as :class:`ForecastChanged`."""
+        if self.estimate_enabled and self.session.plan is not None:
+            # called from the forecaster's thread: post_message is thread-safe
+            self.session.forecast(lambda f, what: self.post_message(ForecastChanged(f, what)))
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
-    def prepare_estimator(self, plan: Plan) -> None:
-        from sysextant.core.progress import Reporter
-        from sysextant.core.sizing.forecast import prepared_estimator
-
-        worker = get_current_worker()
-        last = [0.0]
-
-        def report(ev) -> None:  # noqa: ANN001 - a Progress event (cancel: see _run_abandonable)
-            now = time.monotonic()
-            if ev.total and now - last[0] > 0.25:
-                last[0] = now
-                self.post_message(EstimatorProgress(f"{ev.task} {ev.done * 100 // ev.total}%"))
-
-        spec = self.session.spec
-        stop = threading.Event()
-        reporter = Reporter(report, cancelled=stop.is_set)
-
-        def prepare():  # noqa: ANN202 - an Estimator
-            # one core for the estimate, the other for the user
-            return prepared_estimator(spec, plan, reporter, threads=1)
-
-        index = plan.index
-        ok, est = _run_abandonable(prepare, worker, stop, lambda: self.session.index is index)
-        if not ok:
-            if isinstance(est, UserError):
-                self.post_message(EstimatorProgress(f"no compressed estimate: {est}"))
-            elif est is not None and not isinstance(est, Cancelled):
-                raise est
+    def on_forecast_changed(self, message: ForecastChanged) -> None:
+        f = self.session.forecaster
+        if message.forecaster is not f or f is None:
+            return  # superseded: the tree or the compressor changed since
+        if message.what == "failed":
+            self.estimator_note = f"no compressed estimate: {f.error}"
+        else:
+            self.estimator_note = f.note
+        if message.what == "progress":
+            self.update_topbar()
             return
-        est.reporter = None  # later estimates run on the UI thread: no progress from them
-        self.post_message(EstimatorReady(est, index))
-
-    def on_estimator_progress(self, message: EstimatorProgress) -> None:
-        self.estimator_note = message.text
-        self.update_topbar()
-
-    def on_estimator_ready(self, message: EstimatorReady) -> None:
-        if message.index is self.session.index:
-            self.session.estimator = message.estimator
-            self.estimator_note = ""
-            self.refresh_all()
-            self.refine_estimator(message.estimator)
-
-    @work(thread=True, exclusive=True, exit_on_error=False, group="estimate-refine")
-    def refine_estimator(self, est) -> None:  # noqa: ANN001 - a prepared core.estimate.Estimator
-        """Compress the remaining groups at the build's own level, one at a time in the
-        background: each one narrows the error band. Stops when superseded or a build starts."""
-        from sysextant.core.progress import Reporter
-
-        worker = get_current_worker()
-
-        todo = [g for g, grp in enumerate(est.groups) if grp.target is None]
-        for k, g in enumerate(todo):
-            stop = threading.Event()
-            est.reporter = Reporter(cancelled=stop.is_set)
-            ok, _ = _run_abandonable(lambda group=g: est.deepen([group], task="estimate: refine"), worker, stop,
-                                     lambda: self.session.estimator is est)
-            if not ok:
-                return  # cancelled, superseded, or the tree changed under it
-            est.reporter = None
-            self.post_message(EstimatorRefined(est, len(todo) - k - 1))
-
-    def on_estimator_refined(self, message: EstimatorRefined) -> None:
-        if message.estimator is self.session.estimator:
-            self.session.estimator_changed()
-            self.estimator_note = (f"refining the estimate: {plural(message.left, 'group')} to go"
-                                   if message.left else "")
-            self.refresh_all()
+        self.session.estimator_changed()
+        self.refresh_all()
 
     # -- watching the spec --------------------------------------------------------------------
     @work(exclusive=True, group="watch", exit_on_error=False)
@@ -1023,9 +955,12 @@ class WorkbenchApp(App[int]):
             self.bell()
             return
         s = self.session
-        self.workers.cancel_group(self, "estimate-refine")  # both cores for the build
+        if s.forecaster is not None:
+            s.forecaster.pause()  # both cores for the build
         self.set_status("building…" if not force else "rebuilding everything…", "info")
-        self._last_build = BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures(), estimator=s.estimator)
+        # only a prepared estimator can be calibrated by the build (a quick sample cannot)
+        prepared = s.forecaster.prepared if s.forecaster is not None else None
+        self._last_build = BuildScreen(s.spec, s.index, s.plan, force=force, gauge=s.figures(), estimator=prepared)
         self.push_screen(self._last_build, self._build_closed)
 
     def _build_closed(self, result: tuple[str, str] | None) -> None:
@@ -1041,10 +976,10 @@ class WorkbenchApp(App[int]):
             self.refresh_all()
             self.start_scan()
             return
-        if self.session.estimator is not None:  # the build calibrated it; go on refining
+        if self.session.forecaster is not None:  # the build calibrated it; go on refining
             self.session.estimator_changed()
             self.refresh_all()
-            self.refine_estimator(self.session.estimator)
+            self.session.forecaster.resume()
 
     def action_boot_check(self) -> None:
         """Boot the built UKI (with extensions: the check build) under Secure Boot in a VM and
@@ -1056,14 +991,15 @@ class WorkbenchApp(App[int]):
             self.set_status(refusal, "refused")
             self.bell()
             return
-        self.workers.cancel_group(self, "estimate-refine")  # both cores for the VM
+        if self.session.forecaster is not None:
+            self.session.forecaster.pause()  # both cores for the VM
         self.set_status("boot check running…", "info")
 
         def closed(result: tuple[str, str] | None) -> None:
             if result:
                 self.set_status(result[1], result[0])
-            if self.session.estimator is not None:
-                self.refine_estimator(self.session.estimator)
+            if self.session.forecaster is not None:
+                self.session.forecaster.resume()
 
         self.push_screen(BootCheckScreen(self.session.spec), closed)
 
@@ -1088,30 +1024,6 @@ class WorkbenchApp(App[int]):
 
         self.push_screen(ConfirmScreen(f"The spec could not be saved ({self.session.save_error}). "
                                        "Quit and lose the last changes?", yes="Quit"), done)
-
-
-def _run_abandonable(fn: Callable[[], object], worker, stop: threading.Event, alive: Callable[[], bool]) -> tuple[bool, object]:
-    """Run ``fn`` in a daemon thread and wait for it while ``alive()``; on a cancel set ``stop``
-    and return at once, leaving the thread to end on its own. A long libzstd call cannot be
-    interrupted, and quitting or building must not wait for it. Returns (finished, result or
-    the exception it raised)."""
-    box: list[tuple[bool, object]] = []
-
-    def run() -> None:
-        try:
-            box.append((True, fn()))
-        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-            box.append((False, exc))
-
-    thread = threading.Thread(target=run, name="sysextant-estimate", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        if worker.is_cancelled or not alive():
-            stop.set()
-            return False, None
-        thread.join(0.1)
-    ok, value = box[0]
-    return ok, value
 
 
 def _short(path: Path, base: Path) -> str:

@@ -51,12 +51,12 @@ class Forecaster:
     ``estimator`` is the best estimator at hand (None before the first one): the quick sampler,
     then the prepared :class:`~.estimate.Estimator`, refined in place. ``threads`` caps the
     compressor workers (the workbench uses one, to leave a core to the user). ``on_change`` is
-    called with a short reason (``"progress"``, ``"quick"``, ``"ready"``, ``"refined"``,
+    called with the forecaster and a short reason (``"progress"``, ``"quick"``, ``"ready"``, ``"refined"``,
     ``"done"``, ``"failed"``) from the forecaster's thread; it must be cheap and thread-safe.
     """
 
     def __init__(self, spec: Spec, plan: Plan, *, threads: int | None = None,
-                 on_change: Callable[[str], None] | None = None,
+                 on_change: Callable[[Forecaster, str], None] | None = None,
                  quick: Callable[..., Any] | None = None, refine: bool = True) -> None:
         self.spec = spec
         self.plan = plan
@@ -173,7 +173,7 @@ class Forecaster:
 
     def _announce(self, what: str, gen: int) -> None:
         if gen == self._generation and self.on_change is not None:
-            self.on_change(what)
+            self.on_change(self, what)
 
     def _reporter(self, gen: int, stop: threading.Event) -> Reporter:
         last = [0.0]

@@ -85,7 +85,7 @@ class SessionFigures:
     index: TreeIndex | None
     sums: Sums | None
     plan: Plan | None
-    estimator: Any  # a prepared core.estimate.Estimator, when available
+    estimator: Any  # the best estimator at hand (Session.forecaster's), or None
     _layout: UkiLayout | None  # see layout()
     _fig_cache: tuple[Plan, Any, Figures] | None  # (plan, estimator, figures)
     #: compressed figure per entry for (initrd base, estimator): the tree list asks per row

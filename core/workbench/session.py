@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..sizing.forecast import Figures, UkiLayout
+from ..sizing.forecaster import Forecaster
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import Spec
 from ..tree.index import TreeIndex, scan
@@ -53,7 +54,8 @@ class Session(SessionEdits):
         self.index: TreeIndex | None = None
         self.sums: Sums | None = None
         self.plan: Plan | None = None
-        self.estimator: Any = None  # a prepared core.estimate.Estimator, when available
+        #: the compressed estimate's lifecycle for the current plan's base (see :meth:`forecast`)
+        self.forecaster: Forecaster | None = None
         self.undo_stack: list[tuple[Operation, str]] = []  # (inverse, what it undoes)
         self.pending_text: str | None = None  # a save that failed; retried on the next change
         self.save_error: str | None = None
@@ -97,8 +99,39 @@ class Session(SessionEdits):
         """Use a (complete) index of the spec's tree and plan the spec against it."""
         self.index = index
         self.sums = sums if sums is not None else Sums(index)
-        self.estimator = None
+        self.drop_forecast()
         self.plan = make_plan(self.spec, index, self.sums)
+
+    # -- the compressed estimate ----------------------------------------------------------------
+    @property
+    def estimator(self) -> Any:
+        """The best estimator at hand (a quick sample, then the prepared one), or None."""
+        return self.forecaster.estimator if self.forecaster is not None else None
+
+    def forecast(self, on_change: Callable[[Forecaster, str], None] | None = None, *, threads: int | None = 1,
+                 quick: Callable[..., Any] | None = None) -> Forecaster | None:
+        """Start the compressed estimate of the current plan in the background, or keep the one
+        running when it still fits the spec (the marks never matter, the initrd's base and the
+        compressor do). ``on_change`` is called from the estimate's thread. ``threads``: one
+        compressor worker by default, the other core stays with the user."""
+        plan = self.plan
+        if plan is None:
+            return None
+        f = self.forecaster
+        if f is not None and f.matches(self.spec, plan) and f.phase != "stopped":
+            f.on_change = on_change or f.on_change
+            return f
+        self.drop_forecast()
+        f = self.forecaster = Forecaster(self.spec, plan, threads=threads, on_change=on_change, quick=quick)
+        f.start()
+        return f
+
+    def drop_forecast(self) -> None:
+        """Abandon the estimate (its tree or parameters changed); never waits on a compressor."""
+        if self.forecaster is not None:
+            self.forecaster.stop()
+            self.forecaster = None
+        self.estimator_changed()
 
     # -- applying, undo, saving ------------------------------------------------------------------
     def apply(self, op: Operation, *, record: bool = True) -> Outcome:
@@ -146,11 +179,10 @@ class Session(SessionEdits):
                 spec.signing) != (old.uki.stub, old.os.kernel, old.uki.cmdline, old.uki.uname,
                                   old.uki.os_release, old.signing):
             self._layout = None
-        if (spec.uki.compression, spec.uki.level, spec.os.exclude, spec.uki.init) != (
-                old.uki.compression, old.uki.level, old.os.exclude, old.uki.init):
-            self.estimator = None  # its base or parameters changed: prepare again
         if self.index is not None and self.sums is not None:
             self.plan = make_plan(spec, self.index, self.sums)
+        if self.forecaster is not None and (self.plan is None or not self.forecaster.matches(spec, self.plan)):
+            self.drop_forecast()  # its base or parameters changed: prepare again
 
     def save(self) -> bool:
         """Write the current text atomically; on failure keep it pending and say why."""
@@ -199,7 +231,7 @@ class Session(SessionEdits):
         if rescan:
             self.text, self.spec = text, spec
             self.index = self.sums = self.plan = None
-            self.estimator = None
+            self.drop_forecast()
             self._layout = None
         else:
             self._set_spec(text, spec)
