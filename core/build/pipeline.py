@@ -25,7 +25,8 @@ from ..formats.authenticode import signature_length
 from ..formats.mkfs import find_tool
 from ..keys import PcrKey, Signer, load_pcr_key, load_signer
 from ..progress import Reporter
-from ..sizing.forecast import UkiLayout, forecast, prepared_estimator
+from ..sizing.forecast import UkiLayout, forecast
+from ..sizing.forecaster import Forecaster
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import Spec
 from ..spec.outputs import LOCK_FILE, output_problems
@@ -307,7 +308,7 @@ def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, 
         layout = UkiLayout(spec, index, signature_len=signature_length(signer) if signer else None, pcr_key=pcr_key)
         if spec.uki.compression != "none" and estimator is None:
             reporter.log("uki", "estimating the compressed initrd before the build")
-            estimator = prepared_estimator(spec, plan, reporter)
+            estimator = Forecaster(spec, plan).run(reporter)
         predicted = forecast(spec, plan, layout, estimator).uki_bytes
     art = build_slim_uki(spec, index, plan, signer=signer, state=state, force=force, reporter=reporter,
                          predicted=predicted, inputs=key, pcr_key=pcr_key)
