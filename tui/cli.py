@@ -46,6 +46,7 @@ class TerminalProgress:
             return
         if not ev.total:
             return
+        label = _label(ev)
         pct = min(100, int(ev.done * 100 / ev.total))
         if self.tty:
             now = time.monotonic()
@@ -56,23 +57,33 @@ class TerminalProgress:
             filled = int(width * pct / 100)
             amount = (f"{format_size(ev.done)}/{format_size(ev.total)}" if ev.unit == "bytes"
                       else f"{ev.done}/{ev.total} {ev.unit}")
-            line = f"\r{ev.task[:40]:<40} [{'#' * filled}{'.' * (width - filled)}] {pct:3d}% {amount}"
+            line = f"\r{label[:40]:<40} [{'#' * filled}{'.' * (width - filled)}] {pct:3d}% {amount}"
             self.stream.write(line[:120].ljust(120))
             self.stream.flush()
-            self._last_task = ev.task
+            self._last_task = label
             if ev.done >= ev.total:
                 self.stream.write("\n")
                 self._last_task = ""
         else:
             step = pct // 25 * 25
-            if self._last_pct.get(ev.task, -1) < step:
-                self._last_pct[ev.task] = step
-                print(f"{ev.task}: {step}%", file=self.stream, flush=True)
+            if self._last_pct.get(label, -1) < step:
+                self._last_pct[label] = step
+                print(f"{label}: {step}%", file=self.stream, flush=True)
 
     def _clear(self) -> None:
         if self.tty and self._last_task:
             self.stream.write("\r" + " " * 120 + "\r")
             self._last_task = ""
+
+
+def _label(ev: Progress) -> str:
+    """What a progress line calls the work: the artefact and its stage in the build screen's
+    words (from the event's fields), else the engine's task text (steps of no artefact)."""
+    from sysextant.core.build.tracker import STAGE_LABELS
+
+    if ev.artefact and ev.stage:
+        return f"{ev.artefact}: {STAGE_LABELS.get(ev.stage, ev.stage)}"
+    return ev.task
 
 
 def _emit_json(data: object) -> None:
