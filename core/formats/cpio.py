@@ -63,11 +63,26 @@ def default_mtime() -> int:
                         "set it to a Unix time or unset it") from None
 
 
+_M = 0xFFFFFFFF
+#: a header and its name in one formatting step: 13 fields (dev major/minor and check 0), the
+#: name, its NUL and the padding to 4 bytes (given as a slice of NULs)
+_ENTRY = MAGIC + b"%08X" * 7 + b"0000000000000000" + b"%08X" * 3 + b"00000000" + b"%s%s"
+_NULS = b"\0" * 4
+
+
 def header(*, ino: int, mode: int, uid: int, gid: int, nlink: int, mtime: int, filesize: int,
            rdevmajor: int, rdevminor: int, namesize: int) -> bytes:
     """One 110-byte newc header (dev major/minor 0, check 0)."""
-    fields = (ino, mode, uid, gid, nlink, mtime, filesize, 0, 0, rdevmajor, rdevminor, namesize, 0)
-    return MAGIC + b"".join(b"%08X" % (f & 0xFFFFFFFF) for f in fields)
+    return _ENTRY % (ino & _M, mode & _M, uid & _M, gid & _M, nlink & _M, mtime & _M, filesize & _M,
+                     rdevmajor & _M, rdevminor & _M, namesize & _M, b"", b"")
+
+
+def entry_block(name: bytes, *, ino: int, mode: int, nlink: int, mtime: int, filesize: int, uid: int = 0,
+                gid: int = 0, rdevmajor: int = 0, rdevminor: int = 0) -> bytes:
+    """A header, the name, its NUL and the padding to 4 bytes: everything of an entry but its data."""
+    n = len(name)
+    return _ENTRY % (ino & _M, mode & _M, uid & _M, gid & _M, nlink & _M, mtime & _M, filesize & _M,
+                     rdevmajor & _M, rdevminor & _M, (n + 1) & _M, name, _NULS[:1 + (-(111 + n) & 3)])
 
 
 def _name_block(name: bytes, hdr: bytes) -> bytes:
@@ -117,28 +132,40 @@ def archive_order(index: TreeIndex) -> array:
         return hit[1]
     names, mode = index.names, index.mode
     first_child, nchild = index.first_child, index.nchild
-    out = array("i")
-    SUB = 1 << 31  # marks "the subtree of" an entry in the work stack
+    IFMT, DIR = 0o170000, stat.S_IFDIR
 
     def items(d: int) -> list[int]:
+        """``d``'s children in order, each child folder's subtree as ``-1 - child`` after it."""
         start = first_child[d]
         if start < 0:
             return []
-        keyed: list[tuple[bytes, int]] = []
-        for c in range(start, start + nchild[d]):
-            keyed.append((names[c], c))
-            if stat.S_ISDIR(mode[c]) and nchild[c] > 0:
-                keyed.append((names[c] + b"/", c | SUB))
-        keyed.sort()
-        return [v for _, v in reversed(keyed)]
+        end = start + nchild[d]
+        keys = names[start:end]
+        vals = list(range(start, end))
+        dirs = [c for c, m in zip(vals, mode[start:end], strict=True) if m & IFMT == DIR and nchild[c] > 0]
+        if dirs:
+            keys += [keys[c - start] + b"/" for c in dirs]
+            vals += [-1 - c for c in dirs]
+        return [vals[k] for k in sorted(range(len(keys)), key=keys.__getitem__)]
 
-    stack = items(0)
+    def marks(lst: list[int]) -> list[int]:
+        return [k for k, v in enumerate(lst) if v < 0]
+
+    # runs of plain entries go out whole; a subtree marker descends (an explicit stack: no
+    # recursion limit on deep trees)
+    out = array("i")
+    top = items(0)
+    stack: list[tuple[list[int], list[int], int, int]] = [(top, marks(top), 0, 0)]
     while stack:
-        v = stack.pop()
-        if v & SUB:
-            stack.extend(items(v & ~SUB))
+        lst, where, k, prev = stack.pop()
+        if k < len(where):
+            m = where[k]
+            out.extend(lst[prev:m])
+            stack.append((lst, where, k + 1, m + 1))
+            sub = items(-1 - lst[m])
+            stack.append((sub, marks(sub), 0, 0))
         else:
-            out.append(v)
+            out.extend(lst[prev:])
     _ORDER_CACHE[key] = (weakref.ref(index, lambda _r, k=key: _ORDER_CACHE.pop(k, None)), out)
     return out
 
@@ -151,12 +178,17 @@ def selection_mask(index: TreeIndex, selection: IntervalSet) -> bytearray:
     return mask
 
 
-def archive_entries(index: TreeIndex, selection: IntervalSet, *, extra: Sequence[FsEntry] = ()) -> list[int]:
-    """Entries of ``selection`` in archive order (the root is never one). ``extra`` entries are
-    not index entries; the writer merges them in by path."""
+def archive_entries(index: TreeIndex, selection: IntervalSet, *, extra: Sequence[FsEntry] = ()) -> array:
+    """Entries of ``selection`` in archive order (the root is never one), as a typed array (4
+    bytes an entry). ``extra`` entries are not index entries; the writer merges them in by path."""
+    order = archive_order(index)
+    if list(selection) in ([(1, len(index))], [(0, len(index))]):
+        return array("i", order)  # everything: the order as it is
     mask = selection_mask(index, selection)
     mask[0] = 0
-    return [i for i in archive_order(index) if mask[i]]
+    out = array("i")
+    out.extend(i for i in order if mask[i])
+    return out
 
 
 # -- writing ------------------------------------------------------------------------------------
@@ -217,16 +249,20 @@ class NewcWriter:
 
     def entry(self, name: bytes, *, ino: int, mode: int, nlink: int, size: int = 0,
               rdev: int = 0, uid: int = 0, gid: int = 0) -> None:
-        hdr = header(ino=ino, mode=mode, uid=uid, gid=gid, nlink=nlink, mtime=self.mtime, filesize=size,
-                     rdevmajor=os.major(rdev) if rdev else 0, rdevminor=os.minor(rdev) if rdev else 0,
-                     namesize=len(name) + 1)
-        self.put(_name_block(name, hdr))
+        self.buf += entry_block(name, ino=ino, mode=mode, nlink=nlink, mtime=self.mtime, filesize=size, uid=uid,
+                                gid=gid, rdevmajor=os.major(rdev) if rdev else 0,
+                                rdevminor=os.minor(rdev) if rdev else 0)
+        if len(self.buf) >= CHUNK:
+            self._flush()
 
-    def data_fd(self, fd: int, size: int, what: str) -> None:
+    def data_fd(self, fd: int, size: int, what: str | Callable[[], str]) -> None:
+        """``size`` bytes from ``fd`` and their padding; ``what`` names the file in an error
+        (or makes that name, only when needed)."""
         left = size
         while left > 0:
             chunk = os.read(fd, min(CHUNK, left))
             if not chunk:
+                what = what if isinstance(what, str) else what()
                 raise UserError(f"{what} shrank while it was being packed; scan the tree again and rebuild")
             left -= len(chunk)
             if len(chunk) >= CHUNK:
@@ -234,8 +270,10 @@ class NewcWriter:
                 self.out.write(chunk)
                 self.written += len(chunk)
             else:
-                self.put(chunk)
-        self.put(b"\0" * (-size & 3))
+                self.buf += chunk
+                if len(self.buf) >= CHUNK:
+                    self._flush()
+        self.buf += _NULS[:-size & 3]
 
     def finish(self) -> int:
         self.put(trailer())
@@ -287,9 +325,15 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
     dirs = _DirCache(root)
     ino = 0
     xi = 0
+    parent, names = index.parent, index.names
+    last_parent, prefix = -2, b""
     try:
         for i in entries:
-            path = index.path(i)
+            p = parent[i]
+            if p != last_parent:  # entries in archive order share their folder: its path once
+                last_parent = p
+                prefix = index.path(p) + b"/" if p > 0 else b""
+            path = prefix + names[i]
             while xi < len(extras) and extras[xi].path < path:
                 ino += 1
                 _write_extra(w, extras[xi], ino)
@@ -363,7 +407,7 @@ def _write_index_entry(w: NewcWriter, index: TreeIndex, i: int, path: bytes, dir
                 if not stat.S_ISREG(fst.st_mode) or fst.st_size != size:
                     raise UserError(f"{_shown(index, path)} changed since the tree was scanned; scan again and rebuild")
                 w.entry(path, ino=ino, mode=mode, nlink=nlink, size=size, uid=uid, gid=gid)
-                w.data_fd(fd, size, _shown(index, path))
+                w.data_fd(fd, size, lambda: _shown(index, path))
             finally:
                 os.close(fd)
         elif stat.S_ISLNK(mode):
@@ -397,5 +441,5 @@ def archive_size(index: TreeIndex, selection: IntervalSet, extra: Sequence[FsEnt
     return Sums(index).cpio_bytes(selection) + TRAILER_BYTES + extra_bytes(extra)
 
 
-__all__ = ["HEADER", "MAGIC", "archive_entries", "archive_order", "archive_size", "extra_bytes", "header",
+__all__ = ["HEADER", "MAGIC", "archive_entries", "archive_order", "archive_size", "entry_block", "extra_bytes", "header",
            "init_entry", "selection_mask", "trailer", "write_entries", "write_newc"]

@@ -155,7 +155,7 @@ def _nested_dropped(index: TreeIndex, marks: list[int]) -> list[int]:
 
 def make_plan(spec: Spec, index: TreeIndex, sums: Sums | None = None) -> Plan:
     """Resolve the spec's paths against the index and compute the exact figures."""
-    sums = sums or Sums(index)
+    sums = sums or Sums.of(index)
     problems: list[str] = output_problems(spec)  # an output that would destroy a key, the spec or the tree
     warnings: list[str] = []
     root_text = os.fsdecode(index.root)

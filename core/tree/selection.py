@@ -11,6 +11,8 @@ from __future__ import annotations
 import bisect
 import fnmatch
 import os
+import weakref
+from array import array
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
@@ -32,6 +34,19 @@ class IntervalSet:
                 merged.append([s, e])
         self.starts = [s for s, _ in merged]
         self.ends = [e for _, e in merged]
+
+    @classmethod
+    def from_sorted_indices(cls, indices: Iterable[int]) -> IntervalSet:
+        """The set of ``indices`` (ascending, no repeats), built without a tuple per index."""
+        out = cls()
+        starts, ends = out.starts, out.ends
+        for i in indices:
+            if ends and ends[-1] == i:
+                ends[-1] = i + 1
+            else:
+                starts.append(i)
+                ends.append(i + 1)
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         return zip(self.starts, self.ends, strict=True)
@@ -141,13 +156,28 @@ def subtree_set(index: TreeIndex, entries: Iterable[int]) -> IntervalSet:
 
 
 class Sums:
-    """Prefix sums over index order, built once per (complete) index."""
+    """Prefix sums over index order, built once per (complete) index: typed arrays, 24 bytes an
+    entry (Python lists of ints took 100: a list slot and an int object for each sum)."""
 
     def __init__(self, index: TreeIndex) -> None:
-        self.index = index
-        self.size = [0, *accumulate(index.size)]
-        self.cpio = [0, *accumulate(index.cpio)]
-        self.alloc = [0, *accumulate(index.alloc)]
+        # what the hardlink correction reads, not the index itself: the shared cache (:meth:`of`)
+        # must not keep an index alive
+        self._hardlinks, self._link_size, self._alloc = index.hardlinks, index.link_size, index.alloc
+        self.size = _prefix(index.size)
+        self.cpio = _prefix(index.cpio)
+        self.alloc = _prefix(index.alloc)
+
+    @classmethod
+    def of(cls, index: TreeIndex) -> Sums:
+        """The sums of ``index``, shared: the plan and the estimators of one index ask for them
+        (kept while the index lives, rebuilt if it grew since)."""
+        key = id(index)
+        hit = _SUMS_CACHE.get(key)
+        if hit is not None and hit[0]() is index and len(hit[1].cpio) == len(index) + 1:
+            return hit[1]
+        sums = cls(index)
+        _SUMS_CACHE[key] = (weakref.ref(index, lambda _r, k=key: _SUMS_CACHE.pop(k, None)), sums)
+        return sums
 
     def _sum(self, prefix: list[int], sel: IntervalSet) -> int:
         return sum(prefix[e] - prefix[s] for s, e in sel)
@@ -155,16 +185,15 @@ class Sums:
     def _link_fix(self, sel: IntervalSet) -> tuple[int, int, int]:
         """Hardlinked inodes whose counted (first) name is outside ``sel`` but another name is in."""
         d_size = d_cpio = d_alloc = 0
-        idx = self.index
-        for group in idx.hardlinks.values():
+        for group in self._hardlinks.values():
             if len(group) < 2 or group[0] in sel:
                 continue
             for member in group[1:]:
                 if member in sel:
-                    real = idx.link_size[member]
+                    real = self._link_size[member]
                     d_size += real
                     d_cpio += (real + 3) & ~3
-                    d_alloc += idx.alloc[group[0]]
+                    d_alloc += self._alloc[group[0]]
                     break
         return d_size, d_cpio, d_alloc
 
@@ -176,6 +205,15 @@ class Sums:
 
     def allocated(self, sel: IntervalSet) -> int:
         return self._sum(self.alloc, sel) + self._link_fix(sel)[2]
+
+
+def _prefix(column: Iterable[int]) -> array:
+    out = array("q", (0,))
+    out.extend(accumulate(column))
+    return out
+
+
+_SUMS_CACHE: dict[int, tuple[weakref.ref, Sums]] = {}
 
 
 def _glob_parts(pattern: str) -> list[bytes]:
