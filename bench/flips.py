@@ -16,7 +16,7 @@ The oracles and the reasons for their exact invocations are in tests/test_signat
 which runs the same campaigns with mask 0x01 and a smaller N. For each campaign this prints how
 many flips were tried, rejected by both, accepted by both (listed), and the disagreements
 (listed); then how many the tools alone accepted and which rule rejected them. Exit status 1
-when any flip disagrees. The UKI holds the real kernel when tests/kernel.py finds one (the
+when any flip disagrees. The UKI holds the real kernel when tests/helpers/kernel.py finds one (the
 tools then hash ~15 MB per flip), a 64 KiB stand-in with --stand-in.
 """
 
@@ -30,7 +30,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS / "helpers"), str(TESTS)]  # the helpers, and test_signature_flips
 from kernel import find_kernel  # noqa: E402
 from test_signature_flips import (  # noqa: E402
     MKFS_EROFS,

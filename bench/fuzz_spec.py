@@ -2,7 +2,7 @@
 
 Usage: ``python bench/fuzz_spec.py [N] [--seed 1] [--hang 2] [--limit 30] [--show 1]``
 
-The specs come from the mutation functions in ``tests/spec_mutations.py`` (the ones
+The specs come from the mutation functions in ``tests/helpers/spec_mutations.py`` (the ones
 ``tests/test_spec_fuzz.py`` drives with hypothesis), here driven by a seeded random generator
 so the run is long and reproducible without hypothesis' limits: valid specs with wrong types at
 every key, unknown and duplicate keys, merge keys, tags, anchors and alias bombs, deep nesting,
@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
 from spec_mutations import Case, Outcome, RandomChooser, check, make_case  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Build and sign a UKI with a big initrd; report time and peak memory against sbsign.
 
-Usage: python bench/uki_sign.py [INITRD_MIB]   (default 256; needs a kernel, see tests/kernel.py)
+Usage: python bench/uki_sign.py [INITRD_MIB]   (default 256; needs a kernel, see tests/helpers/kernel.py)
 
 Our build runs in a child process so its peak RSS (VmHWM) is its own; sbsign signs the same
 unsigned UKI in the same run as the reference (it reads the whole image into memory).
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "helpers"))
 from kernel import find_kernel  # noqa: E402
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from signing_helpers import make_signer, sbverify, tool
 
 from sysextant.core.errors import UserError
 from sysextant.core.formats import der
@@ -23,26 +24,14 @@ from sysextant.core.formats.authenticode import (
     verify_authenticode,
 )
 from sysextant.core.formats.pe import parse_pe, pe_checksum
-from sysextant.core.keys import Signer, generate_demo_pair, load_signer
+from sysextant.core.keys import Signer, load_signer
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 pytestmark = pytest.mark.skipif(not STUB.is_file(), reason=f"{STUB} missing (Debian package systemd-boot-efi)")
 
 
-def tool(name: str, package: str):
-    return pytest.mark.skipif(shutil.which(name) is None, reason=f"{name} missing (Debian package {package})")
-
-
 needs_sbverify = tool("sbverify", "sbsigntool")
 needs_osslsigncode = tool("osslsigncode", "osslsigncode")
-
-
-def make_signer(directory: Path, name: str) -> Signer:
-    key_pem, cert_pem = generate_demo_pair(common_name=f"test {name}")
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{name}.key").write_bytes(key_pem)
-    (directory / f"{name}.crt").write_bytes(cert_pem)
-    return load_signer(directory / f"{name}.key", directory / f"{name}.crt")
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +50,6 @@ def signed_copy(tmp_path: Path, signer: Signer, name: str = "signed.efi") -> Pat
     with open(out, "r+b") as fh:
         sign_pe(fh, signer)
     return out
-
-
-def sbverify(path: Path, cert: Path) -> bool:
-    return subprocess.run(["sbverify", "--cert", str(cert), str(path)], capture_output=True).returncode == 0
 
 
 def osslsigncode_verify(path: Path, cert: Path) -> subprocess.CompletedProcess[str]:

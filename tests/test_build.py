@@ -3,7 +3,6 @@ cancellation and errors that leave nothing half-written."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from build_helpers import copy_project, no_temp_files, sha
 
 from sysextant.core.build.pipeline import build, render
 from sysextant.core.demo import create_demo
@@ -32,19 +32,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     text = spec.read_text().replace("level: 19", "level: 3")  # keep the suite quick
     spec.write_text(text)
     return spec
-
-
-def copy_project(demo: Path, dest: Path) -> Path:
-    shutil.copytree(demo.parent, dest, symlinks=True)
-    return dest / demo.name
-
-
-def sha(path: Path | str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def no_temp_files(folder: Path) -> bool:
-    return not [p for p in folder.rglob("*") if p.name.startswith(".sysextant-tmp-")]
 
 
 def test_headless_build_json_matches_verify(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

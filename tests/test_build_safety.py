@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_build import copy_project, no_temp_files, sha
+from build_helpers import copy_project, no_temp_files, sha
 
 from sysextant.core.atomic import TEMP_PREFIX
 from sysextant.core.build.pipeline import build, build_lock

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 
 from sysextant.core.demo import create_demo
 from sysextant.tui.cli import COMMANDS, main
-
-CLI = [sys.executable, "-m", "sysextant.tui.cli"]
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +18,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = create_demo(tmp_path_factory.mktemp("cli") / "demo", scale=0.05)
     spec.write_text(spec.read_text().replace("level: 6", "level: 3"))
     return spec
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.mark.parametrize("command", [c for c in COMMANDS])

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_helpers import CLI
 from cryptography.hazmat.primitives import serialization
 
 from sysextant.core.demo import create_demo
-
-CLI = [sys.executable, "-m", "sysextant.tui.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from elf_helpers import make_elf, note
+from elf_helpers import DLOPEN_C, gcc_build, make_elf, note
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +34,6 @@ from sysextant.core.formats.elf import (
 )
 
 READELF = shutil.which("readelf")
-GCC = shutil.which("gcc")
 
 
 def read_path(path: str | Path) -> ElfInfo | None:
@@ -111,39 +110,6 @@ def test_both_classes_and_byte_orders(elf_class: int, little: bool) -> None:
                            dlopen=(DlopenNote(("libtss2-esys.so.0",), "required", "tpm", "TPM2 support"),
                                    DlopenNote(("libfoo.so.2", "libfoo.so.1"), "recommended", None, None)),
                            little_endian=little, e_type=3)
-
-
-DLOPEN_C = r"""
-#include <stdint.h>
-#define ELF_NOTE_DLOPEN_VENDOR "FDO"
-#define ELF_NOTE_DLOPEN_TYPE UINT32_C(0x407c0c0a)
-/* systemd's src/fundamental/dlopen-note macro, as documented on systemd.io/ELF_DLOPEN_METADATA */
-#define ELF_NOTE_DLOPEN(json, variable_name) \
-    __attribute__((used, section(".note.dlopen"))) _Alignas(sizeof(uint32_t)) static const struct { \
-        struct { uint32_t n_namesz, n_descsz, n_type; } nhdr; \
-        char name[sizeof(ELF_NOTE_DLOPEN_VENDOR)]; \
-        _Alignas(sizeof(uint32_t)) char dlopen_json[sizeof(json)]; \
-    } variable_name = { \
-        .nhdr = { .n_namesz = sizeof(ELF_NOTE_DLOPEN_VENDOR), .n_descsz = sizeof(json), \
-                  .n_type = ELF_NOTE_DLOPEN_TYPE }, \
-        .name = ELF_NOTE_DLOPEN_VENDOR, .dlopen_json = json, }
-ELF_NOTE_DLOPEN("[{\"feature\":\"idn\",\"description\":\"Support for internationalized domain names\","
-                "\"priority\":\"suggested\",\"soname\":[\"libidn2.so.0\"]}]", note_idn);
-ELF_NOTE_DLOPEN("[{\"feature\":\"tpm\",\"description\":\"TPM2\",\"priority\":\"required\","
-                "\"soname\":[\"libtss2-esys.so.0\",\"libtss2-esys.so.1\"]},"
-                "{\"soname\":[\"libpcre2-8.so.0\"]}]", note_two);
-int main(void) { return 0; }
-"""
-
-
-def gcc_build(tmp_path: Path, source: str, name: str, *args: str) -> Path:
-    if GCC is None:
-        pytest.skip("gcc missing (Debian package gcc): cannot build the ELF files this test reads")
-    src = tmp_path / f"{name}.c"
-    src.write_text(source)
-    out = tmp_path / name
-    subprocess.run([GCC, "-o", str(out), str(src), *args], check=True, capture_output=True)
-    return out
 
 
 def test_dlopen_note_built_with_gcc(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from fs_tree import (
     CAP_NET_RAW_EP,
     PATHS,
     build_tree,
+    entries,
     erofs_tree,
     expected_snapshot,
     hardlink_groups,
@@ -57,10 +58,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.geteuid() != 0:
         pytest.skip("the test tree needs root (device nodes, ownership)")
     return build_tree(tmp_path_factory.mktemp("erofs") / "root")
-
-
-def entries(root: Path) -> list[FsEntry]:
-    return list(fsentry.walk_selection(os.fsencode(root), PATHS))
 
 
 def write(root: Path, dest: Path, *, mtime: int = EPOCH, **kw) -> int:

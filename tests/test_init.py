@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run
 
 from sysextant.core.demo import create_demo
 from sysextant.core.sizing.plan import make_plan
@@ -15,16 +14,10 @@ from sysextant.core.spec.load import load_spec
 from sysextant.core.spec.model import UkiSpec
 from sysextant.core.tree.index import scan
 
-CLI = [sys.executable, "-m", "sysextant.tui.cli"]
-
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     return create_demo(tmp_path_factory.mktemp("init") / "demo", scale=0.02).parent
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd)
 
 
 def test_init_on_a_kairos_tree_detects_immucore_and_plans_clean(demo: Path, tmp_path: Path) -> None:

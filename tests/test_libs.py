@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from elf_helpers import make_elf
-from test_elf import DLOPEN_C, gcc_build
+from elf_helpers import DLOPEN_C, gcc_build, make_elf
 
 from sysextant.core.formats.elf import read_elf
 from sysextant.core.sizing.libs import Closure

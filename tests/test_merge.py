@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from test_plan import make_os, write_spec
-from test_workbench import idx, make_project
+from workbench_helpers import idx, make_project
 
 from sysextant.core.rules import release_mismatch
 from sysextant.core.sizing.merge import KAIROS_DEFAULT, SYSTEMD_DEFAULT, read_hierarchies

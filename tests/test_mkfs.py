@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from fs_tree import (
     CAP_NET_RAW_EP,
-    PATHS,
     build_tree,
+    entries,
     erofs_tree,
     expected_snapshot,
     hardlink_groups,
@@ -30,7 +30,6 @@ from fs_tree import (
 from sysextant.core.errors import Cancelled, MissingToolError, UserError
 from sysextant.core.formats import mkfs
 from sysextant.core.progress import Reporter
-from sysextant.core.tree import fsentry
 from sysextant.core.tree.fsentry import FsEntry
 
 EPOCH = 1_600_000_000
@@ -58,10 +57,6 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp))
     return tmp
-
-
-def entries(root: Path) -> list[FsEntry]:
-    return list(fsentry.walk_selection(os.fsencode(root), PATHS))
 
 
 def run(*args: str | os.PathLike[str]) -> str:

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from kernel import real_kernel
 
 from sysextant.core.errors import UserError
 from sysextant.core.formats.pcr import (
@@ -17,11 +18,6 @@ from sysextant.core.formats.pcr import (
     measured_sections,
     stub_version,
 )
-
-try:
-    from tests.kernel import real_kernel
-except ModuleNotFoundError:
-    from kernel import real_kernel
 
 MEASURE = Path("/usr/lib/systemd/systemd-measure")
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")

@@ -30,7 +30,7 @@ from sysextant.core.units import format_size
 
 pytest.importorskip("textual")
 
-from test_tui import ready, status, wait_for  # noqa: E402
+from tui_helpers import ready, status, wait_for  # noqa: E402
 
 from sysextant.core.build.tracker import STAGE_LABELS, BuildTracker  # noqa: E402
 from sysextant.tui import app as app_module  # noqa: E402

@@ -12,7 +12,7 @@ from textual import events
 
 pytest.importorskip("textual")
 
-from test_tui import go, project, ready, status, wait_for  # noqa: E402, F401
+from tui_helpers import go, project, ready, status, wait_for  # noqa: E402, F401
 
 from sysextant.core.demo import generate_tree  # noqa: E402
 from sysextant.core.spec.load import load_spec  # noqa: E402

@@ -15,7 +15,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from test_tui import go, project, ready, status, wait_for  # noqa: E402
+from tui_helpers import go, project, ready, status, wait_for  # noqa: E402
 
 from sysextant.core.demo import generate_tree  # noqa: E402
 from sysextant.core.spec.load import load_spec  # noqa: E402

@@ -7,11 +7,9 @@ on screen are compared with the session's (core) figures and the spec is read ba
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from sysextant.core.spec.load import load_spec
 pytest.importorskip("textual")
 
 from textual.widgets import Button, Input  # noqa: E402
+from tui_helpers import ready, status, wait_for  # noqa: E402
 
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 from sysextant.tui.screens.difffilter import BaseScreen  # noqa: E402
@@ -30,6 +29,7 @@ from sysextant.tui.widgets.packages import PackageList  # noqa: E402
 
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
+WAIT = 15.0  # seconds these tests give the scan and the screens (the shared default is 10)
 
 #: package -> the folders (or files) of the demo tree it installed
 PACKAGES = {
@@ -104,25 +104,6 @@ def spec_path(tmp_path: Path, pkg_root: Path, monkeypatch: pytest.MonkeyPatch) -
     return project(tmp_path, pkg_root)
 
 
-async def wait_for(pilot, cond: Callable[[], bool], timeout: float = 15.0) -> bool:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while loop.time() < end:
-        if cond():
-            return True
-        await pilot.pause(0.05)
-    return cond()
-
-
-async def ready(app: WorkbenchApp, pilot) -> None:
-    assert await wait_for(pilot, lambda: app.session.plan is not None), "the scan did not finish"
-    await pilot.pause()
-
-
-def status(app: WorkbenchApp) -> str:
-    return app.query_one("#status").markup
-
-
 async def to_package(app: WorkbenchApp, pilot, key: str) -> None:
     plist = app.query_one(PackageList)
     while plist.row is None or plist.row.key != key:
@@ -133,7 +114,7 @@ async def test_packages_view_lists_marks_and_undoes(spec_path: Path) -> None:
     original = spec_path.read_text()
     app = WorkbenchApp(spec_path, estimate=False, watch=False)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
+        await ready(app, pilot, WAIT)
         s = app.session
         await pilot.press("P")
         plist = app.query_one(PackageList)
@@ -190,7 +171,7 @@ async def test_packages_view_lists_marks_and_undoes(spec_path: Path) -> None:
 async def test_item_pane_names_the_package_of_a_file(spec_path: Path) -> None:
     app = WorkbenchApp(spec_path, estimate=False, watch=False)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
+        await ready(app, pilot, WAIT)
         s = app.session
         k = s.index.lookup("usr/bin/immucore")
         app.tree.go_to(s.index.parent[k], k)
@@ -207,11 +188,11 @@ async def test_fit_preview_applies_in_one_step_and_one_undo_reverts_it(spec_path
     original = spec_path.read_text()
     app = WorkbenchApp(spec_path, estimate=False, watch=False)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
+        await ready(app, pilot, WAIT)
         s = app.session
         uki = s.figures().uki_bytes
         await pilot.press("F")
-        assert await wait_for(pilot, lambda: isinstance(app.screen, FitScreen) and app.screen.fit is not None)
+        assert await wait_for(pilot, lambda: isinstance(app.screen, FitScreen) and app.screen.fit is not None, WAIT)
         screen = app.screen
         assert screen.fit.limit == s.spec.uki.limit
         limit = f"{screen.fit.uki_before * 7 // 10 // 1024}KiB"  # tighter than the UKI the planner sees
@@ -219,7 +200,7 @@ async def test_fit_preview_applies_in_one_step_and_one_undo_reverts_it(spec_path
         assert box.has_focus
         box.value = limit
         await pilot.press("enter")
-        assert await wait_for(pilot, lambda: screen.fit is not None and screen.fit.limit_text == limit)
+        assert await wait_for(pilot, lambda: screen.fit is not None and screen.fit.limit_text == limit, WAIT)
         fit = screen.fit
         assert fit.extensions and fit.by_packages
         text = str(screen.query_one("#fit-text").render())
@@ -228,7 +209,7 @@ async def test_fit_preview_applies_in_one_step_and_one_undo_reverts_it(spec_path
             assert "REMOVES content" in text
         assert not screen.query_one("#apply", Button).disabled
         await pilot.press("tab", "enter")  # to Apply, and press it
-        assert await wait_for(pilot, lambda: not isinstance(app.screen, FitScreen))
+        assert await wait_for(pilot, lambda: not isinstance(app.screen, FitScreen), WAIT)
         assert "apply the fit proposal" in status(app)
         spec = load_spec(spec_path)
         assert [e.name for e in spec.extensions][1:] == [p.name for p in fit.extensions]
@@ -254,14 +235,14 @@ async def test_diff_filter_shows_only_what_differs_from_the_base(tmp_path: Path,
         "    release: {ID: _any, ARCHITECTURE: x86-64}\n"))
     app = WorkbenchApp(spec_path, estimate=False, watch=False)
     async with app.run_test(size=SIZE) as pilot:
-        await ready(app, pilot)
+        await ready(app, pilot, WAIT)
         s, tree = app.session, app.tree
         await pilot.press("D")
-        assert await wait_for(pilot, lambda: isinstance(app.screen, BaseScreen))
+        assert await wait_for(pilot, lambda: isinstance(app.screen, BaseScreen), WAIT)
         box = app.screen.query_one("#base", Input)
         assert box.value == str(base)  # the from.base of the extension made from images
         await pilot.press("enter")
-        assert await wait_for(pilot, lambda: tree.only is not None)
+        assert await wait_for(pilot, lambda: tree.only is not None, WAIT)
         index = s.index
         assert {index.path(r) for r in tree.rows} == {b"usr", b"opt"}
         shown = {os.fsdecode(index.path(k)) for k in tree.only.indices()}
@@ -288,7 +269,7 @@ async def test_packages_view_without_a_database_says_why_whole_at_80x24(tmp_path
     generate_tree(root, scale=0.05)  # no package database written into it
     app = WorkbenchApp(project(tmp_path, root), estimate=False, watch=False)
     async with app.run_test(size=(80, 24)) as pilot:
-        await ready(app, pilot)
+        await ready(app, pilot, WAIT)
         await pilot.press("P")
         await pilot.pause()
         tp, why = app.session.package_db()

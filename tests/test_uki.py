@@ -12,17 +12,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from kernel import real_kernel
+from signing_helpers import make_signer, sbverify, tool
 
 from sysextant.core.errors import UserError
 from sysextant.core.formats.authenticode import sign_pe, signature_length, verify_authenticode
 from sysextant.core.formats.pe import parse_pe, pe_checksum, round_up
 from sysextant.core.formats.uki import build_uki, merge_sbat, predict_size, read_uname
-from sysextant.core.keys import Signer, generate_demo_pair, load_signer
-
-try:
-    from tests.kernel import real_kernel
-except ModuleNotFoundError:
-    from kernel import real_kernel
+from sysextant.core.keys import Signer
 
 STUB = Path("/usr/lib/systemd/boot/efi/linuxx64.efi.stub")
 pytestmark = pytest.mark.skipif(not STUB.is_file(), reason=f"{STUB} missing (Debian package systemd-boot-efi)")
@@ -30,20 +27,9 @@ OSREL = b'NAME="Kairos"\nID=kairos\nVERSION_ID=3.2\n'
 CMDLINE = b"console=ttyS0 rd.immucore.uki selinux=0"
 
 
-def tool(name: str, package: str):
-    return pytest.mark.skipif(shutil.which(name) is None, reason=f"{name} missing (Debian package {package})")
-
-
 needs_sbverify = tool("sbverify", "sbsigntool")
 needs_osslsigncode = tool("osslsigncode", "osslsigncode")
 needs_objdump = tool("objdump", "binutils")
-
-
-def make_signer(directory: Path, name: str) -> Signer:
-    key_pem, cert_pem = generate_demo_pair(common_name=f"test {name}")
-    (directory / f"{name}.key").write_bytes(key_pem)
-    (directory / f"{name}.crt").write_bytes(cert_pem)
-    return load_signer(directory / f"{name}.key", directory / f"{name}.crt")
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +73,6 @@ def signed_uki(work: Path, kernel: Path, initrd: Path, signer: Signer):
 @pytest.fixture(scope="module")
 def unsigned_uki(work: Path, kernel: Path, initrd: Path):
     return build_uki(STUB, sections_for(kernel, initrd), work / "unsigned.efi", signer=None)
-
-
-def sbverify(path: Path, cert: Path) -> bool:
-    return subprocess.run(["sbverify", "--cert", str(cert), str(path)], capture_output=True).returncode == 0
 
 
 def ossl(path: Path, cert: Path) -> bool:

@@ -256,7 +256,6 @@ def debian_project(tmp_path_factory, keypair) -> Path:
     locales, one signed squashfs extension with a kernel module not needed to boot (romfs), a
     PCR key, trust_in_uki; built once."""
     _need_vm_tools()
-    sys.path.insert(0, str(HERE))
     from kernel import real_kernel, real_modules
     from vm_tree import make_tree
 
@@ -573,7 +572,7 @@ async def test_workbench_v_shows_the_stages_as_they_pass(demo_spec, monkeypatch)
     b cannot start a build meanwhile; esc goes back with the verdict in the status line."""
     import threading
 
-    from test_tui import ready, status, wait_for
+    from tui_helpers import ready, status, wait_for
 
     from sysextant.core.vm import qemu as vm_qemu
     from sysextant.core.vm import run as vm_run
@@ -689,7 +688,7 @@ async def test_workbench_boot_check_esc_stops_qemu_and_swtpm_and_removes_the_tem
     process printing the recorded console, then waiting) and swtpm (a process opening its
     socket): both are stopped, the private temp folder is gone, the screen and the status line
     say cancelled, and the workbench goes on."""
-    from test_tui import ready, status, wait_for
+    from tui_helpers import ready, status, wait_for
 
     from sysextant.core.vm import run as vm_run
     from sysextant.tui.app import WorkbenchApp

@@ -21,9 +21,16 @@ from pathlib import Path
 from sysextant.core.formats import (
     erofs,  # VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE, permitted = 1 << CAP_NET_RAW(13), inheritable 0
 )
+from sysextant.core.tree import fsentry
+from sysextant.core.tree.fsentry import FsEntry
 
 CAP_NET_RAW_EP = struct.pack("<IIIII", 0x02000001, 1 << 13, 0, 0, 0)
 PATHS = [b"usr", b"opt"]
+
+
+def entries(root: Path) -> list[FsEntry]:
+    """The entries of the tree's selection (PATHS), as the writers take them."""
+    return list(fsentry.walk_selection(os.fsencode(root), PATHS))
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:

@@ -1,6 +1,6 @@
 """Structure-aware spec mutations: how an attacker or a careless user breaks a spec.
 
-Shared by ``tests/test_spec_fuzz.py`` (driven by hypothesis, which shrinks what it finds) and
+Shared by ``tests/core/spec/test_spec_fuzz.py`` (driven by hypothesis, which shrinks what it finds) and
 ``bench/fuzz_spec.py`` (driven by a seeded ``random.Random``, for long runs). Every generator
 takes a :class:`Chooser`, whose one primitive is ``below(n)``: hypothesis' draws shrink it
 towards 0, so the first entry of every pool below is the simplest choice.

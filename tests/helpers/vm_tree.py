@@ -1,11 +1,11 @@
 """A real bootable Debian 12 tree for the VM tests, made once per machine and cached.
 
 ``debootstrap --variant=minbase`` of bookworm with systemd as init, plus the Debian kernel and
-modules .ci/fetch-kernel fetched (tests/kernel.py) under ``usr/lib/modules/RELEASE`` and
+modules .ci/fetch-kernel fetched (tests/helpers/kernel.py) under ``usr/lib/modules/RELEASE`` and
 ``boot/vmlinuz``. The cache folder's name carries a digest of the package list, the mirror and the
 kernel release, so changing any of them makes a new tree and CI pays the ~2-4 minutes once.
 debootstrap needs root: elsewhere (and with no network) the tests that need the tree skip, saying
-why. Run ``python tests/vm_tree.py`` to make it by hand.
+why. Run ``python tests/helpers/vm_tree.py`` to make it by hand.
 """
 
 from __future__ import annotations

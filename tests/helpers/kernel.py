@@ -13,8 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 FETCH = REPO / ".ci" / "fetch-kernel"
 CACHE = Path.home() / ".cache" / "sysextant" / "vmlinuz"
 

@@ -1,13 +1,20 @@
 """Tiny synthetic ELF files for the reader's tests: any class, byte order and machine, with the
 program headers the loader reads (PT_LOAD, PT_INTERP, PT_DYNAMIC, PT_NOTE) laid out the way a
 linker does (gABI). Real files cover the common case; these cover 32-bit and big-endian ones,
-which this machine has none of."""
+which this machine has none of. And real ones built with gcc: a program carrying systemd's
+``.note.dlopen`` notes (DLOPEN_C), for the reader's and the closure's tests."""
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
+from pathlib import Path
+
+import pytest
 
 VADDR = 0x10000
+GCC = shutil.which("gcc")
 
 
 def note(owner: bytes, ntype: int, desc: bytes, *, little: bool = True, align: int = 4) -> bytes:
@@ -87,3 +94,36 @@ def make_elf(*, elf_class: int = 2, little: bool = True, machine: int = 62, inte
     out[dyn_off:dyn_off + len(dyn_b)] = dyn_b
     out[note_off:note_off + len(notes)] = notes
     return bytes(out)
+
+
+DLOPEN_C = r"""
+#include <stdint.h>
+#define ELF_NOTE_DLOPEN_VENDOR "FDO"
+#define ELF_NOTE_DLOPEN_TYPE UINT32_C(0x407c0c0a)
+/* systemd's src/fundamental/dlopen-note macro, as documented on systemd.io/ELF_DLOPEN_METADATA */
+#define ELF_NOTE_DLOPEN(json, variable_name) \
+    __attribute__((used, section(".note.dlopen"))) _Alignas(sizeof(uint32_t)) static const struct { \
+        struct { uint32_t n_namesz, n_descsz, n_type; } nhdr; \
+        char name[sizeof(ELF_NOTE_DLOPEN_VENDOR)]; \
+        _Alignas(sizeof(uint32_t)) char dlopen_json[sizeof(json)]; \
+    } variable_name = { \
+        .nhdr = { .n_namesz = sizeof(ELF_NOTE_DLOPEN_VENDOR), .n_descsz = sizeof(json), \
+                  .n_type = ELF_NOTE_DLOPEN_TYPE }, \
+        .name = ELF_NOTE_DLOPEN_VENDOR, .dlopen_json = json, }
+ELF_NOTE_DLOPEN("[{\"feature\":\"idn\",\"description\":\"Support for internationalized domain names\","
+                "\"priority\":\"suggested\",\"soname\":[\"libidn2.so.0\"]}]", note_idn);
+ELF_NOTE_DLOPEN("[{\"feature\":\"tpm\",\"description\":\"TPM2\",\"priority\":\"required\","
+                "\"soname\":[\"libtss2-esys.so.0\",\"libtss2-esys.so.1\"]},"
+                "{\"soname\":[\"libpcre2-8.so.0\"]}]", note_two);
+int main(void) { return 0; }
+"""
+
+
+def gcc_build(tmp_path: Path, source: str, name: str, *args: str) -> Path:
+    if GCC is None:
+        pytest.skip("gcc missing (Debian package gcc): cannot build the ELF files this test reads")
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / name
+    subprocess.run([GCC, "-o", str(out), str(src), *args], check=True, capture_output=True)
+    return out
