@@ -1,5 +1,5 @@
 """Packaging: the wheel holds only the sysextant package; core's source never names Textual, Rich,
-watchfiles or the TUI (the layers themselves are checked in test_layers.py)."""
+watchfiles or the TUI (the layers themselves are checked in core/test_layers.py)."""
 
 from __future__ import annotations
 

@@ -24,8 +24,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from paths import REPO
 
-CORE = Path(__file__).resolve().parents[1] / "core"
+CORE = REPO / "core"
 LAYERS = {"errors": 0, "units": 0, "progress": 0, "atomic": 0, "spec": 1, "rules": 1, "keys": 2, "tree": 3,
           "formats": 4, "packages": 4, "sizing": 5, "build": 6, "workbench": 7, "demo": 7, "vm": 7}
 
