@@ -12,7 +12,7 @@ Four campaigns, each flip XORing one byte with each mask:
 - N random flips in the bytes the UKI's Authenticode digest covers (oracle: sbverify and
   osslsigncode).
 
-The oracles and the reasons for their exact invocations are in tests/test_signature_flips.py,
+The oracles and the reasons for their exact invocations are in tests/core/formats/test_signature_flips.py,
 which runs the same campaigns with mask 0x01 and a smaller N. For each campaign this prints how
 many flips were tried, rejected by both, accepted by both (listed), and the disagreements
 (listed); then how many the tools alone accepted and which rule rejected them. Exit status 1
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path[:0] = [str(TESTS / "helpers"), str(TESTS)]  # the helpers, and test_signature_flips
+sys.path[:0] = [str(TESTS / "helpers"), str(TESTS / "core" / "formats")]  # test_signature_flips
 from kernel import find_kernel  # noqa: E402
 from test_signature_flips import (  # noqa: E402
     MKFS_EROFS,

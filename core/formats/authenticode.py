@@ -14,7 +14,7 @@ requires. No signingTime, so the same inputs give the same bytes (RSA PKCS#1 v1.
 deterministic).
 
 Checking (:func:`verify_authenticode`) reads the PKCS#7 with :mod:`.pkcs7`'s strict reader and
-shares its certificate and trust checks; tests/test_signature_flips.py holds its verdicts to
+shares its certificate and trust checks; tests/core/formats/test_signature_flips.py holds its verdicts to
 sbverify's and osslsigncode's, byte flip by byte flip.
 
 See docs/formats.md, section 9 (Authenticode).

@@ -5,7 +5,7 @@ decoders (``lib/decompress_unzstd.c``, ``lib/decompress_inflate.c``, ``lib/decom
 
 - zstd: python-zstandard (the binding of libzstd). ``threads`` >= 1 selects libzstd's
   multi-threaded mode, whose output is the same for any worker count (checked in
-  tests/test_initrd.py) but differs from single-threaded mode (``threads=0``); which mode a
+  tests/core/formats/test_initrd.py) but differs from single-threaded mode (``threads=0``); which mode a
   build uses follows from the spec alone (``uki.zstd_mode``), so it is reproducible across
   machines. The frame records the content
   size and an XXH64 checksum, as the ``zstd`` CLI writes by default.

@@ -12,7 +12,7 @@ PKCS#1 v1.5 over SHA-256 of that content, the signer certificate embedded.
 Checking reads the whole SignedData strictly (:func:`parse_signed_data`) and applies the
 kernel parser's rules and a trust check on the embedded signer certificate
 (:func:`check_detached`); :mod:`.authenticode` shares the reader and the certificate checks.
-tests/test_signature_flips.py holds the verdicts to ``openssl cms`` byte flip by byte flip.
+tests/core/formats/test_signature_flips.py holds the verdicts to ``openssl cms`` byte flip by byte flip.
 
 See docs/formats.md, section 7 (the verity signature: partition JSON and PKCS#7).
 """

@@ -1,6 +1,6 @@
 """Kernel modules' ``.modinfo`` against kmod's own ``modinfo``, on a real Debian kernel's modules.
 
-Every module of the kernel the suite fetches (tests/kernel.py) names the same firmware files, in
+Every module of the kernel the suite fetches (tests/helpers/kernel.py) names the same firmware files, in
 the same order, as ``modinfo -F firmware``; so do xz, zstd and gzip compressed copies of some;
 other keys (alias, depends, license) agree too. Garbage and compression bombs are refused.
 """
