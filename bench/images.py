@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
-sys.path[:0] = [str(TESTS / "helpers"), str(TESTS)]  # oci_images, and test_oci
+sys.path[:0] = [str(TESTS / "helpers"), str(TESTS / "core" / "tree")]  # oci_images, test_oci
 
 
 def timed(fn) -> float:

@@ -1,7 +1,7 @@
 """Applying container image layers onto a folder, exactly as the OCI image spec says.
 
 Reference: OCI image-spec ``layer.md`` ("Applying Changesets", "Whiteouts", "Opaque
-Whiteout"), checked against ``umoci unpack`` (Debian's umoci 0.4.7, tests/test_oci.py):
+Whiteout"), checked against ``umoci unpack`` (Debian's umoci 0.4.7, tests/core/tree/test_oci.py):
 
 - layers apply in order; an entry that replaces a non-folder unlinks it first (so the other
   names of a hardlinked file keep the old content), a folder replacing a folder merges: what it

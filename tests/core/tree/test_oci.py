@@ -1,6 +1,6 @@
 """Container images as input (core/tree/oci.py, layers.py, tarstream.py, sidecar.py).
 
-Images are built in Python (tests/oci_images.py) in the docker-save, Docker 25 docker-save,
+Images are built in Python (tests/helpers/oci_images.py) in the docker-save, Docker 25 docker-save,
 OCI layout, OCI archive and docker-export shapes. Oracles: ``umoci unpack`` (Debian's umoci) for
 how layers apply, ``skopeo copy`` to convert between formats; both are used when installed
 (.ci/setup installs them) and the tests say so when they are skipped.
