@@ -590,7 +590,7 @@ def test_size_units_reach_the_model() -> None:
     assert spec.uki.limit == 800 * MiB and spec.uki.limit_text == "800 MiB"
 
 
-# Found by the structure-aware fuzzing (tests/test_spec_fuzz.py, bench/fuzz_spec.py): each was a
+# Found by the structure-aware fuzzing (tests/core/spec/test_spec_fuzz.py, bench/fuzz_spec.py): each was a
 # traceback, a hang or an unreadable problem; each is now one clear problem line at its place.
 _HEAD = "version: 1\nos:\n  root: rootfs\n"
 FUZZ_FINDINGS = [
