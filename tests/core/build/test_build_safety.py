@@ -21,18 +21,9 @@ from build_helpers import copy_project, no_temp_files, sha
 from sysextant.core.atomic import TEMP_PREFIX
 from sysextant.core.build.pipeline import build, build_lock
 from sysextant.core.build.verify import verify_image
-from sysextant.core.demo import create_demo
 from sysextant.core.errors import UserError
 from sysextant.core.spec.load import load_spec
 from sysextant.tui.cli import main as cli
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("demo") / "project"
-    spec = create_demo(target, scale=0.05)
-    spec.write_text(spec.read_text().replace("level: 19", "level: 3"))
-    return spec
 
 
 def edit(spec_path: Path, old: str, new: str) -> None:

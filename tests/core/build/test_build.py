@@ -14,7 +14,6 @@ import pytest
 from build_helpers import copy_project, no_temp_files, sha
 
 from sysextant.core.build.pipeline import build, render
-from sysextant.core.demo import create_demo
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.formats.gpt import read_gpt
 from sysextant.core.progress import Progress, Reporter
@@ -22,16 +21,6 @@ from sysextant.core.spec.load import load_spec
 from sysextant.tui.cli import main as cli
 
 FSCK_EROFS = shutil.which("fsck.erofs")
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small demo project (5% scale), shared read-only by the tests of this module."""
-    target = tmp_path_factory.mktemp("demo") / "project"
-    spec = create_demo(target, scale=0.05)
-    text = spec.read_text().replace("level: 19", "level: 3")  # keep the suite quick
-    spec.write_text(text)
-    return spec
 
 
 def test_headless_build_json_matches_verify(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

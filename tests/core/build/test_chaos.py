@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
+from paths import REPO
+
+BENCH = REPO / "bench" / "chaos.py"
 
 
 def test_killed_builds_leave_nothing_broken(tmp_path: Path) -> None:
