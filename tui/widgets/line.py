@@ -46,7 +46,7 @@ class Line(Widget):
 
     def _undim(self, text: Text) -> None:
         """``[dim]`` drawn in the theme's muted colour: a terminal's faint text has no contrast
-        a theme can vouch for (tests/test_tui_contrast.py checks $muted)."""
+        a theme can vouch for (tests/tui/test_tui_contrast.py checks $muted)."""
         theme = self.app.theme
         muted = self._muted.get(theme)
         if muted is None:

@@ -13,9 +13,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from paths import TESTS
 from tui_helpers import go, project, ready, status, wait_for
 
-from sysextant.core.demo import generate_tree
 from sysextant.core.sizing.plan import make_plan
 from sysextant.core.spec.load import load_spec
 from sysextant.core.tree.index import scan
@@ -32,20 +32,6 @@ from sysextant.tui.widgets.gauge import UkiGauge  # noqa: E402
 pytestmark = pytest.mark.anyio
 SIZE = (120, 40)
 KV = "6.6.60-kairos-demo"
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "rootfs"
-    generate_tree(root, scale=0.05)
-    return root
-
-
-@pytest.fixture
-def spec_path(tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.chdir(tmp_path)
-    return project(tmp_path, demo_root)
 
 
 def gauge(app: WorkbenchApp):
@@ -239,7 +225,7 @@ async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: P
 
 
 # -- snapshot ------------------------------------------------------------------------------------
-SNAPSHOTS = Path(__file__).parent / "snapshots"
+SNAPSHOTS = TESTS / "snapshots"
 
 
 def normalise(index) -> None:

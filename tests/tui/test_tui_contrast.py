@@ -11,9 +11,9 @@ not text); a new rule that is neither fails the test, so no colour escapes it.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
 pytest.importorskip("textual")
 
@@ -21,7 +21,7 @@ from textual.color import Color  # noqa: E402
 
 from sysextant.tui.themes import VARIABLE_DEFAULTS, builtin_themes  # noqa: E402
 
-TCSS = Path(__file__).parent.parent / "tui" / "workbench.tcss"
+TCSS = REPO / "tui" / "workbench.tcss"
 AA = 4.5
 
 #: Where a rule without a background of its own is drawn: the first matching selector prefix.

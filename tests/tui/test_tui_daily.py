@@ -12,27 +12,12 @@ from textual import events
 
 pytest.importorskip("textual")
 
-from tui_helpers import go, project, ready, status, wait_for  # noqa: E402, F401
+from tui_helpers import go, ready, status, wait_for  # noqa: E402
 
-from sysextant.core.demo import generate_tree  # noqa: E402
 from sysextant.core.spec.load import load_spec  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo") / "rootfs"
-    generate_tree(root, scale=0.05)
-    return root
-
-
-@pytest.fixture
-def spec_path(tmp_path: Path, demo_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("SYSEXTANT_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.chdir(tmp_path)
-    return project(tmp_path, demo_root)
 
 
 async def burst(app: WorkbenchApp, pilot, *keys: str) -> None:
