@@ -10,6 +10,13 @@ Prints, per tree (the demo stand-in at --scale, and a Debian minbase rootfs if o
 - our compression time against ``zstd -LEVEL -T0`` on the same cpio (ratio, same run).
 
 Usage: python bench/uki.py [--scale 1.0] [--level 19] [--rss-scale 3] [--no-debian] [--no-demo] [--rss-only]
+       [--tree /usr] [--refine SECONDS] [--baseline-src DIR] [--estimates-only]
+
+The estimate rows (issue 17): the quick estimate's time and error, and the estimate before any
+build against the real build of the same run: its error, its band (which must hold the built
+size), and its cost as a share of the build's compression time (target: a quarter); with
+--refine, the band as the background refinement narrows it; with --baseline-src, the same rows
+for other sources (an earlier commit) in the same run.
 """
 
 from __future__ import annotations
@@ -165,7 +172,71 @@ def third_of_tree(index, base: IntervalSet) -> IntervalSet:
     return subtree_set(index, moved)
 
 
-def bench_tree(name: str, root: Path, level: int, work: Path) -> None:
+ESTIMATE_CHILD = """
+import json, sys, time
+from sysextant.core.tree.index import scan
+from sysextant.core.tree.selection import IntervalSet
+from sysextant.core.sizing.estimate import Estimator
+args = json.loads(sys.argv[1])
+index = scan(args["root"])
+sels = {name: IntervalSet(tuple(iv) for iv in ivs) for name, ivs in args["sels"].items()}
+base = sels["base"]
+out = {}
+def figures(est):
+    return {name: [e.bytes, e.low, e.high] for name, sel in sels.items() for e in [est.estimate(sel)]}
+try:
+    from sysextant.core.sizing.quick import quick_estimator
+except ImportError:
+    quick_estimator = None
+if quick_estimator is not None:
+    t = time.monotonic()
+    q = quick_estimator(index, base, compression="zstd", level=args["level"])
+    out["quick"] = {"seconds": time.monotonic() - t, "est": figures(q), "method": q.estimate(base).method}
+t = time.monotonic()
+est = Estimator(index, base, compression="zstd", level=args["level"], cache_dir=args["cache"])
+est.prepare()
+out["prepare"] = {"seconds": time.monotonic() - t, "est": figures(est), "method": est.estimate(base).method}
+steps = []
+if args["refine"] > 0:
+    t = time.monotonic()
+    while time.monotonic() - t < args["refine"]:
+        g = est.next_group() if hasattr(est, "next_group") else next(
+            (g for g, grp in enumerate(est.groups) if grp.target is None), None)
+        if g is None:
+            break
+        est.deepen([g])
+        steps.append({"seconds": time.monotonic() - t, "est": figures(est)})
+out["refine"] = steps
+print(json.dumps(out))
+"""
+
+
+def estimates_in_child(root: Path, sels: dict[str, IntervalSet], level: int, cache: Path, refine: float,
+                       src: str | None = None) -> dict:
+    """The quick estimator (when the sources have one) and the Estimator's prepare, then its
+    refinement for ``refine`` seconds, in a child (``src``: other sources, for before figures)."""
+    arg = json.dumps({"root": str(root), "sels": {n: [list(iv) for iv in s] for n, s in sels.items()},
+                      "level": level, "cache": str(cache), "refine": refine})
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = src
+    shutil.rmtree(cache, ignore_errors=True)
+    proc = subprocess.run([sys.executable, "-c", ESTIMATE_CHILD, arg], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"estimate child failed: {proc.stderr.strip()[-800:]}")
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def err(fig: list[int], actual: int) -> str:
+    """An estimate [bytes, low, high] against the real size: error, band, inside or not."""
+    e, lo, hi = fig
+    inside = "inside" if lo <= actual <= hi else "OUTSIDE"
+    return (f"{(e - actual) / actual * 100:+.2f}% (band {(lo - e) / e * 100:+.1f}%/{(hi - e) / e * 100:+.1f}%, "
+            f"{inside})")
+
+
+def bench_tree(name: str, root: Path, level: int, work: Path, *, refine: float = 0.0, baseline: str | None = None,
+               extras: bool = True) -> None:
     print(f"\n== {name}: {root}")
     index = scan(root)
     skip = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
@@ -176,27 +247,37 @@ def bench_tree(name: str, root: Path, level: int, work: Path) -> None:
     print(f"entries {len(index):,}; base cpio {sums.cpio_bytes(base) / 2**20:.1f} MiB; moving "
           f"{sums.cpio_bytes(base.intersection(moved)) / sums.cpio_bytes(base) * 100:.0f}% of it")
 
-    cache = work / f"cache-{name}"
-    t = time.monotonic()
-    est = Estimator(index, base, compression="zstd", level=level, cache_dir=cache)
-    est.prepare()
-    print(f"prepare (fast pass + {sum(g.target is not None for g in est.groups)}/{len(est.groups)} sample groups "
-          f"at level {level}): {time.monotonic() - t:.1f} s")
-    before_base, before_slim = est.estimate(base), est.estimate(slim)
-
     r_base = build_in_child(root, base, work / f"{name}-base.zst", level)
     r_slim = build_in_child(root, slim, work / f"{name}-slim.zst", level)
+    actual = {"base": r_base["compressed"], "slim": r_slim["compressed"]}
+    build_s = r_base["seconds"]
+    print(f"real builds at zstd {level} (the build's own threads): base {r_base['compressed']:,} B, compression "
+          f"{r_base['seconds']:.1f} s; slim {r_slim['compressed']:,} B in {r_slim['seconds']:.1f} s")
 
-    def err(e, actual: int) -> str:
-        inside = "inside" if e.low <= actual <= e.high else "OUTSIDE"
-        return f"{(e.bytes - actual) / actual * 100:+.2f}% (band ±{e.error * 100:.2f}%, {inside})"
+    for label, src in ([("before", baseline)] if baseline else []) + [("now", None)]:
+        res = estimates_in_child(root, {"base": base, "slim": slim}, level, work / f"cache-{name}-{label}",
+                                 refine if label == "now" else 0.0, src)
+        q = res.get("quick")
+        if q:
+            print(f"[{label}] quick estimate: {q['seconds']:.1f} s (target <= 5 s): base {err(q['est']['base'], actual['base'])}, "
+                  f"slim {err(q['est']['slim'], actual['slim'])}")
+        p = res["prepare"]
+        print(f"[{label}] estimate before any build: {p['seconds']:.1f} s = {p['seconds'] / build_s:.2f}x the build's "
+              f"compression time (target <= 0.25): base {err(p['est']['base'], actual['base'])}, "
+              f"slim {err(p['est']['slim'], actual['slim'])}")
+        print(f"    {p['method']}")
+        for step in res.get("refine", []):
+            print(f"[{label}]   refining, +{step['seconds']:.0f} s: base {err(step['est']['base'], actual['base'])}, "
+                  f"slim {err(step['est']['slim'], actual['slim'])}")
+    if not extras:
+        return
 
-    print(f"real builds: base {r_base['compressed']:,} B in {r_base['seconds']:.1f} s, "
-          f"slim {r_slim['compressed']:,} B in {r_slim['seconds']:.1f} s")
-    print(f"before any build: base {err(before_base, r_base['compressed'])}, slim {err(before_slim, r_slim['compressed'])}")
+    cache = work / f"cache-{name}"
+    est = Estimator(index, base, compression="zstd", level=level, cache_dir=cache)
+    est.prepare()
     est.calibrate(base, r_base["compressed"])
     after = est.estimate(slim)
-    print(f"calibrated on base, slim: {err(after, r_slim['compressed'])}")
+    print(f"calibrated on base, slim: {err([after.bytes, after.low, after.high], actual['slim'])}")
 
     # warm re-estimate after moving a third of the tree (alternating selections)
     times = []
@@ -208,11 +289,6 @@ def bench_tree(name: str, root: Path, level: int, work: Path) -> None:
     times.sort()
     print(f"warm re-estimate after moving a third: median {times[len(times) // 2] * 1000:.2f} ms, "
           f"max {times[-1] * 1000:.2f} ms (target < 100 ms)")
-
-    t = time.monotonic()
-    est.deepen()
-    print(f"deepen (every group at level {level}): {time.monotonic() - t:.1f} s")
-    print(f"after deepen, calibrated on base, slim: {err(est.estimate(slim), r_slim['compressed'])}")
 
     rss = max(r_base["maxrss"], r_slim["maxrss"])
     print(f"build peak RSS {rss / 2**20:.0f} MiB = {rss / r_base['compressed']:.2f} x the compressed initrd "
@@ -234,6 +310,10 @@ def bench_tree(name: str, root: Path, level: int, work: Path) -> None:
 
 
 def debian_rootfs() -> Path | None:
+    """The Debian 12 tree the VM tests cache (tests/vm_tree.py), else a minbase one made here."""
+    vm = sorted(Path.home().glob(".cache/sysextant/debian-bookworm-*/rootfs"))
+    if vm and (vm[-1] / "etc/os-release").exists():
+        return vm[-1]
     if (ROOTFS_CACHE / "etc/os-release").exists():
         return ROOTFS_CACHE
     candidates: list[str] = []
@@ -275,30 +355,43 @@ def main() -> None:
     ap.add_argument("--level", type=int, default=19)
     ap.add_argument("--no-debian", action="store_true")
     ap.add_argument("--no-demo", action="store_true")
+    ap.add_argument("--tree", type=Path, action="append", default=[],
+                    help="another tree to estimate and build (e.g. /usr), read only")
+    ap.add_argument("--refine", type=float, default=0.0,
+                    help="seconds of background refinement to show after the first estimate (0: none)")
+    ap.add_argument("--baseline-src", help="a checkout whose `sysextant` package gives before figures in the same run")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak RSS of `sysextant uki`")
+    ap.add_argument("--estimates-only", action="store_true",
+                    help="only the estimate rows (no calibration, re-estimate, RSS or zstd CLI rows)")
     ap.add_argument("--rss-scale", type=float, action="append", default=None,
                     help="demo scales for the RSS of `sysextant uki` (default: 1 and 3)")
     ap.add_argument("--rss-only", action="store_true", help="only the RSS measurements")
     args = ap.parse_args()
+    extras = not args.estimates_only
     with tempfile.TemporaryDirectory(prefix="sysextant-bench-") as tmp:
         work = Path(tmp)
-        if not args.no_demo:
-            bench_rss_demo(work, args.rss_scale or [1.0, 3.0], args.level)
-        if not args.no_debian:
-            deb = debian_rootfs()
-            if deb is not None:
-                bench_rss_debian(work, deb, args.level)
+        if not args.no_rss and extras:
+            if not args.no_demo:
+                bench_rss_demo(work, args.rss_scale or [1.0, 3.0], args.level)
+            if not args.no_debian:
+                deb = debian_rootfs()
+                if deb is not None:
+                    bench_rss_debian(work, deb, args.level)
         if args.rss_only:
             return
+        kw = {"refine": args.refine, "baseline": args.baseline_src, "extras": extras}
         if not args.no_demo:
             root = work / "demo-rootfs"
             t = time.monotonic()
             generate_tree(root, scale=args.scale)
             print(f"demo tree at scale {args.scale} generated in {time.monotonic() - t:.1f} s")
-            bench_tree("demo", root, args.level, work)
+            bench_tree("demo", root, args.level, work, **kw)
         if not args.no_debian:
             deb = debian_rootfs()
             if deb is not None:
-                bench_tree("debian-minbase", deb, args.level, work)
+                bench_tree("debian", deb, args.level, work, **kw)
+        for tree in args.tree:
+            bench_tree(tree.name or "tree", tree, args.level, work, **kw)
 
 
 if __name__ == "__main__":

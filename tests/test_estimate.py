@@ -1,4 +1,5 @@
-"""The compressed-initrd estimate against real builds: error, band, speed, cache, UKI size."""
+"""The compressed-initrd estimates against real builds: error, band, cache, refinement, the quick
+sample, on the demo tree and on real trees of this machine (read only)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from sysextant.core.demo import generate_tree
 from sysextant.core.formats.initrd import write_initrd
 from sysextant.core.sizing.estimate import CALIBRATION_FILE, Estimator
+from sysextant.core.sizing.quick import KINDS, entry_kinds, quick_estimator
 from sysextant.core.spec.model import INITRD_SKIP_TOP
 from sysextant.core.tree.index import scan
 from sysextant.core.tree.selection import IntervalSet, subtree_set
@@ -33,6 +35,18 @@ def selections(index) -> tuple[IntervalSet, dict[str, IntervalSet]]:
     return base, out
 
 
+def halves(index) -> tuple[IntervalSet, dict[str, IntervalSet]]:
+    """Any tree: everything, and without the bigger half of its top folders (by newc bytes)."""
+    base = IntervalSet([(1, len(index))])
+    tops = sorted(index.children(0), key=lambda c: -index.tot_cpio[c] - index.cpio[c])
+    half = subtree_set(index, tops[: max(1, len(tops) // 2)])
+    return base, {"all": base, "half": base.difference(half)}
+
+
+def built(index, sel: IntervalSet, path: Path, level: int) -> int:
+    return write_initrd(index, sel, path, compression="zstd", level=level).compressed_bytes
+
+
 @pytest.fixture(scope="module")
 def mid_tree(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("estimate") / "rootfs"
@@ -47,15 +61,24 @@ def small_tree(tmp_path_factory) -> Path:
     return root
 
 
+def real_trees() -> list[Path]:
+    """Real content of this machine, if it has it: glibc's gconv modules (ELF), perl's modules
+    (text), its documentation (text, .gz)."""
+    found = []
+    for pattern in ("usr/lib/*/gconv", "usr/share/perl/*", "usr/share/doc/apt"):
+        found += sorted(p for p in Path("/").glob(pattern) if p.is_dir())[:1]
+    return found
+
+
 def test_fast_level_target_is_within_half_a_percent(mid_tree: Path, tmp_path: Path) -> None:
     index = scan(mid_tree)
     base, sels = selections(index)
     est = Estimator(index, base, compression="zstd", level=3, cache_dir=tmp_path, group_bytes=16 * MiB)
     est.prepare()
-    assert len(est.groups) >= 6
+    assert len(est.groups) >= 6 and est.exact_pass
     for name, sel in sels.items():
         e = est.estimate(sel)
-        actual = write_initrd(index, sel, tmp_path / name, compression="zstd", level=3).compressed_bytes
+        actual = built(index, sel, tmp_path / name, 3)
         assert abs(e.bytes - actual) / actual < 0.005, (name, e, actual)
         assert e.low <= actual <= e.high, (name, e, actual)
         assert not e.exact and "estimate" in e.describe()
@@ -83,15 +106,18 @@ def test_warm_estimate_is_fast_and_refine_is_exact_for_cut_groups(mid_tree: Path
 
 
 @pytest.mark.slow
-def test_level_19_within_2_percent_after_calibration_and_in_band_before(small_tree: Path, tmp_path: Path) -> None:
+def test_level_19_in_band_before_any_build_then_calibrated_and_cached(small_tree: Path, tmp_path: Path) -> None:
     index = scan(small_tree)
     base, sels = selections(index)
     cache = tmp_path / "build"
-    est = Estimator(index, base, compression="zstd", level=19, cache_dir=cache)
+    # small chunks and groups: this 27 MB tree then has the shape of a real one's sampling
+    kw = {"group_bytes": 8 * MiB, "chunk_bytes": 512 * 1024, "prefix_bytes": 512 * 1024}
+    est = Estimator(index, base, compression="zstd", level=19, cache_dir=cache, **kw)
     est.prepare()
-    names = ("all", "drivers", "firmware")
-    actual = {name: write_initrd(index, sels[name], tmp_path / name, compression="zstd", level=19).compressed_bytes
-              for name in names}
+    sampled = [c for c in est.chunks if c.measured is not None]
+    assert 6 <= len(sampled) < len(est.chunks) and not any(g.target is not None for g in est.groups)
+    names = ("all", "drivers", "firmware", "docs+python")
+    actual = {name: built(index, sels[name], tmp_path / name, 19) for name in names}
     for name in names:
         e = est.estimate(sels[name])
         assert e.low <= actual[name] <= e.high, (name, e, actual[name])
@@ -100,20 +126,38 @@ def test_level_19_within_2_percent_after_calibration_and_in_band_before(small_tr
     for name in names:
         e = est.estimate(sels[name])
         assert e.low <= actual[name] <= e.high, (name, e, actual[name])
-        # on this 27 MB tree every selection cuts the one group. The demo's text is drawn from
-        # one 4 MB pool, so zstd 19's 8 MB window nearly dedups it and moving text or the
-        # random blobs between it shifts the rest by ~3% (firmware, docs): inside the band
-        # but past 2%. Moving modules (compressed .ko.zst, as in a real tree) is within 2%.
-        if name == "drivers":
-            assert abs(e.bytes - actual[name]) / actual[name] < 0.02, (name, e, actual[name])
-    # the calibration and the target-level group sizes persist in the output folder
+    # the calibration and the sampled chunks persist in the output folder: a second estimator
+    # of the same tree samples nothing and says the same
     data = json.loads((cache / CALIBRATION_FILE).read_text())
-    assert data["calibration"] and data["groups"]
-    again = Estimator(index, base, compression="zstd", level=19, cache_dir=cache)
-    t = time.monotonic()
+    assert data["calibration"] and len(data["chunks"]) == len(sampled)
+    again = Estimator(index, base, compression="zstd", level=19, cache_dir=cache, **kw)
     again.prepare()
-    assert time.monotonic() - t < 5  # no target-level sampling: the cached sizes are reused
+    assert [c.measured for c in again.chunks] == [c.measured for c in est.chunks]
     assert again.estimate(sels["drivers"]).bytes == est.estimate(sels["drivers"]).bytes
+
+
+@pytest.mark.slow
+def test_refinement_narrows_the_band_around_the_real_size(small_tree: Path, tmp_path: Path) -> None:
+    index = scan(small_tree)
+    base, sels = selections(index)
+    est = Estimator(index, base, compression="zstd", level=19, group_bytes=6 * MiB, chunk_bytes=512 * 1024,
+                    prefix_bytes=512 * 1024)
+    est.prepare()
+    actual = built(index, sels["firmware"], tmp_path / "fw", 19)
+    order = est.refine_order()
+    assert order and order[0] == est.next_group() and sorted(order) == [
+        g for g, grp in enumerate(est.groups) if grp.target is None]
+    widths = [est.estimate(sels["firmware"]).high - est.estimate(sels["firmware"]).low]
+    for _ in range(2):
+        est.deepen([est.next_group()])
+        e = est.estimate(sels["firmware"])
+        assert e.low <= actual <= e.high, e
+        widths.append(e.high - e.low)
+    assert widths[-1] < widths[0]
+    est.deepen()  # every group whole at the target level, after its window of archive
+    assert est.next_group() is None
+    e = est.estimate(sels["firmware"])
+    assert e.low <= actual <= e.high and abs(e.bytes - actual) / actual < 0.01, (e, actual)
 
 
 def test_other_compressors_and_none_is_exact(small_tree: Path, tmp_path: Path) -> None:
@@ -124,9 +168,59 @@ def test_other_compressors_and_none_is_exact(small_tree: Path, tmp_path: Path) -
     assert e.exact
     assert e.bytes == write_initrd(index, sel, tmp_path / "raw", compression="none", level=0).uncompressed_bytes
     for kind, level in (("gzip", 6), ("xz", 1)):
-        est = Estimator(index, base, compression=kind, level=level, sample_bytes=64 * MiB)
+        est = Estimator(index, base, compression=kind, level=level, group_bytes=8 * MiB, chunk_bytes=512 * 1024,
+                        prefix_bytes=512 * 1024)
         est.prepare()
         got = est.estimate(sel)
         actual = write_initrd(index, sel, tmp_path / kind, compression=kind, level=level).compressed_bytes
         assert got.low <= actual <= got.high, (kind, got, actual)
         assert abs(got.bytes - actual) / actual < 0.03, (kind, got, actual)
+
+
+def test_content_kinds_from_names_modes_and_folders(small_tree: Path) -> None:
+    index = scan(small_tree)
+    kinds = entry_kinds(index)
+
+    def kind(path: str) -> str:
+        return KINDS[kinds[index.lookup(path)]]
+
+    assert kind("usr/lib/firmware") == "meta"  # a folder: its header only
+    fw = index.children(index.lookup("usr/lib/firmware/amdgpu"))[0]
+    assert kind(f"usr/lib/firmware/amdgpu/{index.names[fw].decode()}") == "firmware"
+    assert kind("usr/lib/modules/6.6.60-kairos-demo/kernel/drivers/md/dm-mod.ko.zst") == "compressed"
+    assert kind("etc/os-release") == "other" and kind("etc/passwd") == "other"
+    assert kind("usr/lib/os-release") == "meta"  # a link
+
+
+@pytest.mark.slow
+def test_quick_estimate_is_a_sample_whose_band_holds_the_built_size(small_tree: Path, tmp_path: Path) -> None:
+    index = scan(small_tree)
+    base, sels = selections(index)
+    q = quick_estimator(index, base, compression="zstd", level=19, seconds=60)
+    assert q.paired and q.units
+    for name in ("all", "firmware", "docs+python"):
+        e = q.estimate(sels[name])
+        actual = built(index, sels[name], tmp_path / name, 19)
+        assert e.low <= actual <= e.high, (name, e, actual)
+        assert "quick sample" in e.method and not e.exact
+    # zstd 3: the proxy is the target, no pairs
+    q3 = quick_estimator(index, base, compression="zstd", level=3, seconds=30)
+    e = q3.estimate(sels["all"])
+    actual = built(index, sels["all"], tmp_path / "all3", 3)
+    assert not q3.paired and e.low <= actual <= e.high, (e, actual)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tree", real_trees(), ids=lambda p: str(p))
+def test_bands_hold_the_built_size_on_real_trees(tree: Path, tmp_path: Path) -> None:
+    index = scan(tree)
+    base, sels = halves(index)
+    actual = {name: built(index, sel, tmp_path / name, 19) for name, sel in sels.items()}
+    q = quick_estimator(index, base, compression="zstd", level=19, seconds=60)
+    est = Estimator(index, base, compression="zstd", level=19, group_bytes=4 * MiB, chunk_bytes=256 * 1024,
+                    prefix_bytes=512 * 1024)
+    est.prepare()
+    for name, sel in sels.items():
+        for which in (q, est):
+            e = which.estimate(sel)
+            assert e.low <= actual[name] <= e.high, (tree, name, type(which).__name__, e, actual[name])

@@ -1,29 +1,42 @@
 """The live estimate of the compressed initrd, and of the UKI size built around it.
 
-Compressing each file alone overestimates a compressed archive by about 11%; compressing
-consecutive tens-of-MB groups of the archive stream comes within a few tenths of a percent
-(measured on real trees; bench/uki.py prints the current figures). So the estimator:
+The estimator reads the whole base archive once at a *proxy* level, then compresses samples at
+the build's own level:
 
-1. cuts the base initrd's archive (every entry, in archive order, see :mod:`.cpio`) into groups
-   of about ``group_bytes`` of newc data, cut preferably where a shallow folder starts, so the
-   folders extensions take are mostly whole groups;
-2. compresses each group once at a fast level of the build's own compressor (zstd 3, gzip 1,
-   xz 0), ending a block ("flush") at entry boundaries every ``span_bytes`` so the compressed
-   bytes of each span of entries are known exactly, and spreads each span's bytes over its
-   entries by their uncompressed share;
-3. keeps two prefix sums over the tree index order: ``A`` (fast compressed bytes per entry) and
-   ``B`` = A * (1 - x), x being the span's fast ratio (compressed / uncompressed). A selection's
-   fast size is the sum of ``A`` over its intervals, in O(intervals);
-4. predicts the target level as ``A - b * B``: the gain of a strong level over a fast one is
-   proportional to how compressible the data is (none for random data, x = 1). ``b`` is fitted
-   on sample groups compressed at the target level with the build's parameters before any build,
-   and re-fitted from the real size after each build (:meth:`Estimator.calibrate`), stored in
-   ``<cache_dir>/.sysextant-calibration.json`` keyed by tree, compressor and level.
+1. **the proxy pass**: the base initrd's archive (every entry, in archive order, see
+   :mod:`.cpio`) is compressed at a proxy level of the build's compressor, in one stream per
+   worker (each primed with the archive bytes before its part, so every byte is compressed with
+   the context it has in the real archive), ending a block at entry boundaries every
+   ``span_bytes`` so the compressed bytes of each span are known exactly, and spread over the
+   span's entries by their uncompressed share: ``A``, each entry's proxy bytes, kept as prefix
+   sums over the tree index order (a selection's proxy size costs O(intervals)) and over the
+   archive order (a stretch of the archive's, O(1)). For zstd the proxy is level 9 with the
+   target's window (level 3 and below: the target itself, so the pass *is* the estimate): on a
+   Debian 12 tree, 1 MiB pieces of the archive vary 5.4% in their ratio zstd 19 / proxy, against
+   14% for zstd 19 / zstd 3, for the same cost;
+2. **chunk samples**: the archive is cut into groups of about ``group_bytes`` (preferably where
+   a shallow folder starts, so the folders extensions take are mostly whole groups) and the
+   groups into chunks of about ``chunk_bytes``; a share of the chunks, spread evenly over every
+   group (stratified sampling), is compressed at the target level *and* at the proxy level after
+   the ``prefix_bytes`` of the archive before it. A strong level finds matches megabytes back
+   (a 1 MiB chunk after a 1 MiB prefix came out 7% bigger than in the archive on a Debian tree),
+   but the proxy, with the same window, finds most of the same ones: the ratio of the two after
+   the same prefix is within ~1% of the in-archive ratio (measured: +1.2% after 1 MiB, +0.5%
+   after 4 MiB). A chunk's target size is that ratio times its in-archive proxy size;
+3. **per group**, the ratio estimator over its sampled chunks times the group's proxy size, with
+   the sampling variance from the chunks' spread (pooled over the groups, Student's t);
+4. :meth:`Estimator.deepen` compresses whole groups at the target level with the build's
+   parameters (after the compressor's window of archive before them: exact to ~0.2%), the most
+   uncertain per byte first (:meth:`Estimator.next_group`), each one narrowing the band; each
+   build's real size calibrates what remains (:meth:`Estimator.calibrate`). Chunk and group sizes
+   and the calibration are stored in ``<cache_dir>/.sysextant-calibration.json``.
 
-The error band is stated, not guessed: it combines the spread of ``b`` over the samples (exposed
-only through the change of ``B`` since the last calibration), the attribution uncertainty of
-groups the selection cuts through (unless :meth:`Estimator.refine` recompressed them), and a
-floor for the group approximation.
+The error band is stated, not guessed: Student's t (99.5%) times the standard error of the
+modelled groups, a floor for the chunk method (:data:`FLOOR`, measured +0.5-1.2% on a Debian
+tree) and for groups known whole (:data:`FLOOR_KNOWN`), and the attribution uncertainty of
+groups the selection cuts through (unless :meth:`Estimator.refine` recompressed them).
+
+The first figure before any of this is the quick sample's (:mod:`.quick`).
 """
 
 from __future__ import annotations
@@ -32,10 +45,14 @@ import bisect
 import hashlib
 import json
 import lzma
+import math
 import stat
+import threading
+import time
 import zlib
 from array import array
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -43,49 +60,52 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..errors import Cancelled
 from ..formats.cpio import archive_entries, extra_bytes, write_entries
-from ..formats.initrd import check_level, compressor, zstd_threads
+from ..formats.initrd import check_level, zstd_threads
 from ..progress import Reporter
 from ..tree.fsentry import FsEntry
 from ..tree.index import TRAILER_BYTES, TreeIndex
 from ..tree.selection import IntervalSet, Sums
 from ..units import MiB
+from .quick import FAST_LEVEL, Estimate, _vdc, proxy_level, t995
 
 CALIBRATION_FILE = ".sysextant-calibration.json"
-FAST_LEVEL = {"zstd": 3, "gzip": 1, "xz": 0, "none": 0}
-#: relative error floor of the group model when groups are >= 4 compressor windows (0.7% measured
-#: by bench/uki.py on the demo tree at zstd 19); smaller groups lose more matches across their edges (1.8% at group = window,
-#: zstd 19 on the demo tree), see :meth:`Estimator.floor`. Then the attribution uncertainty of a
-#: group a selection cuts through, relative to its kept bytes.
+#: relative error floor of a group modelled from chunk samples (the method's own bias, +0.5% to
+#: +1.2% measured on a Debian 12 tree at zstd 19), of a group compressed whole at the target
+#: level after its window of archive (0.19% from the real build on that tree), and of the proxy
+#: pass when it is the target level itself
 FLOOR = 0.01
-PARTIAL_UNCERTAINTY = 0.03
+FLOOR_KNOWN = 0.003
+FLOOR_EXACT = 0.002
+#: the attribution uncertainty of a group a selection cuts through, relative to its kept part
+PARTIAL_UNCERTAINTY = 0.05
+#: the samples' budget, as a share of the archive compressed at the target level (prefixes
+#: included); with the build's two-core, overlapping multi-threaded mode, it keeps the whole
+#: estimate (proxy pass included) near a fifth of the build's compression time
+SAMPLE_SHARE = 0.2
+#: at least this many chunks are sampled, whatever the budget (a small tree)
+MIN_SAMPLES = 6
+#: a sampled chunk gets the whole window of archive before it when its size at the proxy level
+#: after ``prefix_bytes`` is more than this much above its size in the archive: the strong level
+#: then finds matches further back that the ratio to the proxy cannot carry (the demo's text,
+#: drawn from a 4 MB pool, after 1 MiB: 0.76 instead of 0.28)
+CONTEXT_SENSITIVE = 0.10
+#: chunks of like content (their proxy ratio) share a ratio: bins of at least this many samples,
+#: at most this many bins
+BIN_MIN = 4
+MAX_BINS = 8
+#: no sample at all: the proxy's own size, this unsure (relative)
+UNSAMPLED_SPREAD = 0.10
+#: the spread of the chunks' ratios (target / proxy) within a bin believed before any sample,
+#: worth this many chunks (measured: 5.4% over all chunks of a Debian 12 tree at zstd 19)
+PRIOR_SPREAD = 0.06
+PRIOR_DF = 4
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """Compressed initrd size: ``bytes`` expected, true size believed within [low, high]."""
+class _Codec:
+    """One level (or zstd parameter set) of the build's compressor, with block ends ("flushes")
+    where the format allows; ``out`` counts the compressed bytes so far."""
 
-    bytes: int
-    low: int
-    high: int
-    method: str
-    exact: bool
-    uncompressed: int = 0
-
-    @property
-    def error(self) -> float:
-        """Half-width of the band relative to the estimate."""
-        return (self.high - self.low) / 2 / self.bytes if self.bytes else 0.0
-
-    def describe(self) -> str:
-        if self.exact:
-            return f"{self.bytes:,} bytes (exact)"
-        return f"~{self.bytes:,} bytes (estimate, ±{self.error * 100:.1f}%: {self.method})"
-
-
-class _FastCodec:
-    """The fast level of the build's compressor, with span flushes where the format allows."""
-
-    def __init__(self, kind: str, level: int) -> None:
+    def __init__(self, kind: str, level: int, params: object = None) -> None:
         self.kind = kind
         self.level = level
         self.can_flush = kind in ("zstd", "gzip", "none")
@@ -93,7 +113,9 @@ class _FastCodec:
             import zstandard
 
             # single-threaded: a flush in multi-threaded mode would end a job and lose history
-            self.obj = zstandard.ZstdCompressor(level=level, threads=0).compressobj()
+            cctx = (zstandard.ZstdCompressor(compression_params=params) if params is not None
+                    else zstandard.ZstdCompressor(level=level, threads=0))
+            self.obj = cctx.compressobj()
             self._flush_mode = zstandard.COMPRESSOBJ_FLUSH_BLOCK
         elif kind == "gzip":
             self.obj = zlib.compressobj(level, zlib.DEFLATED, 31)
@@ -101,11 +123,12 @@ class _FastCodec:
             self.obj = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=level)
         self.out = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> int:
         if self.kind == "none":
             self.out += len(data)
         else:
             self.out += len(self.obj.compress(data))
+        return len(data)
 
     def flush_span(self) -> None:
         if self.kind == "zstd":
@@ -119,13 +142,14 @@ class _FastCodec:
 
 
 class _SpanSink:
-    """Receives the group's archive bytes and ends a span at the offsets it is told."""
+    """Receives a part's archive bytes and ends a span at the offsets it is told."""
 
-    def __init__(self, codec: _FastCodec) -> None:
+    def __init__(self, codec: _Codec) -> None:
         self.codec = codec
+        self.base = codec.out  # compressed bytes before the part (its prefix)
         self.pos = 0
         self.cuts: list[int] = []  # pending span ends (archive offsets), ascending
-        self.spans: list[tuple[int, int]] = []  # (end offset, compressed bytes at that end)
+        self.spans: list[tuple[int, int]] = []  # (end offset, compressed bytes of the part at that end)
 
     def write(self, data: bytes) -> int:
         mv = memoryview(data)
@@ -135,10 +159,21 @@ class _SpanSink:
             self.pos += k
             mv = mv[k:]
             self.codec.flush_span()
-            self.spans.append((self.pos, self.codec.out))
+            self.spans.append((self.pos, self.codec.out - self.base))
         if len(mv):
             self.codec.write(mv)
             self.pos += len(mv)
+        return len(data)
+
+
+class _Bytes:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
         return len(data)
 
 
@@ -147,33 +182,28 @@ class _Group:
     start: int  # position in the base archive order
     stop: int
     raw: int  # newc bytes
-    fast: int  # compressed at the fast level, as one stream
+    fast: int  # its proxy bytes in the archive (A summed over its entries)
     intervals: list[tuple[int, int]]  # the group's entries as index intervals
-    key: str = ""  # content identity, for the on-disk cache of target sizes
-    target: int | None = None  # compressed at the target level with the build's parameters
+    key: str = ""  # content identity (with the window before it), for the on-disk cache
+    target: int | None = None  # compressed whole at the target level with the build's parameters
+    chunks: tuple[int, int] = (0, 0)  # its chunks: [first, last) in Estimator.chunks
 
     @property
     def count(self) -> int:
         return self.stop - self.start
 
 
-def _spread(entries: list[tuple[int, int]], raw: int, compressed: int, attributed: array,
-            weighted: array) -> None:
-    """Give each entry its uncompressed share of a span's compressed bytes (A), and A * (1 - x)."""
-    x = min(1.0, compressed / raw) if raw else 1.0
-    for i, nbytes in entries:
-        a = compressed * nbytes / raw if raw else 0.0
-        attributed[i] += a
-        weighted[i] += a * (1.0 - x)
-
-
-def _depths(index: TreeIndex) -> array:
-    depth = array("B", bytes(len(index)))
-    parent = index.parent
-    for i in range(1, len(index)):
-        d = depth[parent[i]] + 1
-        depth[i] = d if d < 255 else 255
-    return depth
+@dataclass
+class _Chunk:
+    group: int
+    start: int  # positions in the archive order
+    stop: int
+    raw: int
+    fast: float  # proxy bytes in the archive
+    key: str = ""
+    #: sampled: (target, proxy) bytes after the same ``prefix`` bytes of archive
+    measured: tuple[int, int] | None = None
+    prefix: int = 0
 
 
 def tree_key(index: TreeIndex, base: IntervalSet) -> str:
@@ -187,191 +217,520 @@ def tree_key(index: TreeIndex, base: IntervalSet) -> str:
     return h.hexdigest()[:32]
 
 
+class _Progress:
+    """Progress of parts running in several threads, summed into one task."""
+
+    def __init__(self, reporter: Reporter | None, task: str, total: int) -> None:
+        self.reporter = reporter
+        self.task = task
+        self.total = total
+        self.done: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def part(self, k: int) -> Reporter | None:
+        if self.reporter is None:
+            return None
+        outer = self
+
+        class _Part:
+            def __call__(self, task: str, done: int, total: int, unit: str = "bytes", message: str = "") -> None:
+                with outer.lock:
+                    outer.done[k] = done
+                    now = sum(outer.done.values())
+                outer.reporter(outer.task, min(now, outer.total), outer.total)
+
+            def check(self) -> None:
+                outer.reporter.check()
+
+        return _Part()  # type: ignore[return-value]
+
+
 class Estimator:
     """Estimates the compressed size of any subset of ``base`` (the full initrd selection).
 
-    :meth:`prepare` runs the fast pass and compresses a sample of groups at the target level;
-    :meth:`deepen` compresses the remaining groups at the target level (in the background, as
-    long as the user lets it), which narrows the band to the group approximation;
-    :meth:`estimate` is O(selection intervals + group pieces) and never touches the disk.
+    :meth:`prepare` runs the proxy pass and compresses the chunk samples at the target level;
+    :meth:`deepen` compresses whole groups at the target level (most uncertain first), each
+    narrowing the band; :meth:`estimate` is O(selection intervals + group pieces) and never
+    touches the disk.
     """
 
     def __init__(self, index: TreeIndex, base: IntervalSet, *, compression: str, level: int,
                  cache_dir: Path | None = None, reporter: Reporter | None = None, extra: Sequence[FsEntry] = (),
-                 group_bytes: int = 32 * MiB, span_bytes: int = 256 * 1024, sample_bytes: int = 48 * MiB,
-                 threads: int | None = None) -> None:
+                 group_bytes: int = 32 * MiB, span_bytes: int = 256 * 1024, chunk_bytes: int = 1 * MiB,
+                 prefix_bytes: int = 2 * MiB, sample_share: float = SAMPLE_SHARE, sample_bytes: int | None = None,
+                 threads: int | None = None, sums: Sums | None = None, fast_level: int | None = None) -> None:
+        """``fast_level``: the pass at this plain level instead of :func:`.quick.proxy_level`'s
+        choice (a level below the target's makes it sample even where the proxy would be the
+        target itself)."""
         check_level(compression, level)
         self.index = index
         self.base = base
         self.compression = compression
         self.level = level
-        self.fast_level = min(FAST_LEVEL[compression], level)
+        self.fast_level, self._proxy = proxy_level(compression, level)
+        if fast_level is not None:
+            if compression != "none":
+                check_level(compression, fast_level)
+            self.fast_level, self._proxy = min(fast_level, level), None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.reporter = reporter
         self.extra = list(extra)
         self.group_bytes = group_bytes
         self.span_bytes = span_bytes
+        self.chunk_bytes = chunk_bytes
+        self.prefix_bytes = prefix_bytes
+        self.sample_share = sample_share
         self.sample_bytes = sample_bytes
         # one compressor per worker; at zstd's high levels no more than fit in half the free memory
         self.threads = zstd_threads(level if compression == "zstd" else None) if threads is None else max(1, threads)
-        self.sums = Sums(index)
+        self.sums = sums if sums is not None else Sums.of(index)
+        #: the target level is the proxy level: the proxy pass is the estimate
+        self.exact_pass = self._proxy is None and self.fast_level == level or compression == "none"
         self.groups: list[_Group] = []
-        self.order: list[int] = []
+        self.chunks: list[_Chunk] = []
+        self.order: array = array("i")
         self.prepared = False
-        self.b = 0.0  # groups not compressed at the target level: target = A - b * B
-        self.b_spread = 0.0
+        self.seconds = 0.0  # spent preparing
         #: the last real build: (selection it packed, its compressed bytes)
         self.calibration: tuple[IntervalSet, int] | None = None
         self._refined: dict[tuple[int, tuple[tuple[int, int], ...]], int] = {}
         self._key = f"{tree_key(index, base)}:{compression}:{level}"
+        #: per bin of like chunks: (ratio target / proxy, its relative standard error, the chunks'
+        #: relative spread, Student's t); then per group what rests on each bin and on samples
+        self._bins: list[tuple[float, float, float, float]] = []
+        self._edges: list[float] = []
+        self._gvec: list[list[float]] = []
+        self._gidio: list[float] = []
+        self._gmodel: list[float] = []
+        self._gmodel_all: list[float] = []
+        self._mixed_cache: dict[tuple, float] = {}
+        self._df = PRIOR_DF
 
-    # -- preparing ----------------------------------------------------------------------------
-    def _cut_groups(self, order: list[int]) -> list[tuple[int, int, int]]:
+    # -- the archive's layout -------------------------------------------------------------------
+    def _cut(self, order: Sequence[int]) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int, int]]]:
+        """Groups [(start, stop, raw)] and chunks [(group, start, stop, raw)] over archive positions."""
         index = self.index
         cpio, mode = index.cpio, index.mode
-        depth = _depths(index)
-        g = self.group_bytes
-        cuts: list[tuple[int, int, int]] = []
-        start, size = 0, 0
+        g, c = self.group_bytes, self.chunk_bytes
+        groups: list[tuple[int, int, int]] = []
+        chunks: list[tuple[int, int, int, int]] = []
+        start, size, cstart, csize = 0, 0, 0, 0
         for pos, i in enumerate(order):
-            if size >= g and pos > start:
-                is_dir = stat.S_ISDIR(mode[i])
-                if (is_dir and depth[i] <= 4) or (is_dir and size >= 3 * g // 2) or size >= 2 * g:
-                    cuts.append((start, pos, size))
-                    start, size = pos, 0
-            size += cpio[i]
+            if size >= g and pos > start and (
+                    (stat.S_ISDIR(mode[i]) and (size >= 3 * g // 2 or index.depth(i) <= 4)) or size >= 2 * g):
+                chunks.append((len(groups), cstart, pos, csize))
+                groups.append((start, pos, size))
+                start = cstart = pos
+                size = csize = 0
+            elif csize >= c and pos > cstart:
+                chunks.append((len(groups), cstart, pos, csize))
+                cstart, csize = pos, 0
+            n = cpio[i]
+            size += n
+            csize += n
         if len(order) > start:
-            cuts.append((start, len(order), size))
-        return cuts
+            chunks.append((len(groups), cstart, len(order), csize))
+            groups.append((start, len(order), size))
+        return groups, chunks
 
-    def _compress_entries(self, entries: Sequence[int], level: int, *, spans: bool) -> tuple[int, int, list, list]:
-        """Compress ``entries`` as one stream at ``level`` with the fast codec; returns (raw,
-        compressed, entry ends [(i, offset)], span ends [(offset, compressed)]).
+    def _back(self, pos: int, nbytes: int) -> int:
+        """The archive position from which the entries before ``pos`` hold ``nbytes`` or more."""
+        cpio, order = self.index.cpio, self.order
+        q, got = pos, 0
+        while q > 0 and got < nbytes:
+            q -= 1
+            got += cpio[order[q]]
+        return q
 
-        xz cannot end a block mid-stream, so its spans take their shape from zstd 1 run
-        alongside (flushed at the same entry ends), scaled to the xz total of the group.
-        """
-        codec = _FastCodec(self.compression, level)
-        shaper = codec if codec.can_flush or not spans else _FastCodec("zstd", 1)
-        sink = _SpanSink(shaper)
-        ends: list[tuple[int, int]] = []
+    def _key_of(self, lo: int, hi: int, *extra: object) -> str:
+        """Content identity of archive positions [lo, hi): entries, names, modes and sizes."""
+        index = self.index
+        ents = self.order[lo:hi]
+        h = hashlib.sha256(repr((self.compression, self.level, self.fast_level, *extra)).encode())
+        h.update(ents.tobytes())
+        h.update(array("I", map(index.mode.__getitem__, ents)).tobytes())
+        h.update(array("q", map(index.size.__getitem__, ents)).tobytes())
+        h.update(b"/".join(map(index.names.__getitem__, ents)))
+        return h.hexdigest()[:32]
+
+    # -- the proxy pass -------------------------------------------------------------------------
+    def _codec(self, target: bool) -> _Codec:
+        if target:
+            return _Codec(self.compression, self.level)
+        return _Codec(self.compression, self.fast_level, self._proxy)
+
+    def _window(self) -> int:
+        """How far back the proxy's matches reach (its prefix for a part of the pass)."""
+        if self.compression == "zstd":
+            import zstandard
+
+            p = self._proxy or zstandard.ZstdCompressionParameters.from_level(self.fast_level, source_size=1 << 32)
+            return 1 << p.window_log
+        return self.window()
+
+    def _pass(self, lo: int, hi: int, report: Reporter | None) -> tuple[int, array, list[tuple[int, int]]]:
+        """Compress archive positions [lo, hi) at the proxy level after the proxy's window of
+        archive before them; returns (raw, entry end offsets, span ends [(offset, compressed)])."""
+        index, order = self.index, self.order
+        codec = self._codec(False)
+        shaper = codec if codec.can_flush else _Codec("zstd", 1)
+        if lo > 0:  # the context the part has in the archive
+            prefix = order[self._back(lo, self._window()):lo]
+            sink = _Bytes()
+            write_entries(index, prefix, sink, mtime=0, with_trailer=False)
+            for c in {id(codec): codec, id(shaper): shaper}.values():
+                c.write(bytes(sink.buf))
+                c.flush_span()
+        spans = _SpanSink(shaper)
+        ends = array("q")
         last = [0]
-        span = self.span_bytes if spans else 1 << 62
+        span = self.span_bytes
 
-        def after(i: int, offset: int) -> None:
-            ends.append((i, offset))
+        def after(_i: int, offset: int) -> None:
+            ends.append(offset)
             if offset - last[0] >= span:
-                sink.cuts.append(offset)
+                spans.cuts.append(offset)
                 last[0] = offset
 
+        base_out = codec.out
         if shaper is codec:
-            raw = write_entries(self.index, entries, sink, mtime=0, after_entry=after, with_trailer=False)
+            raw = write_entries(index, order[lo:hi], spans, mtime=0, after_entry=after, with_trailer=False,
+                                reporter=report, task="estimate: proxy pass", total=0)
+            codec.flush_span()
         else:
             class _Both:
                 def write(self, data: bytes) -> int:
                     codec.write(data)
-                    return sink.write(data)
+                    return spans.write(data)
 
-            raw = write_entries(self.index, entries, _Both(), mtime=0, after_entry=after, with_trailer=False)
-            shaper.finish()
-        codec.finish()
-        span_ends = [(o, c) for o, c in sink.spans if o < raw]
-        span_ends.append((raw, shaper.out))
-        if shaper is not codec and shaper.out:
-            scale = codec.out / shaper.out
-            span_ends = [(o, round(c * scale)) for o, c in span_ends[:-1]] + [(raw, codec.out)]
-        return raw, codec.out, ends, span_ends
-
-    def _group_key(self, entries: Sequence[int], fast: int) -> str:
-        index = self.index
-        h = hashlib.sha256(b"%s:%d:%d:%d;" % (self.compression.encode(), self.level, self.fast_level, fast))
-        for i in entries:
-            h.update(b"%d:%d:%d:" % (i, index.mode[i], index.data_bytes(i)))
-            h.update(index.names[i])
-            h.update(b"/")
-        return h.hexdigest()[:32]
+            raw = write_entries(index, order[lo:hi], _Both(), mtime=0, after_entry=after, with_trailer=False,
+                                reporter=report, task="estimate: proxy pass", total=0)
+            shaper.flush_span()
+            codec.finish()
+        span_ends = [(o, c) for o, c in spans.spans if o < raw]
+        total_shaped = shaper.out - spans.base
+        span_ends.append((raw, total_shaped))
+        if shaper is not codec and total_shaped:
+            scale = (codec.out - base_out) / total_shaped
+            span_ends = [(o, c * scale) for o, c in span_ends]
+        return raw, ends, span_ends
 
     def prepare(self) -> None:
-        """Compress every group at the fast level (the slow part: cancellable, with progress),
-        reuse cached target-level sizes, and sample the target level on a few groups."""
+        """The proxy pass over the whole base archive (the slow part: cancellable, with
+        progress, on every worker), cached sizes, and the chunk samples at the target level."""
+        t0 = time.monotonic()
         index = self.index
-        order = archive_entries(index, self.base)
-        n = len(index)
-        attributed = array("d", bytes(8 * n))
-        weighted = array("d", bytes(8 * n))
-        cuts = self._cut_groups(order)
+        self.order = order = archive_entries(index, self.base)
+        cuts, chunk_cuts = self._cut(order)
         total = sum(size for _, _, size in cuts) or 1
-        done = 0
-        groups: list[_Group] = []
-        task = "estimate: compress groups"
-        for start, stop, _size in cuts:
-            if self.reporter is not None:
-                self.reporter(task, done, total)
-            entries = order[start:stop]
-            raw, fast, ends, span_ends = self._compress_entries(entries, self.fast_level, spans=True)
-            # spread each span's compressed bytes over its entries by their uncompressed share;
-            # spans end at entry ends, the last one at the group's end with the frame's tail
-            k, span_off, span_c, prev_off = 0, 0, 0, 0
-            pending: list[tuple[int, int]] = []
-            for i, off in ends:
-                pending.append((i, off - prev_off))
-                prev_off = off
-                if off >= span_ends[k][0]:
-                    end_off, end_c = span_ends[k]
-                    _spread(pending, end_off - span_off, end_c - span_c, attributed, weighted)
-                    pending = []
-                    span_off, span_c = end_off, end_c
-                    k += 1
-            ivs = IntervalSet((i, i + 1) for i in sorted(entries))
-            groups.append(_Group(start, stop, raw, fast, list(ivs), self._group_key(entries, fast)))
-            done += raw
+        # the pass in one part per worker, cut between groups
+        nparts = max(1, min(self.threads, len(cuts)))
+        bounds = [0]
+        acc = 0
+        for _s, stop, size in cuts:
+            acc += size
+            if acc >= total * len(bounds) / nparts and len(bounds) < nparts:
+                bounds.append(stop)
+        bounds.append(len(order))
+        parts = [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+        progress = _Progress(self.reporter, "estimate: proxy pass", total)
         if self.reporter is not None:
-            self.reporter(task, total, total)
-        self.order = order
+            self.reporter("estimate: proxy pass", 0, total)
+        if len(parts) == 1:
+            results = [self._pass(*parts[0], progress.part(0))]
+        else:
+            with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+                results = list(pool.map(lambda k: self._pass(*parts[k], progress.part(k)), range(len(parts))))
+        # each span's compressed bytes spread over its entries by their uncompressed share, by
+        # archive position first
+        apos = array("d", bytes(8 * len(order)))
+        span_cuts = array("i")  # archive positions where a span (a block of the pass) starts
+        for (lo, _hi), (_raw, ends, span_ends) in zip(parts, results, strict=True):
+            if lo > 0:
+                span_cuts.append(lo)
+            k, first, span_off, span_c = 0, 0, 0, 0.0
+            for j, off in enumerate(ends):
+                if off < span_ends[k][0]:
+                    continue
+                if j + 1 < len(ends):
+                    span_cuts.append(lo + j + 1)
+                end_off, end_c = span_ends[k]  # entry j closes span k
+                share = (end_c - span_c) / (end_off - span_off) if end_off > span_off else 0.0
+                prev = span_off
+                for q in range(first, j + 1):
+                    o = ends[q]
+                    apos[lo + q] = share * (o - prev)
+                    prev = o
+                first, span_off, span_c = j + 1, end_off, end_c
+                k += 1
+        if self.reporter is not None:
+            self.reporter("estimate: proxy pass", total, total)
+        self._cuts = span_cuts
+        self._pp = array("d", (0.0,))
+        self._pp.extend(accumulate(apos))
+        attributed = array("d", bytes(8 * len(index)))
+        for p, i in enumerate(order):
+            attributed[i] = apos[p]
+        del apos
+        self._pa = array("d", (0.0,))
+        self._pa.extend(accumulate(attributed))
+        del attributed
+        pp = self._pp
+        groups: list[_Group] = []
+        prev_key = ""
+        for start, stop, raw in cuts:
+            ivs = IntervalSet.from_sorted_indices(sorted(order[start:stop]))
+            key = self._key_of(start, stop, "group", prev_key) if self.cache_dir is not None else ""
+            groups.append(_Group(start, stop, raw, int(round(pp[stop] - pp[start])), list(ivs), key))
+            prev_key = key
+        self.chunks = [_Chunk(g, s, e, raw, pp[e] - pp[s]) for g, s, e, raw in chunk_cuts]
+        for n, ch in enumerate(self.chunks):
+            grp = groups[ch.group]
+            grp.chunks = (n if grp.chunks[1] == 0 else grp.chunks[0], n + 1)
         self.groups = groups
-        # prefix sums as typed arrays: 8 bytes an entry, not a float object and a list slot (32)
-        self._pa = array("d", (0.0,)) + array("d", accumulate(attributed))
-        self._pb = array("d", (0.0,)) + array("d", accumulate(weighted))
         # the partition of the base into group pieces, sorted by index start
         pieces = sorted((s, e, g) for g, grp in enumerate(groups) for s, e in grp.intervals)
         self._piece_start = [p[0] for p in pieces]
         self._pieces = pieces
         self.prepared = True
-        if self.level == self.fast_level or self.compression == "none":
+        if self.exact_pass:
             for grp in groups:
                 grp.target = grp.fast
         self._load_cache()
-        self._sample()
+        if not self.exact_pass:
+            self._sample()
+        self._fit()
+        self.seconds = time.monotonic() - t0
+
+    # -- samples at the target level --------------------------------------------------------------
+    def _priority(self) -> list[int]:
+        """Every chunk, in the order they are sampled: ranked by their proxy ratio (the content's
+        kind, as the compressor sees it: text, code, firmware blobs, compressed files), then a van
+        der Corput walk over that ranking, so every prefix of the order is spread evenly over the
+        kinds (stratified sampling; the same order every time)."""
+        n = len(self.chunks)
+        ranked = sorted(range(n), key=lambda c: (self.chunks[c].fast / max(1, self.chunks[c].raw), c))
+        out: list[int] = []
+        seen = bytearray(n)
+        j = 0
+        while len(out) < n:
+            k = int(_vdc(j) * n)
+            j += 1
+            for kk in range(k, n):  # past the sequence's resolution: the next free one
+                if not seen[kk]:
+                    seen[kk] = 1
+                    out.append(ranked[kk])
+                    break
+        return out
+
+    def _measure(self, n: int) -> tuple[int, int, int]:
+        """Chunk ``n`` at the target and the proxy level after the same prefix of archive:
+        (target, proxy, prefix bytes). The prefix is ``prefix_bytes``, or the whole window when
+        the proxy shows the chunk has matches further back (its size after the short prefix is
+        more than :data:`CONTEXT_SENSITIVE` above its size in the archive). The proxy ends a
+        block where the pass did (its blocks cost a little), the target only at the chunk's end
+        (as the build, which ends none)."""
+        ch = self.chunks[n]
+        if self.reporter is not None:
+            self.reporter.check()
+        body = _Bytes()
+        offsets: list[int] = []
+        write_entries(self.index, self.order[ch.start:ch.stop], body, mtime=0, with_trailer=False,
+                      after_entry=lambda _i, off: offsets.append(off))
+        a = bisect.bisect_right(self._cuts, ch.start)
+        b = bisect.bisect_left(self._cuts, ch.stop, a)
+        pieces = [offsets[p - ch.start - 1] for p in self._cuts[a:b]] + [len(body.buf)]
+        lo = self._back(ch.start, self.prefix_bytes)
+        pre = _Bytes()
+        write_entries(self.index, self.order[lo:ch.start], pre, mtime=0, with_trailer=False)
+        fast = self._after(False, pre.buf, body.buf, pieces)
+        if lo > 0 and ch.fast and fast > (1 + CONTEXT_SENSITIVE) * ch.fast:
+            lo = self._back(ch.start, self.window())
+            pre = _Bytes()
+            write_entries(self.index, self.order[lo:ch.start], pre, mtime=0, with_trailer=False)
+            fast = self._after(False, pre.buf, body.buf, pieces)
+        return self._after(True, pre.buf, body.buf, [len(body.buf)]), fast, len(pre.buf)
+
+    def _after(self, target: bool, pre: bytes | bytearray, body: bytes | bytearray, ends: Sequence[int]) -> int:
+        """Compressed bytes of ``body`` right after ``pre`` in one stream, a block ended at each
+        of the offsets ``ends`` in ``body`` (the last is its length)."""
+        if self.compression == "xz":  # no block end mid-stream: (prefix + body) - prefix
+            level = self.level if target else self.fast_level
+            alone, both = _Codec("xz", level), _Codec("xz", level)
+            alone.write(bytes(pre))
+            alone.finish()
+            both.write(bytes(pre))
+            both.write(bytes(body))
+            both.finish()
+            return max(0, both.out - alone.out)
+        codec = self._codec(target)
+        if pre:
+            codec.write(bytes(pre))
+            codec.flush_span()
+        before = codec.out
+        view = memoryview(body)
+        start = 0
+        for end in ends:
+            codec.write(view[start:end])
+            codec.flush_span()
+            start = end
+        return codec.out - before
+
+    def _budget(self) -> int:
+        """Bytes the samples may compress at the target level (prefixes included)."""
+        if self.sample_bytes is not None:
+            return self.sample_bytes
+        return int(self.sample_share * sum(c.raw for c in self.chunks))
 
     def _sample(self) -> None:
-        """Compress a few groups of spread-out compressibility at the target level, fit ``b``."""
-        known = [g for g, grp in enumerate(self.groups) if grp.target is not None]
-        budget = self.sample_bytes - sum(self.groups[g].raw for g in known)
-        ranked = sorted(range(len(self.groups)), key=lambda g: self.groups[g].fast / max(1, self.groups[g].raw))
-        picks: list[int] = []
-        for frac in (0.5, 0.15, 0.85, 0.0, 1.0, 0.3, 0.7):
-            if not ranked:
-                break
-            g = ranked[min(len(ranked) - 1, int(frac * (len(ranked) - 1) + 0.5))]
-            if g in picks or self.groups[g].target is not None or self.groups[g].raw > budget:
-                continue
-            picks.append(g)
-            budget -= self.groups[g].raw
-        if not picks and not known and self.groups:  # every group is over the budget: the smallest
-            picks = [min(range(len(self.groups)), key=lambda g: self.groups[g].raw)]
-        self.deepen(picks, task="estimate: sample target level")
+        """Sample chunks in :meth:`_priority` order until the budget is spent (at least
+        :data:`MIN_SAMPLES`), a batch of one chunk per worker at a time."""
+        order = [n for n in self._priority() if self.groups[self.chunks[n].group].target is None]
+        budget = self._budget()
+        spent = sum(c.raw + c.prefix for c in self.chunks if c.measured is not None)
+        have = sum(1 for c in self.chunks if c.measured is not None)
+        task = "estimate: samples at the target level"
+        todo = [n for n in order if self.chunks[n].measured is None]
+        workers = max(1, self.threads)
+        k = 0
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                while k < len(todo) and (spent < budget or have < MIN_SAMPLES):
+                    if self.reporter is not None:
+                        self.reporter(task, min(spent, budget), budget)
+                    batch = todo[k:k + workers]
+                    k += len(batch)
+                    for n, (t, f, pre) in zip(batch, pool.map(self._measure, batch), strict=True):
+                        ch = self.chunks[n]
+                        ch.measured, ch.prefix = (t, f), pre
+                        spent += ch.raw + pre
+                        have += 1
+            if self.reporter is not None:
+                self.reporter(task, budget, budget)
+        finally:
+            self._save_cache()
+
+    def _fit(self) -> None:
+        """Ratios target / proxy: measured for the groups known whole and the sampled chunks;
+        for the other chunks, that of the sampled chunks of like content (bins of the proxy
+        ratio, each of at least :data:`BIN_MIN` samples); and their uncertainty. Then each
+        entry's modelled target bytes, as prefix sums over the index order."""
+        if not self.prepared:
+            return
+        chunks, groups = self.chunks, self.groups
+        if self.exact_pass:  # the pass is the target level: nothing modelled
+            self._pt = self._pa
+            self._gmodel_all = [float(grp.fast) for grp in groups]
+            self._mixed_cache = {}
+            self._gvec = [[] for _ in groups]
+            self._gidio = [0.0] * len(groups)
+            self._gmodel = [0.0] * len(groups)
+            return
+        est: list[float | None] = [None] * len(chunks)  # a sampled chunk's target bytes, estimated by the ratio method
+        samples = []
+        for n, ch in enumerate(chunks):
+            if ch.measured is not None and ch.measured[1] > 0 and ch.fast > 0:
+                est[n] = ch.measured[0] * ch.fast / ch.measured[1]
+                samples.append(n)
+        xs = sorted(samples, key=lambda c: (chunks[c].fast / max(1, chunks[c].raw), c))
+        per = max(BIN_MIN, -(-len(xs) // MAX_BINS))
+        bins = [xs[k:k + per] for k in range(0, len(xs), per)]
+        if len(bins) > 1 and len(bins[-1]) < BIN_MIN:
+            last = bins.pop()
+            bins[-1] += last
+        edges = [(chunks[a[-1]].fast / chunks[a[-1]].raw + chunks[b[0]].fast / chunks[b[0]].raw) / 2
+                 for a, b in zip(bins, bins[1:], strict=False)]
+        stats = []  # per bin: (ratio, relative standard error, relative per-chunk spread, t)
+        for members in bins:
+            f = sum(chunks[c].fast for c in members)
+            r = sum(est[c] for c in members) / f
+            n = len(members)
+            s2 = (sum(chunks[c].fast * (est[c] / chunks[c].fast - r) ** 2 for c in members) / f
+                  * n / (n - 1) / r ** 2) if n > 1 and r > 0 else 0.0
+            df = PRIOR_DF + n - 1
+            s2 = (PRIOR_DF * PRIOR_SPREAD ** 2 + (n - 1) * s2) / df
+            stats.append((r, math.sqrt(s2 / n), math.sqrt(s2), t995(df)))
+        self._bins, self._edges = stats, edges
+        nb = max(1, len(stats))
+        ratio = array("d", bytes(8 * len(chunks)))
+        self._gmodel_all = []  # per group: its modelled target bytes
+        self._mixed_cache = {}
+        self._gvec = []  # per group: bytes modelled by each bin's ratio (its unsampled chunks)
+        self._gidio = []  # per group: sum of (spread * bytes)^2 over its unsampled chunks
+        self._gmodel = []  # per group: bytes that rest on samples (the method's floor applies)
+        for grp in groups:
+            a, b = grp.chunks
+            vec = [0.0] * nb
+            idio = model = 0.0
+            for n in range(a, b):
+                ch = chunks[n]
+                if grp.target is not None:
+                    ratio[n] = grp.target / grp.fast if grp.fast else 1.0
+                    continue
+                if est[n] is not None:
+                    ratio[n] = est[n] / ch.fast
+                elif stats:
+                    k = bisect.bisect_right(edges, ch.fast / max(1, ch.raw))
+                    r, _se, spread, _t = stats[k]
+                    ratio[n] = r
+                    vec[k] += r * ch.fast
+                    idio += (spread * r * ch.fast) ** 2
+                else:  # no sample at all (none could be read): the proxy's own figure, unsure
+                    ratio[n] = 1.0
+                    vec[0] += ch.fast
+                    idio += (UNSAMPLED_SPREAD * ch.fast) ** 2
+                model += ratio[n] * ch.fast
+            self._gvec.append(vec)
+            self._gidio.append(idio)
+            self._gmodel.append(model)
+            self._gmodel_all.append(sum(ratio[n] * chunks[n].fast for n in range(a, b)))
+        if not stats:
+            self._bins = [(1.0, UNSAMPLED_SPREAD * 2, UNSAMPLED_SPREAD, t995(1))]
+        self._df = min((PRIOR_DF + len(m) - 1 for m in bins), default=PRIOR_DF)
+        # each entry's modelled target bytes: its proxy bytes times its chunk's ratio
+        order, pp = self.order, self._pp
+        per_entry = array("d", bytes(8 * len(self.index)))
+        for n, ch in enumerate(chunks):
+            r = ratio[n]
+            for p in range(ch.start, ch.stop):
+                per_entry[order[p]] = r * (pp[p + 1] - pp[p])
+        self._pt = array("d", (0.0,))
+        self._pt.extend(accumulate(per_entry))
+        self._chunk_ratio = ratio
+
+    def _t(self) -> float:
+        return t995(self._df)
+
+    # -- refinement ---------------------------------------------------------------------------
+    def _uncertainty(self, g: int) -> float:
+        """Variance of group ``g``'s modelled bytes (what compressing it whole would remove)."""
+        vec = self._gvec[g]
+        return (sum((se * v) ** 2 for (_r, se, _s, _t), v in zip(self._bins, vec, strict=False)) + self._gidio[g]
+                + (FLOOR * self._gmodel[g]) ** 2)
+
+    def next_group(self) -> int | None:
+        """The group whose compression at the target level narrows the band most per byte, or
+        None when every group is known."""
+        order = self.refine_order()
+        return order[0] if order else None
+
+    def refine_order(self) -> list[int]:
+        """Every group not yet known at the target level, most uncertain per byte first."""
+        if not self.prepared or self.exact_pass:
+            return []
+        todo = [g for g, grp in enumerate(self.groups) if grp.target is None]
+        return sorted(todo, key=lambda g: (-self._uncertainty(g) / max(1, self.groups[g].raw), g))
 
     def deepen(self, groups: Sequence[int] | None = None, *, task: str = "estimate: target level") -> int:
-        """Compress groups (default: all not yet done) at the target level with the build's
-        compressor and parameters, two groups at a time; cancellable. Returns groups done."""
+        """Compress groups (default: all not yet done, most uncertain first) whole at the target
+        level with the build's compressor and parameters, after the compressor's window of
+        archive, on every worker; cancellable. Returns groups done."""
         if not self.prepared:
             self.prepare()
-        todo = [g for g in (range(len(self.groups)) if groups is None else groups) if self.groups[g].target is None]
+        todo = [g for g in (self.refine_order() if groups is None else groups) if self.groups[g].target is None]
         if not todo:
             self._fit()
             return 0
-        from concurrent.futures import ThreadPoolExecutor
-
         total = sum(self.groups[g].raw for g in todo)
         done = 0
         # libzstd's single-threaded mode, one group per worker: its sizes differ from the build's
@@ -379,25 +738,30 @@ class Estimator:
         # 68,032,855 bytes on 120 MiB of the demo archive), far inside the band, at the same speed
         # as one multi-threaded worker, and it holds the compressor's state only (level 19: ~105
         # MiB a group instead of ~300 MiB with the multi-threaded mode's job buffers)
-        open_sink = compressor(self.compression, self.level, threads=0)
         workers = max(1, min(self.threads, len(todo)))
 
         def one(g: int) -> int:
             grp = self.groups[g]
             if self.reporter is not None:
                 self.reporter.check()
-            counter = _Counter()
-            sink = open_sink(counter, size=grp.raw)
+            codec = self._codec(True)
+            if grp.start > 0 and codec.can_flush:  # the window before it: what the build's stream has
+                pre = _Bytes()
+                write_entries(self.index, self.order[self._back(grp.start, self.window()):grp.start], pre,
+                              mtime=0, with_trailer=False)
+                codec.write(bytes(pre.buf))
+                codec.flush_span()
+            before = codec.out
             # the cancel check runs inside the group too: a level-19 group takes seconds
             check = _CancelCheck(self.reporter) if self.reporter is not None else None
             try:
-                write_entries(self.index, self.order[grp.start:grp.stop], sink, mtime=0, with_trailer=False,
+                write_entries(self.index, self.order[grp.start:grp.stop], codec, mtime=0, with_trailer=False,
                               reporter=check, task=task, total=grp.raw)
             except Cancelled:
-                _abandon(sink)
+                _abandon(codec.obj)
                 raise
-            sink.finish()
-            return counter.n
+            codec.flush_span()
+            return codec.out - before
 
         def record(g: int, size: int) -> None:
             nonlocal done
@@ -421,28 +785,7 @@ class Estimator:
             self._save_cache()
         return len(todo)
 
-    def _fit(self) -> None:
-        """Fit ``b`` (target = A - b * B) on the groups compressed at the target level."""
-        pts = []
-        for grp in self.groups:
-            if grp.target is None:
-                continue
-            a, b = self._sums(IntervalSet(grp.intervals))
-            pts.append((a, grp.target, b))
-        num = sum((a - t) * b for a, t, b in pts)
-        den = sum(b * b for _, _, b in pts)
-        self.b = num / den if den > 0 else 0.0
-        per = [(a - t) / b for a, t, b in pts if b > 0.05 * a]
-        spread = max((abs(v - self.b) for v in per), default=0.0)
-        # few informative samples say little about the spread: a group's gain from the fast to
-        # the target level varies with its content (measured on the demo tree: one sampled group
-        # left the whole-archive estimate 8% off), so until more groups are known say so
-        floor = 0.05 if len(per) >= 3 else 0.8
-        self.b_spread = max(spread, floor * abs(self.b)) * (1.5 if len(per) <= 2 else 1.0)
-        if not per and self.level != self.fast_level and self.compression != "none":
-            self.b_spread = 0.5  # nothing to go by: say so with a wide band
-
-    # -- the on-disk cache: target sizes per group and the build calibration -------------------
+    # -- the on-disk cache: target sizes of groups and chunks, and the build calibration --------
     def _cache_path(self) -> Path | None:
         return self.cache_dir / CALIBRATION_FILE if self.cache_dir is not None else None
 
@@ -456,26 +799,48 @@ class Estimator:
             return {}
         return data if isinstance(data, dict) else {}
 
+    def _chunk_key(self, n: int) -> str:
+        """A chunk's identity: its group's and the group before (whose keys chain the content
+        before them) and its place in the group."""
+        ch = self.chunks[n]
+        if not ch.key:
+            grp = self.groups[ch.group]
+            prev = self.groups[ch.group - 1].key if ch.group else ""
+            ch.key = hashlib.sha256(f"{prev}:{grp.key}:{n - grp.chunks[0]}:{self.prefix_bytes}".encode()).hexdigest()[:32]
+        return ch.key
+
     def _load_cache(self) -> None:
         data = self._read_cache()
+        if not data:
+            return
         targets = data.get("groups", {})
         for grp in self.groups:
             t = targets.get(grp.key)
             if grp.target is None and isinstance(t, int):
                 grp.target = t
+        measured = data.get("chunks", {})
+        if measured:
+            for n, ch in enumerate(self.chunks):
+                m = measured.get(self._chunk_key(n))
+                if isinstance(m, list) and len(m) == 3 and all(isinstance(x, int) for x in m):
+                    ch.measured, ch.prefix = (m[0], m[1]), m[2]
         entry = data.get("calibration", {}).get(self._key)
         if isinstance(entry, dict) and "kept" in entry and "actual" in entry:
             self.calibration = (IntervalSet(tuple(iv) for iv in entry["kept"]), int(entry["actual"]))
 
     def _save_cache(self) -> None:
         path = self._cache_path()
-        if path is None:
+        if path is None or self.exact_pass:
             return
         data = self._read_cache()
         targets = data.setdefault("groups", {})
         for grp in self.groups:
-            if grp.target is not None and self.level != self.fast_level:
+            if grp.target is not None:
                 targets[grp.key] = grp.target
+        measured = data.setdefault("chunks", {})
+        for n, ch in enumerate(self.chunks):
+            if ch.measured is not None:
+                measured[self._chunk_key(n)] = [*ch.measured, ch.prefix]
         if self.calibration is not None:
             kept, actual = self.calibration
             data.setdefault("calibration", {})[self._key] = {"kept": [list(iv) for iv in kept], "actual": actual}
@@ -484,41 +849,39 @@ class Estimator:
     def calibrate(self, kept: IntervalSet, actual_compressed: int) -> None:
         """Learn from a real build: ``actual_compressed`` bytes for the selection ``kept``.
 
-        The whole archive compresses a little better than its groups apart (matches across group
-        edges), the build's framing differs, and groups not yet compressed at the target level
-        are modelled; the factor ``k`` = actual / model(kept) carries all of that to other
-        selections. It is recomputed from the current model, so it stays right as
-        :meth:`deepen` replaces modelled groups by measured ones.
+        The build's framing differs and groups not yet compressed at the target level are
+        modelled; the factor ``k`` = actual / model(kept) carries that to other selections. It
+        is recomputed from the current model, so it stays right as :meth:`deepen` replaces
+        modelled groups by measured ones.
         """
         if not self.prepared:
             self.prepare()
         self.calibration = (kept.intersection(self.base), int(actual_compressed))
-        self._save_cache()
+        path = self._cache_path()
+        if path is not None:
+            data = self._read_cache()
+            data.setdefault("calibration", {})[self._key] = {"kept": [list(iv) for iv in self.calibration[0]],
+                                                            "actual": self.calibration[1]}
+            write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
-    def _k(self) -> tuple[float, float, float]:
-        """(k, model of the calibrated selection, its modelled B); k = 1 before any build."""
+    def _k(self) -> tuple[float, float, dict[int, float]]:
+        """(k, model of the calibrated selection, its kept share of each modelled group);
+        k = 1 before any build."""
         if self.calibration is None:
-            return 1.0, 0.0, 0.0
+            return 1.0, 0.0, {}
         kept, actual = self.calibration
-        model, model_b, _ = self._model(kept)
-        return (actual / model if model > 0 else 1.0), model, model_b
+        model, shares, _unsure = self._model(kept)
+        return (actual / model if model > 0 else 1.0), model, shares
 
     # -- estimating ----------------------------------------------------------------------------
-    def _sums(self, sel: IntervalSet) -> tuple[float, float]:
-        pa, pb = self._pa, self._pb
-        a = b = 0.0
-        for s, e in sel:
-            a += pa[e] - pa[s]
-            b += pb[e] - pb[s]
-        return a, b
-
     def _overhead(self) -> int:
         """Trailer and extra entries: a few hundred bytes, counted uncompressed."""
         return TRAILER_BYTES + extra_bytes(self.extra)
 
     def _touched(self, kept: IntervalSet) -> dict[int, list]:
-        """Per group that ``kept`` touches: [kept entries, A share, B share, kept index intervals]."""
-        pieces, starts, pa, pb = self._pieces, self._piece_start, self._pa, self._pb
+        """Per group that ``kept`` touches: [kept entries, proxy bytes A, modelled target bytes,
+        kept index intervals]."""
+        pieces, starts, pa, pt = self._pieces, self._piece_start, self._pa, self._pt
         out: dict[int, list] = {}
         for s, e in kept:
             k = max(0, bisect.bisect_right(starts, s) - 1)
@@ -532,55 +895,97 @@ class Estimator:
                         rec = out[g] = [0, 0.0, 0.0, []]
                     rec[0] += hi - lo
                     rec[1] += pa[hi] - pa[lo]
-                    rec[2] += pb[hi] - pb[lo]
+                    rec[2] += pt[hi] - pt[lo]
                     rec[3].append((lo, hi))
                 k += 1
         return out
 
-    def _model(self, kept: IntervalSet) -> tuple[float, float, float]:
-        """(uncalibrated size, B of groups without a target size, bytes of unsure prorating)."""
+    def _model(self, kept: IntervalSet) -> tuple[float, dict[int, float], float]:
+        """(uncalibrated size, kept share of each group's modelled bytes, bytes of unsure
+        prorating)."""
         total = 0.0
-        model_b = 0.0
+        shares: dict[int, float] = {}
         unsure = 0.0
-        for g, (count, a, bsh, parts) in self._touched(kept).items():
+        for g, (count, a, t, parts) in self._touched(kept).items():
             grp = self.groups[g]
             if count == grp.count:
-                if grp.target is not None:
-                    total += grp.target
-                else:
-                    total += a - self.b * bsh
-                    model_b += bsh
+                total += grp.target if grp.target is not None else t
+                if grp.target is None:
+                    shares[g] = 1.0
                 continue
             exact = self._refined.get((g, tuple(parts)))
-            fast = a if exact is None else exact
-            if grp.target is not None:
-                # the group's own gain per unit of B: random data gains nothing, text the most
-                ga, gb = self._sums(IntervalSet(grp.intervals))
-                b_g = (ga - grp.target) / gb if gb > 0 else 0.0
-                value = fast - b_g * bsh if gb > 0 else (fast * grp.target / grp.fast if grp.fast else 0.0)
-            else:
-                value = fast - self.b * bsh
-                model_b += bsh
+            value = t if exact is None or a <= 0 else t * exact / a
+            if grp.target is None and grp.fast:
+                shares[g] = (a if exact is None else exact) / grp.fast
             if exact is None:
-                unsure += PARTIAL_UNCERTAINTY * value
+                unsure += PARTIAL_UNCERTAINTY * value + self._mixed(g, parts)
             total += value
-        return total + self._overhead(), model_b, unsure
+        return total + self._overhead(), shares, unsure
+
+    def _mixed(self, g: int, parts: list[tuple[int, int]]) -> float:
+        """Modelled bytes of group ``g``'s spans that hold entries of ``parts`` and others too.
+        A span's compressed bytes are spread over its entries by their uncompressed share; how
+        they really divide is not known (duplicates compress to nothing, their first copy does
+        not), so the kept part of a mixed span may be anything from none of it to all of it.
+        Selections that move whole folders mix a span or two at each edge; one that keeps every
+        other file of a folder mixes them all. O(the group's entries), cached."""
+        key = (g, tuple(parts))
+        hit = self._mixed_cache.get(key)
+        if hit is not None:
+            return hit
+        grp, order, pp, cuts = self.groups[g], self.order, self._pp, self._cuts
+        kept = IntervalSet(parts)
+        starts, ends = kept.starts, kept.ends
+        a = bisect.bisect_right(cuts, grp.start)
+        b = bisect.bisect_left(cuts, grp.stop, a)
+        edges = [grp.start, *cuts[a:b], grp.stop]
+        mixed = 0.0
+        for lo, hi in zip(edges, edges[1:], strict=False):
+            seen_in = seen_out = False
+            for p in range(lo, hi):
+                i = order[p]
+                k = bisect.bisect_right(starts, i) - 1
+                if k >= 0 and i < ends[k]:
+                    seen_in = True
+                else:
+                    seen_out = True
+                if seen_in and seen_out:
+                    mixed += pp[hi] - pp[lo]
+                    break
+        ratio = (grp.target if grp.target is not None else self._gmodel_all[g]) / grp.fast if grp.fast else 1.0
+        self._mixed_cache[key] = mixed * ratio
+        return mixed * ratio
 
     def window(self) -> int:
         """The target compressor's window (how far back a match may reach)."""
         if self.compression == "zstd":
             import zstandard
 
-            return 1 << zstandard.ZstdCompressionParameters.from_level(self.level).window_log
+            return 1 << zstandard.ZstdCompressionParameters.from_level(self.level, source_size=1 << 32).window_log
         if self.compression == "xz":
             return (256 * 1024, 1 * MiB, 2 * MiB, 4 * MiB, 4 * MiB, 8 * MiB, 8 * MiB, 16 * MiB, 32 * MiB,
                     64 * MiB)[self.level]
         return 32 * 1024
 
-    def floor(self) -> float:
-        """Relative error of the group approximation for this group size and window."""
-        short = max(0.0, 4 * self.window() / self.group_bytes - 1.0)
-        return FLOOR + 0.01 * short
+    def _spread(self, shares: dict[int, float]) -> tuple[float, float]:
+        """(99.5% half-width of the sampling error, bytes resting on samples) of the groups'
+        modelled bytes in the proportions ``shares``."""
+        nb = len(self._bins)
+        vec = [0.0] * nb
+        idio = model = 0.0
+        for g, sh in shares.items():
+            for k, v in enumerate(self._gvec[g][:nb]):
+                vec[k] += sh * v
+            idio += sh * sh * self._gidio[g]
+            model += sh * self._gmodel[g]
+        var = sum((t * se * v) ** 2 for (_r, se, _s, t), v in zip(self._bins, vec, strict=True))
+        return math.sqrt(var + self._t() ** 2 * idio), model
+
+    def _band(self, model: float, shares: dict[int, float], unsure: float) -> float:
+        """Half-width of the band of an uncalibrated ``model`` with those modelled ``shares``."""
+        half, modelled = self._spread(shares)
+        floor = FLOOR_EXACT if self.exact_pass else FLOOR_KNOWN
+        return half + FLOOR * modelled + floor * max(0.0, model - modelled) + unsure
 
     def estimate(self, kept: IntervalSet) -> Estimate:
         """Estimated compressed initrd for the entries ``kept`` (a subset of the base)."""
@@ -590,21 +995,29 @@ class Estimator:
         raw = self.sums.cpio_bytes(kept) + self._overhead()
         if self.compression == "none":
             return Estimate(raw, raw, raw, "uncompressed archive size", True, raw)
-        model, model_b, unsure = self._model(kept)
-        k, cal_model, cal_b = self._k()
+        model, shares, unsure = self._model(kept)
+        k, cal_model, cal_shares = self._k()
         est = k * model
-        floor = self.floor()
         if self.calibration is None:
-            band = floor * est + self.b_spread * model_b + unsure
+            band = self._band(model, shares, unsure)
         else:
             # exact at the calibrated selection; away from it, what changed carries the
-            # uncertainty of b (modelled groups) and of k (cross-group gains)
-            band = (floor * est + k * (self.b_spread * abs(model_b - cal_b) + unsure)
+            # uncertainty of the modelled groups and of k
+            diff = {g: abs(shares.get(g, 0.0) - cal_shares.get(g, 0.0)) for g in set(shares) | set(cal_shares)}
+            half, moved = self._spread(diff)
+            floor = FLOOR_EXACT if self.exact_pass else FLOOR_KNOWN
+            band = (floor * est + k * (half + FLOOR * moved + unsure)
                     + abs(k - 1.0) * abs(model - cal_model))
-        known = sum(1 for grp in self.groups if grp.target is not None)
         plural = "s" if len(self.groups) != 1 else ""
-        method = (f"{len(self.groups)} group{plural} of ~{self.group_bytes // MiB} MiB, {known} compressed at "
-                  f"{self.compression} {self.level}, the rest at {self.fast_level} scaled")
+        if self.exact_pass:
+            method = (f"{len(self.groups)} group{plural} of ~{self.group_bytes // MiB} MiB, {len(self.groups)} "
+                      f"compressed at {self.compression} {self.level} (the pass is at the build's level)")
+        else:
+            known = sum(1 for grp in self.groups if grp.target is not None)
+            sampled = sum(1 for c in self.chunks if c.measured is not None)
+            method = (f"{len(self.groups)} group{plural} of ~{self.group_bytes // MiB} MiB, {known} compressed at "
+                      f"{self.compression} {self.level}, the rest from {sampled} of {len(self.chunks)} chunks sampled "
+                      f"at {self.level} by content and a pass at {self.fast_level}")
         if self.calibration is not None:
             method += ", calibrated by the last build"
         if unsure:
@@ -612,7 +1025,7 @@ class Estimator:
         return Estimate(int(round(est)), int(est - band), int(est + band + 0.999), method, False, raw)
 
     def refine(self, kept: IntervalSet) -> int:
-        """Recompress at the fast level the kept part of each group ``kept`` cuts through, so
+        """Recompress at the proxy level the kept part of each group ``kept`` cuts through, so
         later estimates of it use exact figures; cancellable. Returns the groups recompressed."""
         if not self.prepared:
             self.prepare()
@@ -628,8 +1041,10 @@ class Estimator:
             grp = self.groups[g]
             mask = IntervalSet(parts)
             entries = [i for i in self.order[grp.start:grp.stop] if i in mask]
-            _raw, fast, _ends, _spans = self._compress_entries(entries, self.fast_level, spans=False)
-            self._refined[key] = fast
+            codec = self._codec(False)
+            write_entries(self.index, entries, codec, mtime=0, with_trailer=False)
+            codec.finish()
+            self._refined[key] = codec.out
             done += 1
         return done
 
@@ -659,18 +1074,4 @@ class _CancelCheck:
         self.reporter.check()
 
 
-class _Counter:
-    """A sink that only counts bytes (for sampled target-level sizes)."""
-
-    def __init__(self) -> None:
-        self.n = 0
-
-    def write(self, data: bytes) -> int:
-        self.n += len(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-
-__all__ = ["CALIBRATION_FILE", "Estimate", "Estimator", "tree_key"]
+__all__ = ["CALIBRATION_FILE", "FAST_LEVEL", "Estimate", "Estimator", "tree_key"]
