@@ -3,7 +3,7 @@
 Usage: ``python bench/fuzz_spec.py [N] [--seed 1] [--hang 2] [--limit 30] [--show 1]``
 
 The specs come from the mutation functions in ``tests/helpers/spec_mutations.py`` (the ones
-``tests/test_spec_fuzz.py`` drives with hypothesis), here driven by a seeded random generator
+``tests/core/spec/test_spec_fuzz.py`` drives with hypothesis), here driven by a seeded random generator
 so the run is long and reproducible without hypothesis' limits: valid specs with wrong types at
 every key, unknown and duplicate keys, merge keys, tags, anchors and alias bombs, deep nesting,
 huge numbers, unicode and control characters, long strings, damaged text (BOM, tabs, extra

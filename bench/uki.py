@@ -310,7 +310,7 @@ def bench_tree(name: str, root: Path, level: int, work: Path, *, refine: float =
 
 
 def debian_rootfs() -> Path | None:
-    """The Debian 12 tree the VM tests cache (tests/vm_tree.py), else a minbase one made here."""
+    """The Debian 12 tree the VM tests cache (tests/helpers/vm_tree.py), else a minbase one made here."""
     vm = sorted(Path.home().glob(".cache/sysextant/debian-bookworm-*/rootfs"))
     if vm and (vm[-1] / "etc/os-release").exists():
         return vm[-1]

@@ -93,7 +93,7 @@ _TEXT_SUFFIXES = frozenset(
 #: a unit's compressed size is known exactly (a block ends after it); its context is not: each
 #: kind's band widens by this share of its estimate each way, beyond the context factors (checked
 #: by bench/uki.py on the demo, a Debian 12 tree, /usr and a 1,000,000-entry tree, and by
-#: tests/test_estimate.py on real trees of the test machine)
+#: tests/core/sizing/test_estimate.py on real trees of the test machine)
 CONTEXT = 0.02
 #: and this share of the compressible part (1 - ratio) below the lowest power's figure: perl's
 #: modules (/usr/share/perl) came out 15% smaller in the archive than after their prefixes

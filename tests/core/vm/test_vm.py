@@ -6,8 +6,8 @@ and one with a flipped data byte (merges, the read fails), each its own boot. Th
 boot check (v) and a Kairos-shaped tree (/init is immucore) run on recorded consoles with
 stand-ins for QEMU and swtpm, no VM.
 
-The real boots use a debootstrapped Debian 12 tree cached per machine (tests/vm_tree.py) with the
-Debian kernel tests/kernel.py fetches; they skip, saying why, only where that cannot be had (not
+The real boots use a debootstrapped Debian 12 tree cached per machine (tests/helpers/vm_tree.py) with the
+Debian kernel tests/helpers/kernel.py fetches; they skip, saying why, only where that cannot be had (not
 root, no network) or a tool is missing outside CI.
 """
 
@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import pytest
+from paths import TESTS
 
 from sysextant.core.errors import MissingToolError
 from sysextant.core.vm import console, disks, firmware, qemu
 from sysextant.core.vm.console import FAILED, PASSED, Watcher
 
-HERE = Path(__file__).parent
-DATA = HERE / "data" / "vm"
+DATA = TESTS / "data" / "vm"
 SYSEXTANT = [sys.executable, "-m", "sysextant.tui.cli"]
 
 
@@ -509,7 +509,7 @@ def test_ctrl_c_stops_qemu_and_swtpm_and_leaves_no_temp_files(debian_project, tm
 
 # -- the check build ---------------------------------------------------------------------------------
 def test_check_build_adds_files_under_etc_only_and_announces_its_checks(tmp_path, keypair) -> None:
-    from test_plan import make_os, write_spec
+    from plan_helpers import make_os, write_spec
 
     from sysextant.core.sizing.plan import plan_spec
     from sysextant.core.spec.load import load_spec
@@ -732,7 +732,7 @@ async def test_workbench_boot_check_esc_stops_qemu_and_swtpm_and_removes_the_tem
 # -- a Kairos-shaped tree (/init is immucore): the stages the VM can prove ---------------------------
 def _kairos_spec(tmp_path: Path, keypair) -> Path:
     """A tiny tree shaped as Kairos': usr/bin/immucore with /init -> usr/bin/immucore, one extension."""
-    from test_plan import make_os, write_spec
+    from plan_helpers import make_os, write_spec
 
     make_os(tmp_path / "rootfs")
     (tmp_path / "rootfs/init").symlink_to("usr/bin/immucore")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_plan import make_os, write_spec
+from plan_helpers import make_os, write_spec
 from workbench_helpers import idx, make_project
 
 from sysextant.core.rules import release_mismatch
