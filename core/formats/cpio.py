@@ -64,6 +64,7 @@ def default_mtime() -> int:
 
 
 _M = 0xFFFFFFFF
+_IFMT, _IFREG = 0o170000, stat.S_IFREG
 #: a header and its name in one formatting step: 13 fields (dev major/minor and check 0), the
 #: name, its NUL and the padding to 4 bytes (given as a slice of NULs)
 _ENTRY = MAGIC + b"%08X" * 7 + b"0000000000000000" + b"%08X" * 3 + b"00000000" + b"%s%s"
@@ -325,7 +326,8 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
     dirs = _DirCache(root)
     ino = 0
     xi = 0
-    parent, names = index.parent, index.names
+    parent, names, modes, sizes, link_size = index.parent, index.names, index.mode, index.size, index.link_size
+    buf = w.buf  # cleared in place by each flush
     last_parent, prefix = -2, b""
     try:
         for i in entries:
@@ -333,15 +335,40 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
             if p != last_parent:  # entries in archive order share their folder: its path once
                 last_parent = p
                 prefix = index.path(p) + b"/" if p > 0 else b""
-            path = prefix + names[i]
+            name = names[i]
+            path = prefix + name
             while xi < len(extras) and extras[xi].path < path:
                 ino += 1
                 _write_extra(w, extras[xi], ino)
                 xi += 1
             ino += 1
-            _write_index_entry(w, index, i, path, dirs, ino, member_of, names_in, link_ino, keep_owners)
+            m = modes[i]
+            data = None
+            if not keep_owners and m & _IFMT == _IFREG and i not in member_of:
+                # the common case inline (a million small files spend their time here): read it
+                # whole first; anything unusual (big, changed, unreadable) goes the careful way
+                size = link_size.get(i, sizes[i])
+                if size <= CHUNK:
+                    try:
+                        fd = os.open(name, _O_FILE, dir_fd=dirs.get(index, i))
+                        try:
+                            st = os.fstat(fd)
+                            if st.st_size == size and stat.S_ISREG(st.st_mode):
+                                data = os.read(fd, size) if size else b""
+                        finally:
+                            os.close(fd)
+                    except OSError:
+                        data = None
+            if data is not None and len(data) == size:
+                buf += entry_block(path, ino=ino, mode=m, nlink=1, mtime=w.mtime, filesize=size)
+                buf += data
+                buf += _NULS[:-size & 3]
+                if len(buf) >= CHUNK:
+                    w._flush()
+            else:
+                _write_index_entry(w, index, i, path, dirs, ino, member_of, names_in, link_ino, keep_owners)
             if after_entry is not None:
-                after_entry(i, w.written + len(w.buf))
+                after_entry(i, w.written + len(buf))
         while xi < len(extras):
             ino += 1
             _write_extra(w, extras[xi], ino)
