@@ -30,10 +30,11 @@ STAGE_LABELS = {
     "verify": "artefacts verified",
     # the UKI's size estimated before its build (when the front end had no prepared estimate)
     "estimate: quick sample": "initrd sampled by content kind",
-    "estimate: compress groups": "initrd estimated (fast level)",
-    "estimate: sample target level": "estimate sampled at its level",
+    "estimate: proxy pass": "initrd estimated (proxy level)",
+    "estimate: samples at the target level": "estimate sampled at its level",
     "estimate: target level": "estimate at the build's level",
     "estimate: refine cut groups": "estimate refined",
+    "estimate: refine": "estimate refined",
     "pcr 11 signature": "bytes hashed for PCR 11 policy",
 }
 
