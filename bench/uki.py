@@ -1,7 +1,8 @@
 """Benchmark of the initrd size model and build, against real builds and the zstd CLI.
 
-Prints, per tree (the demo stand-in at --scale, and a Debian minbase rootfs if one can be made):
-- the estimate error against the real build, before and after calibration (target: 2%);
+Prints, per tree (the demo stand-in at --scale, the Debian 12 tree the VM tests cache, else a
+Debian minbase rootfs if one can be made, and any --tree):
+- the estimate rows (below), and the error after calibration by the real build;
 - the warm time to re-estimate after moving a third of the tree (target: < 100 ms);
 - the peak RSS of the real ``sysextant uki SPEC`` command as a fraction of the UKI it writes
   (the child's own VmHWM), at the spec's level and at --level (``uki.zstd_mode`` parallel, then
@@ -10,7 +11,7 @@ Prints, per tree (the demo stand-in at --scale, and a Debian minbase rootfs if o
 - our compression time against ``zstd -LEVEL -T0`` on the same cpio (ratio, same run).
 
 Usage: python bench/uki.py [--scale 1.0] [--level 19] [--rss-scale 3] [--no-debian] [--no-demo] [--rss-only]
-       [--tree /usr] [--refine SECONDS] [--baseline-src DIR] [--estimates-only]
+       [--tree /usr] [--tree-base-only] [--refine SECONDS] [--baseline-src DIR] [--estimates-only] [--no-rss]
 
 The estimate rows (issue 17): the quick estimate's time and error, and the estimate before any
 build against the real build of the same run: its error, its band (which must hold the built
@@ -236,7 +237,7 @@ def err(fig: list[int], actual: int) -> str:
 
 
 def bench_tree(name: str, root: Path, level: int, work: Path, *, refine: float = 0.0, baseline: str | None = None,
-               extras: bool = True) -> None:
+               extras: bool = True, slim_too: bool = True) -> None:
     print(f"\n== {name}: {root}")
     index = scan(root)
     skip = [c for c in index.children(0) if index.names[c] in INITRD_SKIP_TOP]
@@ -248,28 +249,34 @@ def bench_tree(name: str, root: Path, level: int, work: Path, *, refine: float =
           f"{sums.cpio_bytes(base.intersection(moved)) / sums.cpio_bytes(base) * 100:.0f}% of it")
 
     r_base = build_in_child(root, base, work / f"{name}-base.zst", level)
-    r_slim = build_in_child(root, slim, work / f"{name}-slim.zst", level)
-    actual = {"base": r_base["compressed"], "slim": r_slim["compressed"]}
+    actual = {"base": r_base["compressed"]}
+    sels = {"base": base}
     build_s = r_base["seconds"]
-    print(f"real builds at zstd {level} (the build's own threads): base {r_base['compressed']:,} B, compression "
-          f"{r_base['seconds']:.1f} s; slim {r_slim['compressed']:,} B in {r_slim['seconds']:.1f} s")
+    line = (f"real builds at zstd {level} (the build's own threads): base {r_base['compressed']:,} B, compression "
+            f"{r_base['seconds']:.1f} s")
+    if slim_too:
+        r_slim = build_in_child(root, slim, work / f"{name}-slim.zst", level)
+        actual["slim"] = r_slim["compressed"]
+        sels["slim"] = slim
+        line += f"; slim {r_slim['compressed']:,} B in {r_slim['seconds']:.1f} s"
+    print(line)
+
+    def errs(est: dict) -> str:
+        return ", ".join(f"{n} {err(est[n], actual[n])}" for n in sels)
 
     for label, src in ([("before", baseline)] if baseline else []) + [("now", None)]:
-        res = estimates_in_child(root, {"base": base, "slim": slim}, level, work / f"cache-{name}-{label}",
-                                 refine if label == "now" else 0.0, src)
+        res = estimates_in_child(root, sels, level, work / f"cache-{name}-{label}", refine if label == "now" else 0.0,
+                                 src)
         q = res.get("quick")
         if q:
-            print(f"[{label}] quick estimate: {q['seconds']:.1f} s (target <= 5 s): base {err(q['est']['base'], actual['base'])}, "
-                  f"slim {err(q['est']['slim'], actual['slim'])}")
+            print(f"[{label}] quick estimate: {q['seconds']:.1f} s (target <= 5 s): {errs(q['est'])}")
         p = res["prepare"]
         print(f"[{label}] estimate before any build: {p['seconds']:.1f} s = {p['seconds'] / build_s:.2f}x the build's "
-              f"compression time (target <= 0.25): base {err(p['est']['base'], actual['base'])}, "
-              f"slim {err(p['est']['slim'], actual['slim'])}")
+              f"compression time (target <= 0.25): {errs(p['est'])}")
         print(f"    {p['method']}")
         for step in res.get("refine", []):
-            print(f"[{label}]   refining, +{step['seconds']:.0f} s: base {err(step['est']['base'], actual['base'])}, "
-                  f"slim {err(step['est']['slim'], actual['slim'])}")
-    if not extras:
+            print(f"[{label}]   refining, +{step['seconds']:.0f} s: {errs(step['est'])}")
+    if not extras or not slim_too:
         return
 
     cache = work / f"cache-{name}"
@@ -357,6 +364,8 @@ def main() -> None:
     ap.add_argument("--no-demo", action="store_true")
     ap.add_argument("--tree", type=Path, action="append", default=[],
                     help="another tree to estimate and build (e.g. /usr), read only")
+    ap.add_argument("--tree-base-only", action="store_true",
+                    help="build only the whole tree of each --tree, not the slim selection too (big trees)")
     ap.add_argument("--refine", type=float, default=0.0,
                     help="seconds of background refinement to show after the first estimate (0: none)")
     ap.add_argument("--baseline-src", help="a checkout whose `sysextant` package gives before figures in the same run")
@@ -391,7 +400,7 @@ def main() -> None:
             if deb is not None:
                 bench_tree("debian", deb, args.level, work, **kw)
         for tree in args.tree:
-            bench_tree(tree.name or "tree", tree, args.level, work, **kw)
+            bench_tree(tree.name or "tree", tree, args.level, work, **kw, slim_too=not args.tree_base_only)
 
 
 if __name__ == "__main__":

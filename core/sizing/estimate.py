@@ -1,40 +1,46 @@
 """The live estimate of the compressed initrd, and of the UKI size built around it.
 
 The estimator reads the whole base archive once at a *proxy* level, then compresses samples at
-the build's own level:
+the build's own level (the compressors: docs/formats.md, section 2):
 
 1. **the proxy pass**: the base initrd's archive (every entry, in archive order, see
-   :mod:`.cpio`) is compressed at a proxy level of the build's compressor, in one stream per
-   worker (each primed with the archive bytes before its part, so every byte is compressed with
-   the context it has in the real archive), ending a block at entry boundaries every
-   ``span_bytes`` so the compressed bytes of each span are known exactly, and spread over the
-   span's entries by their uncompressed share: ``A``, each entry's proxy bytes, kept as prefix
-   sums over the tree index order (a selection's proxy size costs O(intervals)) and over the
-   archive order (a stretch of the archive's, O(1)). For zstd the proxy is level 9 with the
-   target's window (level 3 and below: the target itself, so the pass *is* the estimate): on a
-   Debian 12 tree, 1 MiB pieces of the archive vary 5.4% in their ratio zstd 19 / proxy, against
-   14% for zstd 19 / zstd 3, for the same cost;
-2. **chunk samples**: the archive is cut into groups of about ``group_bytes`` (preferably where
-   a shallow folder starts, so the folders extensions take are mostly whole groups) and the
-   groups into chunks of about ``chunk_bytes``; a share of the chunks, spread evenly over every
-   group (stratified sampling), is compressed at the target level *and* at the proxy level after
-   the ``prefix_bytes`` of the archive before it. A strong level finds matches megabytes back
-   (a 1 MiB chunk after a 1 MiB prefix came out 7% bigger than in the archive on a Debian tree),
-   but the proxy, with the same window, finds most of the same ones: the ratio of the two after
-   the same prefix is within ~1% of the in-archive ratio (measured: +1.2% after 1 MiB, +0.5%
-   after 4 MiB). A chunk's target size is that ratio times its in-archive proxy size;
-3. **per group**, the ratio estimator over its sampled chunks times the group's proxy size, with
-   the sampling variance from the chunks' spread (pooled over the groups, Student's t);
+   :mod:`..formats.cpio`) is compressed at a proxy level of the build's compressor, ending a block
+   at entry boundaries every ``span_bytes`` so the compressed bytes of each span are known
+   exactly, spread over the span's entries by their uncompressed share: ``A``, each entry's proxy
+   bytes, kept as prefix sums over the tree index order (a selection's proxy size costs
+   O(intervals)) and over the archive order. For zstd the proxy is zstd 9 with the target's window
+   (:func:`.quick.proxy_level`; up to zstd 9, the target level itself: the pass *is* the estimate):
+   1 MiB pieces of a Debian 12 archive vary 5.4% in their ratio zstd 19 / proxy, against 14% for
+   zstd 19 / zstd 3, for the same cost. When compressing is what takes the time, the pass runs in
+   one part per worker, each primed with the archive before it;
+2. **chunk samples**: the archive is cut into groups of about ``group_bytes`` (preferably where a
+   shallow folder starts, so the folders extensions take are mostly whole groups) and chunks of
+   about ``chunk_bytes``. Chunks are sampled in the order of :meth:`Estimator._priority`: ranked by
+   their proxy ratio (their content as the compressor sees it: text, code, firmware, compressed
+   files), walked in a van der Corput order, so every prefix of the sample covers every kind of
+   content in proportion (stratified sampling), until ``sample_share`` of the archive is spent at
+   the target level. A sampled chunk is compressed at the target level *and* at the proxy after
+   the same ``prefix_bytes`` of the archive before it: a strong level finds matches megabytes back
+   (a 1 MiB chunk after 1 MiB of prefix came out 7% bigger than in the archive, Debian 12), but
+   the proxy, with the same window, finds most of them too, so the ratio of the two is within ~1%
+   of the ratio in the archive (+1.2% after 1 MiB, +0.5% after 4 MiB). Where the proxy shows the
+   chunk has matches further back than the prefix (:data:`CONTEXT_SENSITIVE`), the prefix is the
+   whole window (the demo's text, drawn from a 4 MB pool, needs it). A chunk's target size is its
+   ratio times its proxy size in the archive;
+3. chunks not sampled take the ratio of the sampled ones of like content (bins of the proxy
+   ratio, :data:`BIN_MIN` samples or more each), with the bins' standard errors and the chunks'
+   spread (Student's t, a prior spread worth :data:`PRIOR_DF` samples);
 4. :meth:`Estimator.deepen` compresses whole groups at the target level with the build's
-   parameters (after the compressor's window of archive before them: exact to ~0.2%), the most
-   uncertain per byte first (:meth:`Estimator.next_group`), each one narrowing the band; each
-   build's real size calibrates what remains (:meth:`Estimator.calibrate`). Chunk and group sizes
-   and the calibration are stored in ``<cache_dir>/.sysextant-calibration.json``.
+   parameters after the compressor's window of archive (exact to ~0.2%), the most uncertain per
+   byte first (:meth:`Estimator.refine_order`), each one narrowing the band; each build's real
+   size calibrates what remains (:meth:`Estimator.calibrate`). Chunk and group sizes and the
+   calibration are stored in ``<cache_dir>/.sysextant-calibration.json``.
 
-The error band is stated, not guessed: Student's t (99.5%) times the standard error of the
-modelled groups, a floor for the chunk method (:data:`FLOOR`, measured +0.5-1.2% on a Debian
-tree) and for groups known whole (:data:`FLOOR_KNOWN`), and the attribution uncertainty of
-groups the selection cuts through (unless :meth:`Estimator.refine` recompressed them).
+The error band is stated, not guessed: the 99.5% Student intervals of the modelled chunks, a
+floor for the chunk method (:data:`FLOOR`) and for groups known whole (:data:`FLOOR_KNOWN`), and,
+for groups a selection cuts through, the spans that mix kept and other entries (how a span's
+bytes divide among its entries is not known) plus :data:`PARTIAL_UNCERTAINTY` for the context the
+kept part loses, unless :meth:`Estimator.refine` recompressed the kept part.
 
 The first figure before any of this is the quick sample's (:mod:`.quick`).
 """
@@ -66,7 +72,7 @@ from ..tree.fsentry import FsEntry
 from ..tree.index import TRAILER_BYTES, TreeIndex
 from ..tree.selection import IntervalSet, Sums
 from ..units import MiB
-from .quick import FAST_LEVEL, Estimate, _vdc, proxy_level, t995
+from .quick import FAST_LEVEL, Estimate, proxy_level, t995, van_der_corput
 
 CALIBRATION_FILE = ".sysextant-calibration.json"
 #: relative error floor of a group modelled from chunk samples (the method's own bias, +0.5% to
@@ -521,7 +527,7 @@ class Estimator:
         seen = bytearray(n)
         j = 0
         while len(out) < n:
-            k = int(_vdc(j) * n)
+            k = int(van_der_corput(j) * n)
             j += 1
             for kk in range(k, n):  # past the sequence's resolution: the next free one
                 if not seen[kk]:
