@@ -246,3 +246,13 @@ class Forecaster:
             self.phase, self.note, self.left = "done", "", 0
             self._announce("done", gen)
 
+
+
+def quick_sample(spec: Spec, plan: Plan, reporter: Reporter | None = None) -> Any:
+    """The first estimate of the plan's initrd: a stratified sample at the build's own level
+    (:mod:`.quick`), ready in seconds with its band; both cores, the user is still reading."""
+    from ..formats.initrd import initrd_extra
+    from .quick import quick_estimator
+
+    return quick_estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,
+                           extra=initrd_extra(spec, plan.index, plan.initrd_base), reporter=reporter)

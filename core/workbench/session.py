@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..sizing.forecast import Figures, UkiLayout
-from ..sizing.forecaster import Forecaster
+from ..sizing.forecaster import Forecaster, quick_sample
 from ..sizing.plan import Plan, make_plan
 from ..spec.model import Spec
 from ..tree.index import TreeIndex, scan
@@ -109,7 +109,7 @@ class Session(SessionEdits):
         return self.forecaster.estimator if self.forecaster is not None else None
 
     def forecast(self, on_change: Callable[[Forecaster, str], None] | None = None, *, threads: int | None = 1,
-                 quick: Callable[..., Any] | None = None) -> Forecaster | None:
+                 quick: Callable[..., Any] | None = quick_sample) -> Forecaster | None:
         """Start the compressed estimate of the current plan in the background, or keep the one
         running when it still fits the spec (the marks never matter, the initrd's base and the
         compressor do). ``on_change`` is called from the estimate's thread. ``threads``: one
