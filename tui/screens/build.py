@@ -41,7 +41,7 @@ from sysextant.core.sizing.plan import Plan
 from sysextant.core.spec.model import Spec
 from sysextant.core.tree.index import TreeIndex
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import Figures
+from sysextant.core.sizing.forecast import Figures
 
 from ..widgets.build import OverallBar, ResultView, StagesView, format_seconds
 from ..widgets.item import plural

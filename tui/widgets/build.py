@@ -20,7 +20,7 @@ from textual.widgets import Static
 from sysextant.core.build.artefacts import BuildReport
 from sysextant.core.build.tracker import STAGE_LABELS, BuildTracker
 from sysextant.core.units import format_size
-from sysextant.core.workbench.session import Figures
+from sysextant.core.sizing.forecast import Figures
 
 from .gauge import LEVEL_WORDS
 from .item import plural

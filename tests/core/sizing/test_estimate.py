@@ -61,6 +61,23 @@ def small_tree(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def built_19(small_tree: Path, tmp_path_factory):
+    """The real zstd 19 initrd size of a named selection of the small tree, built once for the
+    module (each build takes seconds; several tests compare against the same ones)."""
+    index = scan(small_tree)
+    _, sels = selections(index)
+    folder = tmp_path_factory.mktemp("built-19")
+    sizes: dict[str, int] = {}
+
+    def size(name: str) -> int:
+        if name not in sizes:
+            sizes[name] = built(index, sels[name], folder / name, 19)
+        return sizes[name]
+
+    return size
+
+
 def real_trees() -> list[Path]:
     """Real content of this machine, if it has it: glibc's gconv modules (ELF), perl's modules
     (text), its documentation (text, .gz)."""
@@ -106,7 +123,7 @@ def test_warm_estimate_is_fast_and_refine_is_exact_for_cut_groups(mid_tree: Path
 
 
 @pytest.mark.slow
-def test_level_19_in_band_before_any_build_then_calibrated_and_cached(small_tree: Path, tmp_path: Path) -> None:
+def test_level_19_in_band_before_any_build_then_calibrated_and_cached(small_tree: Path, built_19, tmp_path: Path) -> None:
     index = scan(small_tree)
     base, sels = selections(index)
     cache = tmp_path / "build"
@@ -117,7 +134,7 @@ def test_level_19_in_band_before_any_build_then_calibrated_and_cached(small_tree
     sampled = [c for c in est.chunks if c.measured is not None]
     assert 6 <= len(sampled) < len(est.chunks) and not any(g.target is not None for g in est.groups)
     names = ("all", "drivers", "firmware", "docs+python")
-    actual = {name: built(index, sels[name], tmp_path / name, 19) for name in names}
+    actual = {name: built_19(name) for name in names}
     for name in names:
         e = est.estimate(sels[name])
         assert e.low <= actual[name] <= e.high, (name, e, actual[name])
@@ -137,13 +154,13 @@ def test_level_19_in_band_before_any_build_then_calibrated_and_cached(small_tree
 
 
 @pytest.mark.slow
-def test_refinement_narrows_the_band_around_the_real_size(small_tree: Path, tmp_path: Path) -> None:
+def test_refinement_narrows_the_band_around_the_real_size(small_tree: Path, built_19) -> None:
     index = scan(small_tree)
     base, sels = selections(index)
     est = Estimator(index, base, compression="zstd", level=19, group_bytes=6 * MiB, chunk_bytes=512 * 1024,
                     prefix_bytes=512 * 1024)
     est.prepare()
-    actual = built(index, sels["firmware"], tmp_path / "fw", 19)
+    actual = built_19("firmware")
     order = est.refine_order()
     assert order and order[0] == est.next_group() and sorted(order) == [
         g for g, grp in enumerate(est.groups) if grp.target is None]
@@ -193,14 +210,15 @@ def test_content_kinds_from_names_modes_and_folders(small_tree: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_estimate_is_a_sample_whose_band_holds_the_built_size(small_tree: Path, tmp_path: Path) -> None:
+def test_quick_estimate_is_a_sample_whose_band_holds_the_built_size(small_tree: Path, built_19,
+                                                                    tmp_path: Path) -> None:
     index = scan(small_tree)
     base, sels = selections(index)
     q = quick_estimator(index, base, compression="zstd", level=19, seconds=60)
     assert q.paired and q.units
     for name in ("all", "firmware", "docs+python"):
         e = q.estimate(sels[name])
-        actual = built(index, sels[name], tmp_path / name, 19)
+        actual = built_19(name)
         assert e.low <= actual <= e.high, (name, e, actual)
         assert "quick sample" in e.method and not e.exact
     # zstd 3: the proxy is the target, no pairs
