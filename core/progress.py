@@ -26,8 +26,9 @@ class Progress:
     message: str = ""  # a log line worth showing, or ""
     #: what the event is, so no front end parses the message: ``progress`` (done of total),
     #: ``log`` (a line about ``task``), ``reused`` (the artefact is unchanged since the last
-    #: build and reused as it is), ``step`` (a step of the build as a whole: scan, plan, lock,
-    #: clean; no artefact)
+    #: build and reused as it is), ``replaced`` (the artefact's output file, ``path``, was replaced
+    #: whole by this build: written then renamed into place), ``step`` (a step of the build as a
+    #: whole: scan, plan, lock, clean; no artefact)
     kind: str = "progress"
     #: the artefact the event belongs to (an extension's name, ``uki``, ``verify``), set by the
     #: engine (:meth:`Reporter.for_artefact`), and the stage within it (``pack``, ``verity``,
@@ -35,6 +36,8 @@ class Progress:
     #: event of the build as a whole. ``task`` stays the text a plain log line shows.
     artefact: str = ""
     stage: str = ""
+    #: the file a ``replaced`` event is about
+    path: str = ""
 
 
 #: signals that asked this whole process to stop (set by the CLI's handlers, read by every
@@ -72,10 +75,11 @@ class Reporter:
         if self._callback is not None:
             self._callback(Progress(task, done, total, unit, message))
 
-    def log(self, task: str, message: str, kind: str = "log") -> None:
-        """A line for the build log, with no progress change (``kind``: see :class:`Progress`)."""
+    def log(self, task: str, message: str, kind: str = "log", *, path: str = "") -> None:
+        """A line for the build log, with no progress change (``kind``, ``path``: see
+        :class:`Progress`)."""
         if self._callback is not None:
-            self._callback(Progress(task, 0, 0, "steps", message, kind))
+            self._callback(Progress(task, 0, 0, "steps", message, kind, path=path))
 
     def for_artefact(self, name: str) -> Reporter:
         """A reporter for the work on one artefact: its events carry ``artefact=name`` and their

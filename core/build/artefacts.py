@@ -134,16 +134,3 @@ def leftover_temps(spec: Spec) -> list[Path]:
             continue
     return found
 
-
-def replaced_since(spec: Spec, started: float) -> list[tuple[str, Path]]:
-    """(artefact name, file) of the spec's images and UKI written at or after wall-clock time
-    ``started``: what a build that stopped had already replaced, whole (outputs are atomic)."""
-    files = [(e.name, spec.output / e.image_name) for e in spec.extensions] + [("uki", spec.uki.output)]
-    found = []
-    for name, path in files:
-        try:
-            if path.stat().st_mtime >= started - 0.02:  # file times use a coarse clock
-                found.append((name, path))
-        except OSError:
-            continue
-    return found

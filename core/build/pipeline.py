@@ -291,6 +291,7 @@ def _build_extension(spec: Spec, index: TreeIndex, ext: Any, ext_plan: Any, sign
     else:
         reporter.log(ext.name, f"building {path.name} ({len(entries):,} entries, {ext.filesystem})")
         img = build_extension(index, ext_plan, ext, spec.output, signer=signer, reporter=reporter, entries=entries)
+        reporter.log(ext.name, f"{img.path.name} replaced whole (not yet verified)", "replaced", path=str(img.path))
         art = Artefact("sysext", ext.name, str(img.path), img.size, False, img.signed, img.root_hash)
         record(state, ext.name, path, inputs, size=art.size, digest=art.digest)
     art.extra = {"entries": ext_plan.entries, "bytes": ext_plan.bytes, "initrd_saves_cpio_bytes": ext_plan.initrd_bytes}
@@ -312,6 +313,8 @@ def _build_uki(spec: Spec, index: TreeIndex, plan: Plan, signer: Signer | None, 
         predicted = forecast(spec, plan, layout, estimator).uki_bytes
     art = build_slim_uki(spec, index, plan, signer=signer, state=state, force=force, reporter=reporter,
                          predicted=predicted, inputs=key, pcr_key=pcr_key)
+    if not art.reused:
+        reporter.log("uki", f"{Path(art.path).name} replaced whole (not yet verified)", "replaced", path=art.path)
     if estimator is not None and not art.reused:
         estimator.calibrate(plan.initrd_after, art.extra["initrd_compressed"])
     return art

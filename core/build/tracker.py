@@ -10,6 +10,7 @@ It reads only the events' fields (:class:`~sysextant.core.progress.Progress`: ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..progress import Progress
 from ..sizing.plan import Plan
@@ -166,6 +167,8 @@ class BuildTracker:
         self._fraction = 0.0
         self.work_started: float | None = None  # the first progress event (key checks come before)
         self.signed = spec.signing is not None
+        #: artefact -> the output file this build replaced (``replaced`` events), in build order
+        self.replaced: dict[str, Path] = {}
         self.groups: dict[str, Group] = {}
         ext_bytes = {e.name: e.bytes for e in plan.extensions} if plan else {}
         total_ext = 0
@@ -196,6 +199,8 @@ class BuildTracker:
         if ev.kind == "reused":
             group.state = "reused"
             group.ended = now
+        elif ev.kind == "replaced":
+            self.replaced[ev.artefact] = Path(ev.path)
         elif ev.kind == "progress" and ev.stage:
             if self.work_started is None:
                 self.work_started = now
@@ -225,10 +230,11 @@ class BuildTracker:
                 for st in g.stages.values():
                     st.finished = True
 
-    def finish(self, report: BuildReport | None, outcome: str, now: float, replaced: frozenset[str] = frozenset()) -> None:
-        """The build ended (``outcome`` ok | cancelled | error | crash): final states for every group.
-        ``replaced`` names the artefacts whose files this build replaced before it stopped."""
+    def finish(self, report: BuildReport | None, outcome: str, now: float) -> None:
+        """The build ended (``outcome`` ok | cancelled | error | crash): final states for every group
+        (an artefact whose file a stopped build had already replaced is ``unverified``)."""
         self.ended, self.outcome = now, outcome
+        replaced = self.replaced
         by_name = {a.name: a for a in report.artefacts} if report else {}
         for g in self.groups.values():
             art = by_name.get(g.name)

@@ -32,16 +32,16 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, RichLog, Static
 
 from sysextant.core.atomic import write_atomic
-from sysextant.core.build.artefacts import leftover_temps, replaced_since
+from sysextant.core.build.artefacts import leftover_temps
 from sysextant.core.build.pipeline import BuildReport, build
 from sysextant.core.build.tracker import BuildTracker
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter
+from sysextant.core.sizing.forecast import Figures
 from sysextant.core.sizing.plan import Plan
 from sysextant.core.spec.model import Spec
 from sysextant.core.tree.index import TreeIndex
 from sysextant.core.units import format_size
-from sysextant.core.sizing.forecast import Figures
 
 from ..widgets.build import OverallBar, ResultView, StagesView, format_seconds
 from ..widgets.item import plural
@@ -97,7 +97,6 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         self.report: BuildReport | None = None
         self.error = ""
         self.saved: Path | None = None
-        self.wall_started = time.time()
         self.replaced: list[tuple[str, Path]] = []  # (artefact, file) this build replaced before it stopped
         self._last_post: dict[str, float] = {}
         self._quit_armed = False  # q pressed once while the build runs
@@ -182,8 +181,9 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         now = time.monotonic()
         self.running = False
         self.kind, self.report, self.error = message.kind, message.report, message.error
-        self.replaced = self.replaced_outputs() if message.kind != "ok" else []
-        self.tracker.finish(message.report, message.kind, now, frozenset(name for name, _ in self.replaced))
+        # what a stop left: the files the engine said it replaced (its ``replaced`` events)
+        self.replaced = list(self.tracker.replaced.items()) if message.kind != "ok" else []
+        self.tracker.finish(message.report, message.kind, now)
         overall = self.query_one(OverallBar)
         overall.outcome = message.kind
         overall.refresh()
@@ -251,10 +251,6 @@ class BuildScreen(ModalScreen[tuple[str, str]]):
         if self.saved:
             text.append(f"\nJSON summary saved to {self.saved} (path copied to the clipboard)")
         return text
-
-    def replaced_outputs(self) -> list[tuple[str, Path]]:
-        """The artefact files this (stopped) build replaced: written after it started."""
-        return replaced_since(self.spec, self.wall_started)
 
     def _kept_words(self) -> str:
         """What a stop left: the previous outputs, or which ones this build had already replaced

@@ -19,8 +19,8 @@ from textual.widgets import Static
 
 from sysextant.core.build.artefacts import BuildReport
 from sysextant.core.build.tracker import STAGE_LABELS, BuildTracker
-from sysextant.core.units import format_size
 from sysextant.core.sizing.forecast import Figures
+from sysextant.core.units import format_size
 
 from .gauge import LEVEL_WORDS
 from .item import plural

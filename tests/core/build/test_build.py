@@ -227,17 +227,32 @@ def test_a_build_packs_the_tree_as_it_is_now(demo: Path, tmp_path: Path) -> None
 def test_what_was_built_before_a_cancel_is_reused(demo: Path, tmp_path: Path) -> None:
     spec = load_spec(copy_project(demo, tmp_path / "p"))
     reporter = Reporter()
+    replaced: list[tuple[str, str]] = []
 
     def cancel_at_drivers(ev: Progress) -> None:
+        if ev.kind == "replaced":
+            replaced.append((ev.artefact, ev.path))
         if ev.artefact == "drivers" and ev.stage:
             reporter.cancel()
 
     reporter._callback = cancel_at_drivers
     with pytest.raises(Cancelled):
         build(spec, only=["firmware", "drivers"], reporter=reporter)
-    again = build(spec, only=["firmware", "drivers"])
+    # the engine said which output it had replaced before the stop (front ends show it): that
+    # one, whole, and not the one it stopped in
+    firmware = spec.output / "firmware.sysext.raw"
+    assert replaced == [("firmware", str(firmware))] and firmware.exists()
+    assert not (spec.output / "drivers.sysext.raw").exists()
+    events: list[Progress] = []
+    again = build(spec, only=["firmware", "drivers"], reporter=Reporter(events.append))
     assert [(a.name, a.reused) for a in again.artefacts] == [("firmware", True), ("drivers", False)]
     assert again.ok
+    # a reused artefact replaces nothing; a rebuilt one says so, the UKI too when it is built
+    assert [(e.artefact, Path(e.path).name) for e in events if e.kind == "replaced"] == [
+        ("drivers", "drivers.sysext.raw")]
+    events.clear()
+    build(spec, only=["uki"], reporter=Reporter(events.append))
+    assert [(e.artefact, e.path) for e in events if e.kind == "replaced"] == [("uki", str(spec.uki.output))]
 
 
 def test_an_empty_extension_builds_no_image(demo: Path, tmp_path: Path) -> None:

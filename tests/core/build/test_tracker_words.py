@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 
 from paths import REPO
+
 from sysextant.core.build.tracker import STAGE_LABELS
 
 PREFIXES = ("estimate: ", "initrd: ", "assemble: ")
@@ -18,9 +19,9 @@ def engine_stage_names() -> set[str]:
     names: set[str] = set()
     for path in (REPO / "core").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(PREFIXES):
-                if len(node.value) < 60 and "\n" not in node.value and "{" not in node.value:
-                    names.add(node.value)
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else ""
+            if text.startswith(PREFIXES) and len(text) < 60 and "\n" not in text and "{" not in text:
+                names.add(text)
     return names
 
 
