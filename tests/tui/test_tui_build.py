@@ -356,6 +356,20 @@ def test_tracker_eta_from_measured_rates_and_monotone_fraction(spec_path: Path) 
     assert t.eta(9.6) is None and t.fraction(9.6) == shown[-1]
 
 
+def test_tracker_eta_counts_a_stage_it_did_not_expect_at_its_own_pace(spec_path: Path) -> None:
+    """The estimate the UKI's build prepares when the front end had none is not among the UKI's
+    expected stages; while it runs, its measured pace counts in the ETA (a 49 s build once showed
+    6.6 s left because it did not)."""
+    t = BuildTracker(load_spec(spec_path), None, started=0.0, uki_bytes=4096)
+    uki = t.groups["uki"]
+    t.apply(Progress("estimate: proxy pass", 0, 400 << 20, artefact="uki", stage="estimate: proxy pass"), 1.0)
+    before = uki.remaining(1.0)
+    t.apply(Progress("estimate: proxy pass", 100 << 20, 400 << 20, artefact="uki", stage="estimate: proxy pass"), 11.0)
+    assert uki.remaining(11.0) == pytest.approx(before + 30.0, abs=0.5)  # a quarter in 10 s: 30 s to go
+    t.apply(Progress("estimate: proxy pass", 400 << 20, 400 << 20, artefact="uki", stage="estimate: proxy pass"), 41.0)
+    assert uki.remaining(41.0) == pytest.approx(before, abs=0.5)  # finished: nothing more of it
+
+
 def test_tracker_reads_the_events_fields_never_their_text(spec_path: Path) -> None:
     """The artefact and stage come from the event's fields: a task text naming another artefact,
     or a message saying "unchanged", changes nothing; only ``kind`` says reused."""
