@@ -19,23 +19,25 @@ from textual.actions import SkipAction
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.tree.index import TreeIndex, scan
-from sysextant.core.tree.selection import Sums, match
+from sysextant.core.tree.selection import Sums
 from sysextant.core.units import format_size
 from sysextant.core.workbench.operations import Outcome
 from sysextant.core.workbench.session import Session
 
+from .browse import BrowseActions
 from .commands import WorkbenchCommands
+from .extension_actions import ExtensionActions
+from .messages import ForecastChanged, ScanDone, ScanFailed, ScanProgress, SpecChanged
 from .screens.build import BuildScreen
-from .screens.dialogs import ConfirmScreen, HelpScreen, NameScreen
+from .screens.dialogs import ConfirmScreen, HelpScreen
 from .themes import DEFAULT_THEME, VARIABLE_DEFAULTS, builtin_themes, load_settings, save_settings
-from .widgets.extensions import ExtensionsPanel, PathList
+from .widgets.extensions import ExtensionsPanel
 from .widgets.gauge import UkiGauge
 from .widgets.item import item_line, item_pane, plural
 from .widgets.line import Line
@@ -49,53 +51,7 @@ from .widgets.packages import (
 from .widgets.tree_list import TreeList, header_text, search_glob
 
 
-class ScanProgress(Message):
-    def __init__(self, index: TreeIndex) -> None:
-        super().__init__()
-        self.index = index
-
-
-class ScanDone(Message):
-    def __init__(self, index: TreeIndex, sums: Sums, seconds: float) -> None:
-        super().__init__()
-        self.index = index
-        self.sums = sums
-        self.seconds = seconds
-
-
-class ScanFailed(Message):
-    def __init__(self, message: str) -> None:
-        super().__init__()
-        self.message = message
-
-
-class ForecastChanged(Message):
-    """The compressed estimate moved on (a quick sample, ready, a group refined, failed):
-    posted from the estimate's own thread (core.sizing.forecaster)."""
-
-    def __init__(self, forecaster: object, what: str) -> None:
-        super().__init__()
-        self.forecaster = forecaster
-        self.what = what
-
-
-class SearchDone(Message):
-    """A search over the whole tree finished (see :meth:`WorkbenchApp.run_search`)."""
-
-    def __init__(self, index: TreeIndex, query: str, pattern: str, found: list[int], seconds: float) -> None:
-        super().__init__()
-        self.index = index
-        self.query = query
-        self.pattern = pattern
-        self.found = found
-        self.seconds = seconds
-
-
-class SpecChanged(Message):
-    """The spec file changed on disk (posted by the watcher)."""
-
-
-class WorkbenchApp(App[int]):
+class WorkbenchApp(BrowseActions, ExtensionActions, App[int]):
     """The Sysextant workbench on one spec."""
 
     CSS_PATH = "workbench.tcss"
@@ -680,66 +636,6 @@ class WorkbenchApp(App[int]):
     def action_undo(self) -> None:
         self.report(self.session.undo())
 
-    SORT_WORDS = {"size": ("size", "s", "biggest first", "smallest first"),
-                  "name": ("name", "n", "A to Z", "Z to A"),
-                  "count": ("item count", "C", "most items first", "fewest items first")}
-
-    def action_sort(self, key: str) -> None:
-        """s, n, C: sort by size, name, item count; the same key again reverses the order."""
-        tree = self.tree
-        if tree.sort == key:
-            tree.reverse = not tree.reverse
-        else:
-            tree.sort, tree.reverse = key, False
-        tree.reload_rows()
-        self.update_crumb()
-        what, k, down, up = self.SORT_WORDS[key]
-        self.set_status(f"sorted by {what}, {up if tree.reverse else down} · {k} again reverses", "info")
-
-    def action_dirs_first(self) -> None:
-        """t: folders before files (ncdu's t)."""
-        tree = self.tree
-        tree.dirs_first = not tree.dirs_first
-        tree.reload_rows()
-        self.update_crumb()
-        self.set_status("folders first" if tree.dirs_first else "folders and files sorted together", "info")
-
-    def action_cycle_share(self) -> None:
-        """g: the share column shows the percent and the bar, the percent, the bar, or neither (ncdu's g)."""
-        from .widgets.tree_list import SHARE_MODES
-
-        tree = self.tree
-        tree.share = SHARE_MODES[(SHARE_MODES.index(tree.share) + 1) % len(SHARE_MODES)]
-        tree.reload_rows()
-        self.update_crumb()
-        words = {"both": "percent and bar", "percent": "percent", "bar": "bar", "none": "hidden"}
-        self.set_status(f"share of the initrd: {words[tree.share]}", "info")
-
-    def action_toggle_apparent(self) -> None:
-        """a: apparent size or disk usage (ncdu's and gdu's a)."""
-        tree = self.tree
-        tree.size_mode = tree.bytes_mode = "disk" if tree.size_mode == "apparent" else "apparent"
-        tree.reload_rows()
-        self.update_crumb()
-        self.set_status("size column: disk usage (allocated blocks)" if tree.size_mode == "disk"
-                        else "size column: apparent size", "info")
-
-    def action_toggle_size(self) -> None:
-        tree = self.tree
-        modes = [tree.bytes_mode, "cpio"] + (["compressed"] if self.session.estimator is not None else [])
-        current = tree.size_mode if tree.size_mode in modes else tree.bytes_mode
-        tree.size_mode = modes[(modes.index(current) + 1) % len(modes)]
-        if self.tree.size_mode == "cpio" and self.session.estimator is None:
-            self.set_status("size column: initrd (newc) bytes; the compressed column comes once the estimate is ready")
-        self.tree.reload_rows()
-        self.update_crumb()
-
-    def action_filter(self) -> None:
-        box = self.base.query_one("#filter", Input)
-        box.display = True
-        box.value = self.tree.name_filter
-        box.focus()
-
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.tree.name_filter = event.value
@@ -767,38 +663,6 @@ class WorkbenchApp(App[int]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    def pick_extension(self, name: str | None) -> None:
-        self.current_ext = name
-        self.refresh_all()
-        if name:
-            self.set_status(f"space now marks into {name}", "info")
-
-    def action_pick_number(self, k: int) -> None:
-        exts = self.session.spec.extensions
-        if 0 < k <= len(exts):
-            self.pick_extension(exts[k - 1].name)
-        else:
-            self.set_status(f"there is no extension {k}", "refused")
-
-    def action_cycle_extension(self, step: int) -> None:
-        names = [e.name for e in self.session.spec.extensions]
-        if not names:
-            self.set_status("no extensions yet: press + to add one", "refused")
-            return
-        k = names.index(self.current_ext) if self.current_ext in names else -step
-        self.pick_extension(names[(k + step) % len(names)])
-
-    def on_extensions_panel_picked(self, message: ExtensionsPanel.Picked) -> None:
-        self.current_ext = message.name
-        self.tree.current_ext = message.name
-        self.tree.invalidate()
-        self.base.query_one(ExtensionsPanel).update(self.session.extension_figures(), self.current_ext)
-        self.update_crumb()
-
-    def on_path_list_unmark(self, message: PathList.Unmark) -> None:
-        if self.current_ext:
-            self.report(self.session.unmark_path(self.current_ext, message.path))
-
     def on_tree_list_moved(self, _message: TreeList.Moved) -> None:
         box = self.base.query_one("#filter", Input)
         if box.display and not self.tree.name_filter and not box.has_focus:
@@ -809,74 +673,7 @@ class WorkbenchApp(App[int]):
     def on_tree_list_columns_changed(self, _message: TreeList.ColumnsChanged) -> None:
         self.update_crumb()
 
-    def action_add_extension(self) -> None:
-        """+: a new extension, made current; a refused name keeps the dialog open with why."""
-        def submit(name: str) -> str | None:
-            outcome = self.session.add_extension(name)
-            if not outcome.ok:
-                return outcome.message
-            self.current_ext = name
-            self.report(outcome)
-            return None
-
-        self.push_screen(NameScreen("Name of the new extension", placeholder="e.g. firmware", submit=submit))
-
-    def action_rename_extension(self) -> None:
-        """F2: rename the current extension (the same dialog as +)."""
-        old = self.current_ext
-        if old is None:
-            self.set_status("no extension to rename: press + to add one", "refused")
-            return
-
-        def submit(name: str) -> str | None:
-            if name == old:
-                return None
-            outcome = self.session.rename_extension(old, name)
-            if not outcome.ok:
-                return outcome.message
-            self.current_ext = name
-            self.report(outcome)
-            return None
-
-        self.push_screen(NameScreen(f"Rename extension {old} to", value=old, submit=submit))
-
-    # -- excluding ----------------------------------------------------------------------------
-    def action_exclude(self) -> None:
-        """x: keep the entry under the cursor out of the extension a folder mark puts it in (the
-        extension's exclude:, it stays in the UKI), or take it back; outside usr/ and opt/, leave
-        it out of the UKI entirely (os.exclude) after a question: it is then gone from the OS."""
-        if not self._on_main_screen() or isinstance(self.focused, Input):
-            raise SkipAction()
-        s, entry = self.session, self.tree.entry
-        if entry is None or s.index is None:
-            self.set_status("nothing under the cursor to exclude", "refused")
-            return
-        if s.plan is None or s.owner(entry) is not None or s.os_exclude_refusal(entry) is not None:
-            self.report(s.exclude(entry))
-            return
-        index = s.index
-        rel = os.fsdecode(index.path(entry))
-        inside = f", {plural(index.tot_count[entry], 'entry', 'entries')}" if index.is_dir(entry) else ""
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self.report(s.os_exclude(entry))
-
-        self.push_screen(ConfirmScreen(
-            f"Leave {rel} ({format_size(index.tot_size[entry])}{inside}) out of the UKI entirely (os.exclude)? "
-            "systemd-sysext cannot carry what is outside usr/ and opt/, so nothing brings it back: it is gone "
-            "from the booted OS. u undoes it.", yes="Leave out"), done)
-
-    # -- searching ----------------------------------------------------------------------------
-    def action_search(self) -> None:
-        """/: a glob over the whole tree (dua's /); the results replace the folder's rows."""
-        if not self._on_main_screen():
-            raise SkipAction()
-        box = self.base.query_one("#search", Input)
-        box.display = True
-        box.value = self.tree.search_query
-        box.focus()
-
+    # -- the filter and search boxes (their @on handlers must live on the App class itself) ---
     @on(Input.Submitted, "#search")
     def _search_submitted(self, event: Input.Submitted) -> None:
         box = self.base.query_one("#search", Input)
@@ -890,62 +687,15 @@ class WorkbenchApp(App[int]):
         self.set_status(f"searching the tree for {pattern}…", "info")
         self.run_search(index, query, pattern)
 
-    @work(thread=True, exclusive=True, exit_on_error=False, group="search")
-    def run_search(self, index: TreeIndex, query: str, pattern: str) -> None:
-        t0 = time.perf_counter()
-        found = match(index, pattern)
-        self.post_message(SearchDone(index, query, pattern, found, time.perf_counter() - t0))
-
-    def on_search_done(self, message: SearchDone) -> None:
-        if message.index is not self.session.index or message.index is not self.tree.index:
-            return  # the tree was scanned again meanwhile
-        if not message.found:
-            self.set_status(f"nothing in the tree matches {message.pattern}", "refused")
-            return
-        tree = self.tree
-        tree.show_results(message.pattern, message.found)
-        tree.search_query = message.query
-        self.update_crumb()
-        self.set_status(f"{plural(len(message.found), 'match', 'matches')} for {message.pattern}: space marks, "
-                        "enter jumps to one, h or esc goes back", "info")
-
-    def action_remove_extension(self) -> None:
-        name = self.current_ext
-        if name is None:
-            self.set_status("no extension to remove", "refused")
-            return
-        ext = self.session.spec.extension(name)
-        held = f" and its {plural(len(ext.paths), 'path')}" if ext and ext.paths else ""
-
-        def done(yes: bool | None) -> None:
-            if not yes:
-                return
-            outcome = self.session.remove_extension(name)
-            if outcome.ok:
-                names = [e.name for e in self.session.spec.extensions]
-                self.current_ext = names[0] if names else None
-            self.report(outcome)
-
-        self.push_screen(ConfirmScreen(f"Remove extension {name}{held} from the spec? (u undoes it)",
-                                       yes="Remove"), done)
-
     # -- building -----------------------------------------------------------------------------
     def build_screen(self) -> BuildScreen | None:
         return next((s for s in self.screen_stack if isinstance(s, BuildScreen)), None)
 
     def build_refusal(self) -> str | None:
-        """Why ``b`` cannot build now, or None."""
-        s = self.session
+        """Why ``b`` cannot build now, or None (the session's preconditions, and one build at a time)."""
         if self.build_screen() is not None:
             return "a build is already running"
-        if s.disk_problems:
-            return (f"not building: {s.path} on disk has {plural(len(s.disk_problems), 'problem')}; "
-                    "fix the file and save it first")
-        if s.unsaved:
-            return f"not building: the last change could not be saved ({s.save_error}); the build reads the spec file"
-        if s.plan is None:
-            return "not building yet: the scan of the OS tree is not finished"
-        return None
+        return self.session.build_refusal()
 
     def action_build(self, force: bool = False) -> None:
         """Build (and sign and verify) what changed, or everything with ``force``."""

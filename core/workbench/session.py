@@ -202,6 +202,19 @@ class Session(SessionEdits):
     def unsaved(self) -> bool:
         return self.pending_text is not None
 
+    def build_refusal(self) -> str | None:
+        """Why a build of this session's spec cannot start now, or None: the build reads the
+        spec file, so the file must be valid and hold the last change, and the tree scanned."""
+        if self.disk_problems:
+            n = len(self.disk_problems)
+            return (f"not building: {self.path} on disk has {n} problem{'' if n == 1 else 's'}; "
+                    "fix the file and save it first")
+        if self.unsaved:
+            return f"not building: the last change could not be saved ({self.save_error}); the build reads the spec file"
+        if self.plan is None:
+            return "not building yet: the scan of the OS tree is not finished"
+        return None
+
     # -- outside edits ------------------------------------------------------------------------
     def reload(self, text: str | None = None) -> Reload:
         """Take the spec file's current text (read from disk unless given).

@@ -61,6 +61,23 @@ def test_refused_before_the_scan_is_done(tmp_path: Path) -> None:
     s = Session.open(make_project(tmp_path))
     out = s.mark(1, "tools")
     assert not out.ok and "scanned" in out.message
+    assert "scan of the OS tree is not finished" in s.build_refusal()
+
+
+def test_build_preconditions_are_the_sessions(session: Session) -> None:
+    """A build reads the spec file: it starts only from a valid file holding the last change
+    (the CLI and the workbench ask the session, not the UI)."""
+    s = session
+    assert s.build_refusal() is None
+    good = s.path.read_text()
+    s.path.write_text(good + "\nextensions: [\n")
+    s.reload()
+    assert s.disk_problems and "on disk has 1 problem" in s.build_refusal()
+    s.path.write_text(good)
+    s.reload()
+    assert s.build_refusal() is None
+    s.pending_text, s.save_error = s.text, "No space left on device"
+    assert "could not be saved (No space left on device)" in s.build_refusal()
 
 
 def test_mark_changes_figures_by_the_exact_cpio_bytes(session: Session) -> None:
