@@ -24,8 +24,7 @@ from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from sysextant.core.errors import Cancelled, UserError
-from sysextant.core.tree.index import TreeIndex, scan
-from sysextant.core.tree.selection import Sums
+from sysextant.core.tree.index import TreeIndex
 from sysextant.core.units import format_size
 from sysextant.core.workbench.operations import Outcome
 from sysextant.core.workbench.session import Session
@@ -325,8 +324,7 @@ class WorkbenchApp(BrowseActions, ExtensionActions, App[int]):
                 self.post_message(ScanProgress(index))
 
         try:
-            index = scan(root, progress=progress, every=5000, check=check)
-            sums = Sums(index)
+            index, sums = self.session.read_tree(root, progress=progress, every=5000, check=check)
         except Cancelled:
             return
         except UserError as exc:

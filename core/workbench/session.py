@@ -89,11 +89,19 @@ class Session(SessionEdits):
 
     def scan(self, *, progress: Callable[[TreeIndex], None] | None = None, every: int = 5000,
              check: Callable[[], None] | None = None) -> TreeIndex:
-        """Scan the spec's OS tree (slow: run it off the UI thread) and plan it."""
-        root = self.spec.os.root
-        index = scan(root, progress=progress, every=every, check=check)
-        self.attach(index)
+        """Scan the spec's OS tree and plan it (slow: a front end runs :meth:`read_tree` in a
+        worker and :meth:`attach` in its own thread instead)."""
+        index, sums = self.read_tree(progress=progress, every=every, check=check)
+        self.attach(index, sums)
         return index
+
+    def read_tree(self, root: Path | None = None, *, progress: Callable[[TreeIndex], None] | None = None,
+                  every: int = 5000, check: Callable[[], None] | None = None) -> tuple[TreeIndex, Sums]:
+        """The index of the spec's OS tree (or ``root``) and its sums, without touching the
+        session: safe in a worker thread while the session is used elsewhere. ``progress`` gets
+        the growing index every ``every`` entries; ``check`` may raise to abandon the scan."""
+        index = scan(self.spec.os.root if root is None else root, progress=progress, every=every, check=check)
+        return index, Sums(index)
 
     def attach(self, index: TreeIndex, sums: Sums | None = None) -> None:
         """Use a (complete) index of the spec's tree and plan the spec against it."""

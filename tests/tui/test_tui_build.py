@@ -33,7 +33,6 @@ pytest.importorskip("textual")
 from tui_helpers import ready, status, wait_for  # noqa: E402
 
 from sysextant.core.build.tracker import STAGE_LABELS, BuildTracker  # noqa: E402
-from sysextant.tui import app as app_module  # noqa: E402
 from sysextant.tui.app import WorkbenchApp  # noqa: E402
 from sysextant.tui.screens import build as build_module  # noqa: E402
 from sysextant.tui.screens.build import BuildScreen  # noqa: E402
@@ -304,14 +303,16 @@ async def test_internal_error_is_shown_not_fatal(spec_path: Path, monkeypatch: p
 
 async def test_build_refused_while_scanning_and_while_the_spec_is_broken(
         spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysextant.core.workbench import session as session_module
+
     release = threading.Event()
-    real_scan = app_module.scan
+    real_scan = session_module.scan
 
     def slow_scan(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         release.wait(10)
         return real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(app_module, "scan", slow_scan)
+    monkeypatch.setattr(session_module, "scan", slow_scan)
     app = WorkbenchApp(spec_path, estimate=False)
     try:
         async with app.run_test(size=SIZE) as pilot:
