@@ -51,7 +51,7 @@ class Figures:
 
     @property
     def level(self) -> str:
-        """Gauge colour: ``ok``, ``warn`` (a threshold passed, or within 10% of the limit),
+        """How close to the limit, in four steps: ``ok``, ``warn`` (a threshold passed, or within 10% of the limit),
         ``high-risk``, or ``over`` (over the limit or a hard failure size)."""
         if self.verdict in ("over", "fails", "impossible"):
             return "over"

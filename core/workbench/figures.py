@@ -1,5 +1,6 @@
-"""The workbench's figures: what the gauge, the extensions panel, the tree list's rows, the item
-pane and the packages view show for a :class:`~sysextant.core.workbench.session.Session`.
+"""The workbench's figures for a :class:`~sysextant.core.workbench.session.Session`: the UKI
+against its limit, each extension's saving, per-entry sums, what boot needs and why, package rows
+(a front end draws them as it likes; nothing here knows how).
 
 Read-only queries over the session's plan (nothing here edits the spec): the UKI forecast and
 each extension's share of it, per-entry sums for a row (compressed bytes, newc bytes still in
@@ -61,7 +62,7 @@ class DiffFilter:
 
 @dataclass(frozen=True)
 class ExtensionFigures:
-    """One row of the extensions panel."""
+    """One extension's figures: what it takes and what it saves the UKI."""
 
     name: str
     paths: tuple[str, ...]
