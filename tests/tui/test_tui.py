@@ -224,6 +224,43 @@ async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: P
         assert app.tree.size_mode == "apparent"
 
 
+async def test_the_quick_sample_is_on_the_gauge_with_its_band_before_the_estimator(
+        spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the build's own level (zstd 19) the full estimator takes a while; the first honest
+    UKI figure is the quick sample's, with its band and a verdict, seconds after opening."""
+    import threading
+
+    from sysextant.core.sizing import forecaster as forecaster_module
+    from sysextant.core.sizing.quick import QuickEstimator
+
+    release = threading.Event()
+    real = forecaster_module.prepared_estimator
+
+    def held(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the estimator, once released
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(forecaster_module, "prepared_estimator", held)
+    text = spec_path.read_text()
+    assert "  level: 6 " in text
+    spec_path.write_text(text.replace("  level: 6 ", "  level: 19 "))  # Kairos' level
+    app = WorkbenchApp(spec_path, watch=False)
+    try:
+        async with app.run_test(size=SIZE) as pilot:
+            await ready(app, pilot)
+            first = str(app.query_one(UkiGauge).render())
+            assert "no verdict" in first and "estimate ±" not in first, first  # the uncompressed bound
+            assert await wait_for(pilot, lambda: isinstance(app.session.estimator, QuickEstimator), 30)
+            await pilot.pause()
+            fig = gauge(app)
+            assert fig.estimated and fig.initrd_low <= fig.initrd_bytes <= fig.initrd_high < fig.initrd_cpio
+            shown = str(app.query_one(UkiGauge).render())
+            assert "estimate ±" in shown and "no verdict" not in shown, shown
+            assert app.session.forecaster.phase == "preparing"  # the full estimator still to come
+    finally:
+        release.set()
+
+
 # -- snapshot ------------------------------------------------------------------------------------
 SNAPSHOTS = TESTS / "snapshots"
 
