@@ -254,8 +254,8 @@ def measure(tree: Path, *, bind: bool = False, os_root: bool = False, estimate: 
         if "error" in e:
             print(f"  compressed estimate      failed: {e['error']}")
         elif "first" in e:
-            print(f"  first UKI estimate       {e['first']:.2f} s after opening (target <= 5 s), "
-                  f"±{e['first_band']:.1f}%: {e['first_method']}")
+            print(f"  first UKI estimate       {e['first']:.2f} s after opening (target <= 5 s; usable at "
+                  f"{e['usable']:.2f} s in this run), ±{e['first_band']:.1f}%: {e['first_method']}")
             print(f"  prepared estimator       {e.get('prepared', float('nan')):.2f} s after opening, "
                   f"±{e.get('prepared_band', float('nan')):.1f}% (zstd 19, one core; refinement goes on)")
         else:
