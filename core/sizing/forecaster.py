@@ -5,8 +5,8 @@ then samples at the build's level) before it says anything, and it keeps learnin
 each group compressed at the build's own level narrows the band (``deepen``), and each build
 calibrates it. :class:`Forecaster` owns that sequence and the thread it runs in:
 
-1. **quick**: when a quick sampler is available (:func:`.estimate.quick_estimator`), a first
-   estimate with a wide but honest band within seconds;
+1. **quick**: when a quick sampler is given (the workbench gives :func:`quick_sample`, over
+   :func:`.quick.quick_estimator`), a first estimate with a wide but honest band within seconds;
 2. **prepare**: the estimator's fast pass and samples;
 3. **refine**: the remaining groups at the build's level, one at a time, each one published;
 4. **calibrate**: a build's real compressed size, handed in by the build.
@@ -245,7 +245,6 @@ class Forecaster:
         if self._alive(gen):
             self.phase, self.note, self.left = "done", "", 0
             self._announce("done", gen)
-
 
 
 def quick_sample(spec: Spec, plan: Plan, reporter: Reporter | None = None) -> Any:
