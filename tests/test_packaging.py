@@ -48,4 +48,4 @@ def test_wheel_contains_only_the_sysextant_package(tmp_path: Path) -> None:
     assert any(n.startswith("sysextant/themes/") and n.endswith(".yaml") for n in names)
     assert any(n.startswith("sysextant/core/tree/_listdir.") and n.endswith(".so") for n in names)  # the native scan
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "sysextant = sysextant.tui.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "sysextant = sysextant.tui.entry:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

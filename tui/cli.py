@@ -7,7 +7,12 @@ workbench is opened, so headless commands start fast and run where no terminal U
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # python -m sysextant.tui.cli: a stop while loading gives one line, not a traceback
+    from sysextant.tui.entry import guard_startup
+
+    guard_startup()
+
+import argparse  # noqa: E402 - after the guard
 import contextlib
 import json
 import os

@@ -260,3 +260,43 @@ def test_a_bmp_splash_passes(demo: Path) -> None:
     spec = variant(demo, "bmp.yaml", "output: build/uki.efi", "output: build/uki.efi\n  splash: splash.bmp")
     proc = run("plan", str(spec), "--no-estimate")
     assert proc.returncode == 0 and "splash" not in proc.stdout, proc.stdout
+
+
+# -- a stop signal while the program is still loading --------------------------------------------
+# The CI's chaos run once sent SIGINT while `python -m sysextant.tui.cli build` was importing
+# sysextant.core (a loaded machine: past 0.2 s) and got a KeyboardInterrupt traceback. The child
+# below sends itself the signal at the moment the engine's first module is imported, through an
+# import hook, so the test hits that window every time.
+LOADING_STOP = """
+import importlib.abc, os, runpy, signal, sys
+SIG = getattr(signal, sys.argv[1])
+
+class StopAtCore(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "sysextant.core":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), SIG)
+        return None
+
+sys.meta_path.insert(0, StopAtCore())
+sys.argv = ["sysextant", "--help"]
+if {how!r} == "module":
+    runpy.run_module("sysextant.tui.cli", run_name="__main__")
+else:
+    from sysextant.tui.entry import main
+    sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["module", "console-script"])
+@pytest.mark.parametrize(("sig", "code", "words"), [
+    ("SIGINT", 130, "sysextant: cancelled; no partial output was left behind"),
+    ("SIGTERM", 143, "sysextant: stopped by SIGTERM; no partial output was left behind"),
+])
+def test_a_stop_while_the_program_loads_is_one_line_not_a_traceback(how: str, sig: str, code: int,
+                                                                     words: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", LOADING_STOP.format(how=how), sig], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip() == words and "Traceback" not in proc.stderr
+    assert proc.stdout == ""  # stopped before --help was printed: the hook fired while loading
