@@ -26,6 +26,7 @@ from sysextant.core.errors import Cancelled, UserError
 from sysextant.core.progress import Progress, Reporter, clear_stop, request_stop, stop_requested
 from sysextant.core.units import failing_verdict, format_size
 from sysextant.tui.bootcmd import add_boot_parser
+from sysextant.tui.entry import stopped
 
 COMMANDS = ("init", "scan", "plan", "boot-set", "demo", "open", "build", "uki", "verify", "boot", "images", "diff")
 
@@ -634,20 +635,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         return args.func(args)
-    except (Terminated, Cancelled) as exc:
-        signum = exc.signum if isinstance(exc, Terminated) else stop_requested()
-        if signum is None or signum == signal.SIGINT:
-            print("sysextant: cancelled; no partial output was left behind", file=sys.stderr)
-            return 130
-        print(f"sysextant: stopped by {signal.Signals(signum).name}; no partial output was left behind",
-              file=sys.stderr)
-        return 128 + signum
+    except (Terminated, Cancelled, KeyboardInterrupt) as exc:
+        line, code = stopped(exc.signum if isinstance(exc, Terminated)
+                             else None if isinstance(exc, KeyboardInterrupt) else stop_requested())
+        print(line, file=sys.stderr)
+        return code
     except UserError as exc:
         print(f"sysextant: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sysextant: cancelled; no partial output was left behind", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         return 1
     finally:

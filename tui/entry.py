@@ -14,13 +14,16 @@ import os
 import signal
 
 
+def stopped(signum: int | None) -> tuple[str, int]:
+    """The line and exit code of a command a stop signal ended (None: cancelled, as Ctrl-C)."""
+    if signum is None or signum == signal.SIGINT:
+        return "sysextant: cancelled; no partial output was left behind", 130
+    return f"sysextant: stopped by {signal.Signals(signum).name}; no partial output was left behind", 128 + signum
+
+
 def _stop_while_starting(signum: int, _frame: object) -> None:
-    if signum == signal.SIGINT:
-        line, code = b"sysextant: cancelled; no partial output was left behind\n", 130
-    else:
-        name = signal.Signals(signum).name.encode()
-        line, code = b"sysextant: stopped by " + name + b"; no partial output was left behind\n", 128 + signum
-    os.write(2, line)
+    line, code = stopped(signum)
+    os.write(2, line.encode() + b"\n")
     os._exit(code)
 
 

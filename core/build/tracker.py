@@ -242,7 +242,6 @@ class BuildTracker:
         """The build ended (``outcome`` ok | cancelled | error | crash): final states for every group
         (an artefact whose file a stopped build had already replaced is ``unverified``)."""
         self.ended, self.outcome = now, outcome
-        replaced = self.replaced
         by_name = {a.name: a for a in report.artefacts} if report else {}
         for g in self.groups.values():
             art = by_name.get(g.name)
@@ -256,7 +255,7 @@ class BuildTracker:
                     st.finished = True
             elif report is not None and g.kind in ("sysext", "uki"):
                 g.state = "skipped"
-            elif g.name in replaced:
+            elif g.name in self.replaced:
                 g.state = "unverified"
             elif g.state in ("building", "done"):
                 g.state = "cancelled" if outcome == "cancelled" else "failed"

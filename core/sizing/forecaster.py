@@ -29,10 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import Cancelled, UserError
+from ..formats.initrd import initrd_extra
 from ..progress import Progress, Reporter
 from ..spec.model import Spec
 from .forecast import prepared_estimator
 from .plan import Plan
+from .quick import quick_estimator
 
 #: phases, in order; ``failed`` and ``stopped`` end it
 PHASES = ("waiting", "quick", "preparing", "refining", "done", "failed", "stopped")
@@ -250,8 +252,5 @@ class Forecaster:
 def quick_sample(spec: Spec, plan: Plan, reporter: Reporter | None = None) -> Any:
     """The first estimate of the plan's initrd: a stratified sample at the build's own level
     (:mod:`.quick`), ready in seconds with its band; both cores, the user is still reading."""
-    from ..formats.initrd import initrd_extra
-    from .quick import quick_estimator
-
     return quick_estimator(plan.index, plan.initrd_base, compression=spec.uki.compression, level=spec.uki.level,
                            extra=initrd_extra(spec, plan.index, plan.initrd_base), reporter=reporter)
