@@ -362,13 +362,14 @@ class WorkbenchApp(BrowseActions, ExtensionActions, App[int]):
             self._rescanned(old, message.index)
         else:
             self.tree.set_index(message.index)
+        # the estimate first: its glance samples while the screen is drawn
+        self.start_estimator()
         problems = message.index.problems
         if problems:
             self.set_status(f"{plural(len(problems), 'entry', 'entries')} could not be read and are not counted, "
                             f"e.g. {problems[0]}",
                             "refused")
         self.refresh_all()
-        self.start_estimator()
 
     def _rescanned(self, old: TreeIndex | None, new: TreeIndex) -> None:
         """Show the new scan where the user was (the same folder and entry, by path) and say

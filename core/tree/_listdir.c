@@ -26,6 +26,20 @@
  *   Records a chunk's listed folders in the Folders ``layout`` and adds each folder's children
  *   to its own and its ancestors' totals.
  *
+ * classify(names, parent, mode, size, suffixes) -> bytearray
+ *
+ *   Every entry's content kind for the quick estimate (sysextant.core.sizing.quick.entry_kinds,
+ *   whose pure-Python twin the tests compare it to): 0 meta, 1 compressed, 2 firmware, 3 elf,
+ *   4 text, 5 other, from the name's last suffix (``suffixes``: bytes -> kind), the mode and
+ *   whether a folder named ``firmware`` holds it. No I/O.
+ *
+ * columns(kinds, values, intervals, nkinds) -> (entries, prefix)
+ *
+ *   Per kind k < nkinds, the entries of ``intervals`` (pairs (start, end), entry 0 left out)
+ *   whose ``kinds`` byte is k, in order, packed as native int32 (``entries[k]``), and the prefix
+ *   sums of their ``values`` (an array of typecode 'q'), 0 first, packed as native int64
+ *   (``prefix[k]``): quick.kind_columns, whose pure-Python twin the tests compare it to.
+ *
  * Names: the index's names column, one blob and 4 bytes an entry for where each name ends
  *   (where a list of bytes takes about 56 a name): len, [i], iteration, ==, append.
  *
@@ -1180,11 +1194,251 @@ done:
     return out;
 }
 
+/* ---- content kinds ----------------------------------------------------------------------- */
+
+enum { K_META, K_COMPRESSED, K_FIRMWARE, K_ELF, K_TEXT, K_OTHER };
+
+typedef struct { const char *s; Py_ssize_t len; int kind; } suffix_slot;
+
+static uint64_t fnv(const char *s, Py_ssize_t len) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t k = 0; k < len; k++)
+        h = (h ^ (unsigned char)s[k]) * 1099511628211ULL;
+    return h;
+}
+
+static int suffix_kind(const suffix_slot *t, size_t mask, const char *s, Py_ssize_t len) {
+    for (size_t h = fnv(s, len) & mask;; h = (h + 1) & mask) {
+        if (t[h].s == NULL)
+            return -1;
+        if (t[h].len == len && memcmp(t[h].s, s, (size_t)len) == 0)
+            return t[h].kind;
+    }
+}
+
+static int get_column(PyObject *obj, Py_buffer *b, const char *format, Py_ssize_t n, const char *what) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (b->format == NULL || strcmp(b->format, format) != 0 || b->len / b->itemsize < n) {
+        PyErr_Format(PyExc_TypeError, "%s must be an array of typecode '%s', one item an entry", what,
+                     format);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+/* classify(names, parent, mode, size, suffixes): see the top of this file. */
+static PyObject *classify(PyObject *self, PyObject *args) {
+    (void)self;
+    NamesObject *names;
+    PyObject *parent_obj, *mode_obj, *size_obj, *suffixes;
+    if (!PyArg_ParseTuple(args, "O!OOOO!:classify", &NamesType, &names, &parent_obj, &mode_obj, &size_obj,
+                          &PyDict_Type, &suffixes))
+        return NULL;
+    Py_ssize_t n = names->n;
+    Py_buffer pb, mb, sb;
+    if (get_column(parent_obj, &pb, "i", n, "parent") < 0)
+        return NULL;
+    if (get_column(mode_obj, &mb, "I", n, "mode") < 0) {
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    if (get_column(size_obj, &sb, "q", n, "size") < 0) {
+        PyBuffer_Release(&pb);
+        PyBuffer_Release(&mb);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    suffix_slot *table = NULL;
+    unsigned char *fw = NULL;
+    size_t cap = 16;
+    while (cap < 4 * (size_t)PyDict_GET_SIZE(suffixes))
+        cap <<= 1;
+    table = PyMem_RawCalloc(cap, sizeof *table);
+    fw = PyMem_RawCalloc(n ? (size_t)n : 1, 1);
+    if (table == NULL || fw == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(suffixes, &pos, &key, &value)) {
+        long kind = PyLong_AsLong(value);
+        if (!PyBytes_Check(key) || (kind == -1 && PyErr_Occurred()) || kind < K_META || kind > K_OTHER) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "classify: suffixes maps bytes to a kind 0-5");
+            goto done;
+        }
+        const char *s = PyBytes_AS_STRING(key);
+        Py_ssize_t len = PyBytes_GET_SIZE(key);
+        size_t h = fnv(s, len) & (cap - 1);
+        while (table[h].s != NULL && !(table[h].len == len && memcmp(table[h].s, s, (size_t)len) == 0))
+            h = (h + 1) & (cap - 1);
+        table[h] = (suffix_slot){s, len, (int)kind}; /* the dict keeps the key alive during the call */
+    }
+    out = PyByteArray_FromStringAndSize(NULL, n);
+    if (out == NULL)
+        goto done;
+    unsigned char *kinds = (unsigned char *)PyByteArray_AS_STRING(out);
+    const int32_t *parent = pb.buf;
+    const uint32_t *mode = mb.buf;
+    const int64_t *size = sb.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int32_t p = parent[i];
+        int in_fw = i > 0 && p >= 0 && p < i && fw[p]; /* parents come before their children */
+        uint32_t m = mode[i] & S_IFMT;
+        const char *s;
+        Py_ssize_t len;
+        names_span(names, i, &s, &len);
+        kinds[i] = K_META;
+        if (i == 0)
+            continue;
+        if (m == S_IFDIR) {
+            fw[i] = in_fw || (len == 8 && memcmp(s, "firmware", 8) == 0);
+            continue;
+        }
+        if (m != S_IFREG || size[i] == 0)
+            continue;
+        const char *dot = NULL;
+        for (Py_ssize_t k = len; k > 0; k--)
+            if (s[k - 1] == '.') {
+                dot = s + k - 1;
+                break;
+            }
+        const char *suf = dot ? dot + 1 : s; /* bytes.rpartition: no dot, the whole name */
+        int t = suffix_kind(table, cap - 1, suf, s + len - suf);
+        int so = 0;
+        for (Py_ssize_t k = 0; k + 4 <= len && !so; k++)
+            so = memcmp(s + k, ".so.", 4) == 0;
+        kinds[i] = t == K_COMPRESSED ? K_COMPRESSED
+                 : in_fw ? K_FIRMWARE
+                 : t == K_ELF || so ? K_ELF
+                 : t == K_TEXT ? K_TEXT
+                 : mode[i] & 0111 ? K_ELF
+                 : K_OTHER;
+    }
+done:
+    PyMem_RawFree(table);
+    PyMem_RawFree(fw);
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&sb);
+    return out;
+}
+
+typedef struct { int32_t *ents; int64_t *pre; size_t n, cap; } kind_column;
+
+/* columns(kinds, values, intervals, nkinds): see the top of this file. */
+static PyObject *columns(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer kb, vb;
+    PyObject *intervals, *values_obj, *out = NULL, *seq = NULL;
+    int nkinds;
+    if (!PyArg_ParseTuple(args, "y*OOi:columns", &kb, &values_obj, &intervals, &nkinds))
+        return NULL;
+    if (get_column(values_obj, &vb, "q", 0, "values") < 0) {
+        PyBuffer_Release(&kb);
+        return NULL;
+    }
+    kind_column *cols = NULL;
+    if (nkinds < 1 || nkinds > 256) {
+        PyErr_SetString(PyExc_ValueError, "columns: nkinds must be 1-256");
+        goto done;
+    }
+    cols = PyMem_RawCalloc((size_t)nkinds, sizeof *cols);
+    seq = PySequence_Fast(intervals, "columns: intervals must be a sequence of (start, end)");
+    if (cols == NULL || seq == NULL) {
+        if (cols == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    const unsigned char *kinds = kb.buf;
+    const int64_t *values = vb.buf;
+    Py_ssize_t n = kb.len < vb.len / 8 ? kb.len : vb.len / 8;
+    for (int k = 0; k < nkinds; k++) {
+        cols[k].pre = PyMem_RawMalloc(sizeof(int64_t));
+        if (cols[k].pre == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        cols[k].pre[0] = 0;
+    }
+    for (Py_ssize_t r = 0; r < PySequence_Fast_GET_SIZE(seq); r++) {
+        Py_ssize_t start, end;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(seq, r), "nn:columns", &start, &end))
+            goto done;
+        if (start < 1)
+            start = 1;
+        if (end > n) {
+            PyErr_SetString(PyExc_IndexError, "columns: an interval beyond the kinds or the values");
+            goto done;
+        }
+        for (Py_ssize_t i = start; i < end; i++) {
+            unsigned k = kinds[i];
+            if (k >= (unsigned)nkinds)
+                continue;
+            kind_column *c = &cols[k];
+            if (c->n == c->cap) {
+                size_t cap = spare(c->cap, 1024);
+                int32_t *e = PyMem_RawRealloc(c->ents, cap * sizeof *e);
+                if (e != NULL)
+                    c->ents = e;
+                int64_t *p = e == NULL ? NULL : PyMem_RawRealloc(c->pre, (cap + 1) * sizeof *p);
+                if (p == NULL) {
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                c->pre = p;
+                c->cap = cap;
+            }
+            c->ents[c->n] = (int32_t)i;
+            c->pre[c->n + 1] = c->pre[c->n] + values[i];
+            c->n++;
+        }
+    }
+    PyObject *ents = PyList_New(nkinds), *pre = PyList_New(nkinds);
+    if (ents == NULL || pre == NULL) {
+        Py_XDECREF(ents);
+        Py_XDECREF(pre);
+        goto done;
+    }
+    for (int k = 0; k < nkinds; k++) {
+        PyObject *e = PyBytes_FromStringAndSize((const char *)cols[k].ents, (Py_ssize_t)(cols[k].n * sizeof(int32_t)));
+        PyObject *p = PyBytes_FromStringAndSize((const char *)cols[k].pre, (Py_ssize_t)((cols[k].n + 1) * sizeof(int64_t)));
+        if (e == NULL || p == NULL) {
+            Py_XDECREF(e);
+            Py_XDECREF(p);
+            Py_DECREF(ents);
+            Py_DECREF(pre);
+            goto done;
+        }
+        PyList_SET_ITEM(ents, k, e);
+        PyList_SET_ITEM(pre, k, p);
+    }
+    out = Py_BuildValue("(NN)", ents, pre);
+done:
+    if (cols != NULL)
+        for (int k = 0; k < nkinds; k++) {
+            PyMem_RawFree(cols[k].ents);
+            PyMem_RawFree(cols[k].pre);
+        }
+    PyMem_RawFree(cols);
+    Py_XDECREF(seq);
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&kb);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"listdir_lstat", listdir_lstat, METH_O,
      "listdir_lstat(path: bytes) -> (names, packed int64 stats, failed): one folder, no symlink followed."},
     {"settle", settle, METH_VARARGS,
      "settle(folders, parent, layout): a chunk's listed folders into the folder columns and the totals."},
+    {"classify", classify, METH_VARARGS,
+     "classify(names, parent, mode, size, suffixes) -> bytearray: every entry's content kind (quick estimate)."},
+    {"columns", columns, METH_VARARGS,
+     "columns(kinds, values, intervals, nkinds) -> (entries, prefix): per kind, its entries and their values' prefix sums."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -227,20 +227,28 @@ async def test_compressed_estimate_replaces_the_uncompressed_figure(spec_path: P
 async def test_the_quick_sample_is_on_the_gauge_with_its_band_before_the_estimator(
         spec_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """At the build's own level (zstd 19) the full estimator takes a while; the first honest
-    UKI figure is the quick sample's, with its band and a verdict, seconds after opening."""
+    UKI figure is the quick sample's, with its band and a verdict, seconds after opening: a
+    glance first, then a bigger sample."""
     import threading
 
     from sysextant.core.sizing import forecaster as forecaster_module
     from sysextant.core.sizing.quick import QuickEstimator
 
-    release = threading.Event()
-    real = forecaster_module.prepared_estimator
+    release, look = threading.Event(), threading.Event()
+    real, real_quick = forecaster_module.prepared_estimator, forecaster_module.quick_estimator
+    samples: list[float] = []
 
     def held(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the estimator, once released
         release.wait(60)
         return real(*args, **kwargs)
 
+    def sampled(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the quick samples, once looked at
+        look.wait(60)
+        samples.append(kwargs["seconds"])
+        return real_quick(*args, **kwargs)
+
     monkeypatch.setattr(forecaster_module, "prepared_estimator", held)
+    monkeypatch.setattr(forecaster_module, "quick_estimator", sampled)
     text = spec_path.read_text()
     assert "  level: 6 " in text
     spec_path.write_text(text.replace("  level: 6 ", "  level: 19 "))  # Kairos' level
@@ -250,7 +258,10 @@ async def test_the_quick_sample_is_on_the_gauge_with_its_band_before_the_estimat
             await ready(app, pilot)
             first = str(app.query_one(UkiGauge).render())
             assert "no verdict" in first and "estimate ±" not in first, first  # the uncompressed bound
+            look.set()
             assert await wait_for(pilot, lambda: isinstance(app.session.estimator, QuickEstimator), 30)
+            assert await wait_for(pilot, lambda: app.session.estimator.seconds == forecaster_module.QUICK_SECONDS, 30)
+            assert samples == [forecaster_module.GLANCE_SECONDS, forecaster_module.QUICK_SECONDS]
             await pilot.pause()
             fig = gauge(app)
             assert fig.estimated and fig.initrd_low <= fig.initrd_bytes <= fig.initrd_high < fig.initrd_cpio

@@ -182,3 +182,34 @@ def test_quick_estimate_comes_first_then_the_prepared_one(project: Path) -> None
     assert done.wait(120), seen
     assert gate.is_set() and seen.index("quick") < seen.index("ready")
     assert f.estimator is f.prepared and not isinstance(f.estimator, Rough)
+
+
+def test_a_glance_then_a_bigger_sample_each_on_show_before_the_prepared_one(project: Path) -> None:
+    """The workbench's sampler hands a glance, then a bigger sample: each is the estimator at
+    hand as soon as it is taken, in that order, before the prepared estimator."""
+    from sysextant.core.sizing.forecaster import quick_sample
+    from sysextant.core.sizing.quick import QuickEstimator
+
+    spec = load_spec(project)
+    plan = plan_spec(spec)
+    box: list = []
+    seen, done = events_of(box)
+    shown: list = []
+
+    def on_change(f_: Forecaster, what: str) -> None:
+        box[0](f_, what)
+        if what == "quick":
+            shown.append(f_.estimator)
+
+    f = Forecaster(spec, plan, threads=1, on_change=on_change, quick=quick_sample, refine=False)
+    f.start()
+    assert done.wait(300), seen
+    assert seen.count("quick") == 2 and seen.index("quick") < seen.index("ready"), seen
+    glance, sample = shown
+    assert isinstance(glance, QuickEstimator) and isinstance(sample, QuickEstimator)
+    assert glance.seconds < sample.seconds and sample.strata == glance.strata  # classified once
+    assert len(sample.units) >= len(glance.units)
+    base = plan.initrd_base
+    for est in shown:  # both honest: the prepared estimate lies in each band
+        e, best = est.estimate(base), f.prepared.estimate(base)
+        assert e.low <= best.bytes <= e.high, (e, best)
