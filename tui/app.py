@@ -49,6 +49,10 @@ from .widgets.packages import (
 )
 from .widgets.tree_list import TreeList, header_text, search_glob
 
+#: the first compressed figure is due this long after the scan started (issue 17: on screen within
+#: 5 s of opening; the rest is the sampler's start and the gauge's redraw)
+FIRST_FIGURE_DUE = 4.0
+
 
 class WorkbenchApp(BrowseActions, ExtensionActions, App[int]):
     """The Sysextant workbench on one spec."""
@@ -420,8 +424,11 @@ class WorkbenchApp(BrowseActions, ExtensionActions, App[int]):
         """Start (or keep) the engine's background estimate for the current plan
         (:meth:`Session.forecast`); its news arrives as :class:`ForecastChanged`."""
         if self.estimate_enabled and self.session.plan is not None:
+            # the first figure is due FIRST_FIGURE_DUE after the scan started: the quick sample's
+            # glance takes what is left (a second at the least, when the scan took long)
+            glance = FIRST_FIGURE_DUE - (time.perf_counter() - self.scan_started)
             # called from the forecaster's thread: post_message is thread-safe
-            self.session.forecast(lambda f, what: self.post_message(ForecastChanged(f, what)))
+            self.session.forecast(lambda f, what: self.post_message(ForecastChanged(f, what)), glance=glance)
 
     def on_forecast_changed(self, message: ForecastChanged) -> None:
         f = self.session.forecaster

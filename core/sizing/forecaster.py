@@ -252,19 +252,25 @@ class Forecaster:
             self._announce("done", gen)
 
 
-#: seconds of the first, small quick sample (a glance), then of the quick sample that follows it
+#: seconds of the first, small quick sample (a glance) at the least, then of the quick sample that
+#: follows it
 GLANCE_SECONDS = 1.0
 QUICK_SECONDS = 4.0
 
 
-def quick_sample(spec: Spec, plan: Plan, reporter: Reporter | None = None) -> Iterator[Any]:
+def quick_sample(spec: Spec, plan: Plan, reporter: Reporter | None = None, *,
+                 glance: float = GLANCE_SECONDS) -> Iterator[Any]:
     """The first estimates of the plan's initrd: stratified samples at the build's own level
     (:mod:`.quick`), each with its band; both cores, the user is still reading. A glance of
-    :data:`GLANCE_SECONDS` first (on a 1,000,000-entry tree the scan alone takes 2-4 s and the
-    first figure is due within 5 s of opening), then a sample of :data:`QUICK_SECONDS` that
-    narrows the band (about ±45% to ±16% on that tree) while the full estimator is still to come."""
+    ``glance`` seconds first (:data:`GLANCE_SECONDS` at the least, :data:`QUICK_SECONDS` at most:
+    the workbench gives what is left of its first figure's due time, on a 1,000,000-entry tree
+    the scan alone takes 2-4 s of it), then, after a short glance, a sample of
+    :data:`QUICK_SECONDS` that narrows the band (about ±40% to ±16% on that tree) while the full
+    estimator is still to come."""
+    glance = min(max(glance, GLANCE_SECONDS), QUICK_SECONDS)
     args = dict(compression=spec.uki.compression, level=spec.uki.level,
                 extra=initrd_extra(spec, plan.index, plan.initrd_base), reporter=reporter)
-    glance = quick_estimator(plan.index, plan.initrd_base, seconds=GLANCE_SECONDS, **args)
-    yield glance
-    yield quick_estimator(plan.index, plan.initrd_base, seconds=QUICK_SECONDS, previous=glance, **args)
+    first = quick_estimator(plan.index, plan.initrd_base, seconds=glance, **args)
+    yield first
+    if glance < QUICK_SECONDS / 2:
+        yield quick_estimator(plan.index, plan.initrd_base, seconds=QUICK_SECONDS, previous=first, **args)

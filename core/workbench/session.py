@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,11 +118,12 @@ class Session(SessionEdits):
         return self.forecaster.estimator if self.forecaster is not None else None
 
     def forecast(self, on_change: Callable[[Forecaster, str], None] | None = None, *, threads: int | None = 1,
-                 quick: Callable[..., Any] | None = quick_sample) -> Forecaster | None:
+                 quick: Callable[..., Any] | None = quick_sample, glance: float | None = None) -> Forecaster | None:
         """Start the compressed estimate of the current plan in the background, or keep the one
         running when it still fits the spec (the marks never matter, the initrd's base and the
         compressor do). ``on_change`` is called from the estimate's thread. ``threads``: one
-        compressor worker by default, the other core stays with the user."""
+        compressor worker by default, the other core stays with the user. ``glance``: seconds
+        for the quick sampler's first figure (:func:`~..sizing.forecaster.quick_sample`)."""
         plan = self.plan
         if plan is None:
             return None
@@ -130,6 +132,8 @@ class Session(SessionEdits):
             f.on_change = on_change or f.on_change
             return f
         self.drop_forecast()
+        if glance is not None and quick is not None:
+            quick = partial(quick, glance=glance)
         f = self.forecaster = Forecaster(self.spec, plan, threads=threads, on_change=on_change, quick=quick)
         f.start()
         return f

@@ -213,3 +213,15 @@ def test_a_glance_then_a_bigger_sample_each_on_show_before_the_prepared_one(proj
     for est in shown:  # both honest: the prepared estimate lies in each band
         e, best = est.estimate(base), f.prepared.estimate(base)
         assert e.low <= best.bytes <= e.high, (e, best)
+
+
+def test_a_long_glance_is_the_only_quick_sample(project: Path) -> None:
+    """When the scan was quick the workbench gives the glance most of the first figure's due
+    time: one sample then, no second one before the prepared estimator."""
+    from sysextant.core.sizing.forecaster import QUICK_SECONDS, quick_sample
+
+    spec = load_spec(project)
+    plan = plan_spec(spec)
+    samples = list(quick_sample(spec, plan, glance=QUICK_SECONDS * 0.75))
+    assert [s.seconds for s in samples] == [QUICK_SECONDS * 0.75]
+    assert [s.seconds for s in quick_sample(spec, plan, glance=99)] == [QUICK_SECONDS]  # never longer
