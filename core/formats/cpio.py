@@ -20,6 +20,11 @@ the end. A name whose inode has no other name in the archive is written as a pla
 The byte count equals the size model's exactly: ``Sums.cpio_bytes(selection) + TRAILER_BYTES``
 plus the bytes of any extra entries (the ``init`` symlink).
 
+Runs of one folder's plain files (regular, not hardlinked, at most 1 MiB) are written natively
+(``_listdir.pack_files``, without the GIL: a 1,000,000-file tree in about a third of the time);
+every other entry, and any file that changed since the scan, the Python way, which writes the
+same bytes (tests/core/formats/test_cpio.py compares the two) and names a problem.
+
 See docs/formats.md, section 1 (newc cpio, as the kernel unpacks it).
 """
 
@@ -39,6 +44,12 @@ from ..tree.fsentry import FsEntry, open_nofollow
 from ..tree.index import HEADER, TreeIndex, cpio_entry_bytes
 from ..tree.selection import IntervalSet
 from ..tree.sidecar import entry_truth
+
+try:
+    from ..tree._listdir import Names as _Names
+    from ..tree._listdir import pack_files as _pack_files
+except ImportError:  # not built (no C compiler): every entry the Python way
+    _Names = _pack_files = None
 
 MAGIC = b"070701"
 TRAILER_NAME = b"TRAILER!!!"
@@ -329,8 +340,13 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
     parent, names, modes, sizes, link_size = index.parent, index.names, index.mode, index.size, index.link_size
     buf = w.buf  # cleared in place by each flush
     last_parent, prefix = -2, b""
+    # a folder's plain files natively, in runs (see _pack_runs); the rest one by one below
+    packer = _pack_runs(index, entries, member_of) if not keep_owners else None
+    n = len(entries)
+    pos = 0
     try:
-        for i in entries:
+        while pos < n:
+            i = entries[pos]
             p = parent[i]
             if p != last_parent:  # entries in archive order share their folder: its path once
                 last_parent = p
@@ -341,6 +357,26 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
                 ino += 1
                 _write_extra(w, extras[xi], ino)
                 xi += 1
+            # an extra entry among this folder's names must come in between: not in a run
+            if (packer is not None and modes[i] & _IFMT == _IFREG and sizes[i] <= CHUNK and i not in member_of
+                    and (xi == len(extras) or not extras[xi].path.startswith(prefix))):
+                try:
+                    dir_fd = dirs.get(index, i)
+                except OSError:  # the folder vanished or became a link: the Python path names it
+                    dir_fd = -1
+                data, ends = packer(dir_fd, prefix, pos, ino + 1, w.mtime) if dir_fd >= 0 else (b"", ())
+                if ends:
+                    at = w.written + len(buf)
+                    buf += data
+                    if after_entry is not None:
+                        for k, end in enumerate(ends):
+                            after_entry(entries[pos + k], at + end)
+                    ino += len(ends)
+                    pos += len(ends)
+                    if len(buf) >= CHUNK:
+                        w._flush()
+                    continue
+            pos += 1
             ino += 1
             m = modes[i]
             data = None
@@ -379,6 +415,30 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
         return w.written
     finally:
         dirs.close()
+
+
+def _pack_runs(index: TreeIndex, entries: Sequence[int], member_of: dict) -> Callable[..., tuple[bytes, array]] | None:
+    """A function writing a run of one folder's plain files natively (``_listdir.pack_files``:
+    regular, not hardlinked, at most 1 MiB, unchanged since the scan), or None where the native
+    part is not built or the index is not its kind. ~4 us a small file where the Python path
+    below takes ~15 (a 1,000,000-file tree: the estimator's pass and the build spend their time
+    there). The run stops at anything else; that entry takes the Python path, which names a
+    problem if there is one."""
+    if _pack_files is None or not isinstance(index.names, _Names):
+        return None
+    order = entries if isinstance(entries, array) and entries.typecode == "i" else array("i", entries)
+    skip = bytearray(len(index))
+    for i in (*member_of, *index.link_size):
+        skip[i] = 1
+    names, parent, mode, size = index.names, index.parent, index.mode, index.size
+
+    def pack(dir_fd: int, prefix: bytes, pos: int, ino: int, mtime: int) -> tuple[bytes, array]:
+        data, packed = _pack_files(dir_fd, prefix, names, order, pos, parent, mode, size, skip, ino, mtime, CHUNK)
+        ends = array("q")
+        ends.frombytes(packed)
+        return data, ends
+
+    return pack
 
 
 def _write_extra(w: NewcWriter, e: FsEntry, ino: int) -> None:

@@ -40,6 +40,19 @@
  *   sums of their ``values`` (an array of typecode 'q'), 0 first, packed as native int64
  *   (``prefix[k]``): quick.kind_columns, whose pure-Python twin the tests compare it to.
  *
+ * pack_files(dir_fd, prefix, names, entries, start, parent, mode, size, skip, ino, mtime, limit)
+ *   -> (data, ends)
+ *
+ *   The newc bytes of plain files for the initrd writer (sysextant.core.formats.cpio, whose
+ *   Python path writes the same bytes and handles everything else): from archive position
+ *   ``start`` of ``entries`` (int32 entry numbers) on, while the entries are regular files of the
+ *   same folder (``dir_fd``, whose path is ``prefix``, "" or ending in "/"), not marked in
+ *   ``skip`` (a byte an entry: hardlinks), at most 1 MiB, still of their scanned ``size`` and
+ *   readable, and ``data`` is shorter than ``limit``. Inode numbers count from ``ino``; uid, gid
+ *   and device numbers are 0, nlink 1. ``ends`` packs each entry's end offset in ``data`` as
+ *   native int64; an entry it stops at (cannot open, changed) is left to the caller, which names
+ *   the problem. Files are opened relative to ``dir_fd`` with O_NOFOLLOW, without the GIL.
+ *
  * Names: the index's names column, one blob and 4 bytes an entry for where each name ends
  *   (where a list of bytes takes about 56 a name): len, [i], iteration, ==, append.
  *
@@ -54,6 +67,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1430,6 +1444,168 @@ done:
     return out;
 }
 
+/* ---- newc bytes of plain files ----------------------------------------------------------- */
+
+#define PACK_MAX_FILE (1 << 20)
+
+static char *hex8(char *p, uint32_t v) {
+    static const char digits[] = "0123456789ABCDEF";
+    for (int k = 7; k >= 0; k--, v >>= 4)
+        p[k] = digits[v & 15];
+    return p + 8;
+}
+
+/* pack_files(...): see the top of this file. */
+static PyObject *pack_files(PyObject *self, PyObject *args) {
+    (void)self;
+    int dir_fd;
+    Py_buffer prefix, skip, eb, pb, mb, sb;
+    NamesObject *names;
+    PyObject *entries_o, *parent_o, *mode_o, *size_o;
+    Py_ssize_t start, limit;
+    long long ino, mtime;
+    if (!PyArg_ParseTuple(args, "iy*O!OnOOOy*LLn:pack_files", &dir_fd, &prefix, &NamesType, &names, &entries_o,
+                          &start, &parent_o, &mode_o, &size_o, &skip, &ino, &mtime, &limit))
+        return NULL;
+    Py_ssize_t n = names->n;
+    int got_e = 0, got_p = 0, got_m = 0, got_s = 0;
+    PyObject *out = NULL;
+    char *buf = NULL;
+    vec ends = {0};
+    if (get_column(entries_o, &eb, "i", 0, "entries") < 0)
+        goto done;
+    got_e = 1;
+    if (get_column(parent_o, &pb, "i", n, "parent") < 0)
+        goto done;
+    got_p = 1;
+    if (get_column(mode_o, &mb, "I", n, "mode") < 0)
+        goto done;
+    got_m = 1;
+    if (get_column(size_o, &sb, "q", n, "size") < 0)
+        goto done;
+    got_s = 1;
+    if (skip.len < n) {
+        PyErr_SetString(PyExc_ValueError, "pack_files: skip must hold a byte an entry");
+        goto done;
+    }
+    const int32_t *entries = eb.buf, *parent = pb.buf;
+    const uint32_t *mode = mb.buf;
+    const int64_t *size = sb.buf;
+    const unsigned char *skipped = skip.buf;
+    Py_ssize_t count = eb.len / (Py_ssize_t)sizeof(int32_t);
+    if (start < 0 || start >= count || entries[start] < 0 || entries[start] >= n) {
+        PyErr_SetString(PyExc_IndexError, "pack_files: start is not a position of entries");
+        goto done;
+    }
+    size_t cap = 256 * 1024, len = 0; /* grows as files come: a run may be one small file */
+    buf = PyMem_RawMalloc(cap);
+    if (buf == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int32_t folder = parent[entries[start]];
+    int nomem = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = start; k < count && (Py_ssize_t)len < limit; k++) {
+        int32_t i = entries[k];
+        if (i < 0 || i >= n || parent[i] != folder || (mode[i] & S_IFMT) != S_IFREG || skipped[i] ||
+            size[i] < 0 || size[i] > PACK_MAX_FILE)
+            break;
+        const char *s;
+        Py_ssize_t nlen;
+        names_span(names, i, &s, &nlen);
+        char name[NAME_MAX + 1];
+        if (nlen <= 0 || nlen > NAME_MAX || memchr(s, 0, (size_t)nlen) != NULL)
+            break;
+        memcpy(name, s, (size_t)nlen);
+        name[nlen] = 0;
+        size_t path_len = (size_t)prefix.len + (size_t)nlen, fsize = (size_t)size[i];
+        size_t head = HEADER + path_len + 1, need = head + (-head & 3) + fsize + (-fsize & 3);
+        if (len + need > cap) {
+            size_t ncap = spare(len + need, PACK_MAX_FILE);
+            char *nb = PyMem_RawRealloc(buf, ncap);
+            if (nb == NULL) {
+                nomem = 1;
+                break;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC;
+#ifdef O_NOATIME
+        flags |= O_NOATIME;
+#endif
+        int fd = openat(dir_fd, name, flags);
+        if (fd < 0)
+            break;
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != size[i]) {
+            close(fd);
+            break;
+        }
+        char *p = buf + len;
+        memcpy(p, "070701", 6);
+        p = hex8(p + 6, (uint32_t)ino);
+        p = hex8(p, mode[i]);
+        p = hex8(p, 0);             /* uid */
+        p = hex8(p, 0);             /* gid */
+        p = hex8(p, 1);             /* nlink */
+        p = hex8(p, (uint32_t)mtime);
+        p = hex8(p, (uint32_t)fsize);
+        memset(p, '0', 16);         /* dev major, minor */
+        p = hex8(p + 16, 0);        /* rdev major */
+        p = hex8(p, 0);             /* rdev minor */
+        p = hex8(p, (uint32_t)(path_len + 1));
+        p = hex8(p, 0);             /* check */
+        memcpy(p, prefix.buf, (size_t)prefix.len);
+        memcpy(p + prefix.len, name, (size_t)nlen);
+        p += path_len;
+        memset(p, 0, 1 + (-head & 3));
+        p += 1 + (-head & 3);
+        size_t got = 0;
+        while (got < fsize) {
+            ssize_t r = read(fd, p + got, fsize - got);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                break;
+            got += (size_t)r;
+        }
+        close(fd);
+        if (got != fsize)
+            break; /* shrank or unreadable: the caller's careful path says so */
+        memset(p + fsize, 0, -fsize & 3);
+        len += need;
+        ino++;
+        int64_t end = (int64_t)len;
+        if (vec_push(&ends, &end, sizeof end) < 0) {
+            nomem = 1;
+            break;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (nomem) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = Py_BuildValue("(y#y#)", buf, (Py_ssize_t)len, ends.p != NULL ? (const char *)ends.p : "",
+                        (Py_ssize_t)(ends.n * sizeof(int64_t)));
+done:
+    PyMem_RawFree(buf);
+    PyMem_RawFree(ends.p);
+    if (got_e)
+        PyBuffer_Release(&eb);
+    if (got_p)
+        PyBuffer_Release(&pb);
+    if (got_m)
+        PyBuffer_Release(&mb);
+    if (got_s)
+        PyBuffer_Release(&sb);
+    PyBuffer_Release(&prefix);
+    PyBuffer_Release(&skip);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"listdir_lstat", listdir_lstat, METH_O,
      "listdir_lstat(path: bytes) -> (names, packed int64 stats, failed): one folder, no symlink followed."},
@@ -1437,6 +1613,9 @@ static PyMethodDef methods[] = {
      "settle(folders, parent, layout): a chunk's listed folders into the folder columns and the totals."},
     {"classify", classify, METH_VARARGS,
      "classify(names, parent, mode, size, suffixes) -> bytearray: every entry's content kind (quick estimate)."},
+    {"pack_files", pack_files, METH_VARARGS,
+     "pack_files(dir_fd, prefix, names, entries, start, parent, mode, size, skip, ino, mtime, limit) -> (data, ends): "
+     "newc bytes of a folder's plain files."},
     {"columns", columns, METH_VARARGS,
      "columns(kinds, values, intervals, nkinds) -> (entries, prefix): per kind, its entries and their values' prefix sums."},
     {NULL, NULL, 0, NULL},

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,57 @@ def test_symlinked_parent_is_never_followed(tmp_path: Path) -> None:
     os.symlink(outside, root / "etc")  # swapped for a link after the scan
     with pytest.raises(UserError, match="etc"):
         write_newc(index, kept, io.BytesIO())
+
+
+def _both_ways(index, selection: IntervalSet, monkeypatch, **kw) -> None:
+    """The archive and every entry's end offset, natively (a folder's plain files in runs) and
+    in Python only: the same bytes."""
+    from sysextant.core.formats import cpio
+
+    def run() -> tuple[bytes, list]:
+        ends: list = []
+        buf = io.BytesIO()
+        cpio.write_entries(index, archive_entries(index, selection, extra=kw.get("extra", ())), buf,
+                           after_entry=lambda i, off: ends.append((i, off)), **kw)
+        return buf.getvalue(), ends
+
+    native = run()
+    with monkeypatch.context() as m:
+        m.setattr(cpio, "_pack_files", None)
+        python = run()
+    assert native[0] == python[0] and native[1] == python[1]
+    assert len(native[0]) == Sums(index).cpio_bytes(selection) + TRAILER_BYTES + extra_bytes(kw.get("extra", ()))
+
+
+@pytest.mark.skipif(__import__("sysextant.core.formats.cpio", fromlist=["x"])._pack_files is None,
+                    reason="the native part is not built")
+def test_native_runs_write_what_the_python_path_writes(tmp_path: Path, monkeypatch) -> None:
+    root, index, base, kept = scanned_tree(tmp_path)
+    # an extra entry among a folder's files, a file just over the native limit, empty files
+    (root / "usr/share/many").mkdir()
+    for k in range(300):
+        (root / f"usr/share/many/f{k:03d}").write_bytes(os.urandom(k * 13))
+    (root / "usr/share/many/big").write_bytes(os.urandom((1 << 20) + 1))
+    (root / "usr/share/many/exactly-1MiB").write_bytes(os.urandom(1 << 20))
+    index = scan(root)
+    base, kept = kept_selection(index)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    for sel in (base, kept):
+        _both_ways(index, sel, monkeypatch)
+        _both_ways(index, sel, monkeypatch, extra=[init_entry("/usr/bin/tool")])
+    between = [replace(init_entry("/usr/bin/tool"), path=b"usr/share/many/f100x")]  # between two files
+    _both_ways(index, base, monkeypatch, extra=between)
+
+
+@pytest.mark.skipif(__import__("sysextant.core.formats.cpio", fromlist=["x"])._pack_files is None,
+                    reason="the native part is not built")
+def test_native_runs_on_real_trees(monkeypatch) -> None:
+    """This machine's /usr/share/doc and /usr/lib/python3* (real names, sizes and modes), and the
+    Debian tree the VM tests cache when it is there."""
+    index = scan(b"/usr")
+    picks = [index.lookup(p) for p in ("share/doc", "bin") if index.lookup(p) is not None]
+    _both_ways(index, subtree_set(index, picks), monkeypatch)
+    debian = Path.home() / ".cache/sysextant"
+    for rootfs in sorted(debian.glob("debian-*/rootfs"))[:1]:
+        index = scan(rootfs)
+        _both_ways(index, IntervalSet([(1, len(index))]), monkeypatch)
