@@ -361,10 +361,9 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
             if (packer is not None and modes[i] & _IFMT == _IFREG and sizes[i] <= CHUNK and i not in member_of
                     and (xi == len(extras) or not extras[xi].path.startswith(prefix))):
                 try:
-                    dir_fd = dirs.get(index, i)
+                    data, ends = packer(dirs.get(index, i), prefix, pos, ino + 1, w.mtime)
                 except OSError:  # the folder vanished or became a link: the Python path names it
-                    dir_fd = -1
-                data, ends = packer(dir_fd, prefix, pos, ino + 1, w.mtime) if dir_fd >= 0 else (b"", ())
+                    data, ends = b"", ()
                 if ends:
                     at = w.written + len(buf)
                     buf += data

@@ -847,9 +847,9 @@ def quick_estimator(index: TreeIndex, base: IntervalSet, *, compression: str, le
                     extra: Sequence[FsEntry] = (), reporter: Reporter | None = None, seconds: float = 4.0,
                     threads: int | None = None, previous: QuickEstimator | None = None) -> QuickEstimator:
     """A :class:`QuickEstimator` with its sample taken: ready in about ``seconds`` in all (on a
-    1,000,000-entry tree, 0.4 s of them go to sorting the entries by kind, the rest to the
-    sample; with fewer seconds than that, the first round of units still runs). ``threads`` compressor workers (default: every CPU that fits in memory
-    at ``level``). Cancellable through ``reporter`` (raises :class:`~sysextant.core.errors.Cancelled`).
+    1,000,000-entry tree, 0.05 s of them go to sorting the entries by kind, the rest to the
+    sample; with fewer seconds than a first round of units takes, that round still runs).
+    ``threads`` compressor workers (default: every CPU that fits in memory at ``level``). Cancellable through ``reporter`` (raises :class:`~sysextant.core.errors.Cancelled`).
     Its :meth:`~QuickEstimator.estimate` answers any subset of ``base`` at once, as the full
     estimator's does, with a wide band and a method text that says it is a quick sample.
     ``previous``, an earlier sample of the same ``base``, lends its classification."""

@@ -1,6 +1,7 @@
-/* The scan's native part: folder listings with lstat, and the tree walk that lays out the
+/* The native part: the scan's folder listings with lstat and the tree walk that lays out the
  * index's columns (sysextant.core.tree.index; the column layout and the newc sizes are
- * described there and in docs/formats.md).
+ * described there and in docs/formats.md), and three loops over those columns that Python is
+ * slow at (the quick estimate's content kinds and per-kind columns, the initrd's plain files).
  *
  * listdir_lstat(path: bytes) -> (names: list[bytes], stats: bytes, failed: list[tuple[bytes, int]])
  *
@@ -1157,6 +1158,19 @@ static PyTypeObject FolderColumnType = {
 
 /* ---- totals ------------------------------------------------------------------------------ */
 
+/* ``obj``'s buffer as a column: C-contiguous, of ``format``, at least ``n`` items; else TypeError. */
+static int get_column(PyObject *obj, Py_buffer *b, const char *format, Py_ssize_t n, const char *what) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
+        return -1;
+    if (b->format == NULL || strcmp(b->format, format) != 0 || b->len / b->itemsize < n) {
+        PyErr_Format(PyExc_TypeError, "%s must be an array of typecode '%s', one item an entry", what,
+                     format);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
 /* settle(folders, parent, layout): each listed folder's first child and children into the
  * folder columns, its children's figures added to its own totals and its ancestors'. */
 static PyObject *settle(PyObject *self, PyObject *args) {
@@ -1166,15 +1180,11 @@ static PyObject *settle(PyObject *self, PyObject *args) {
     FoldersObject *o;
     if (!PyArg_ParseTuple(args, "y*OO!:settle", &recs, &parent_obj, &FoldersType, &o))
         return NULL;
-    if (PyObject_GetBuffer(parent_obj, &pb, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+    if (get_column(parent_obj, &pb, "i", 0, "settle: parent") < 0) {
         PyBuffer_Release(&recs);
         return NULL;
     }
     PyObject *out = NULL;
-    if (pb.format == NULL || strcmp(pb.format, "i") != 0) {
-        PyErr_SetString(PyExc_TypeError, "settle: parent must be an array of typecode 'i'");
-        goto done;
-    }
     const int32_t *parent = pb.buf;
     Py_ssize_t n = pb.len / (Py_ssize_t)sizeof(int32_t);
     if (o->n < n)
@@ -1221,26 +1231,14 @@ static uint64_t fnv(const char *s, Py_ssize_t len) {
     return h;
 }
 
-static int suffix_kind(const suffix_slot *t, size_t mask, const char *s, Py_ssize_t len) {
-    for (size_t h = fnv(s, len) & mask;; h = (h + 1) & mask) {
-        if (t[h].s == NULL)
-            return -1;
-        if (t[h].len == len && memcmp(t[h].s, s, (size_t)len) == 0)
-            return t[h].kind;
-    }
+/* The slot holding suffix ``s``, or the empty slot where it would go (open addressing). */
+static suffix_slot *suffix_slot_of(suffix_slot *t, size_t mask, const char *s, Py_ssize_t len) {
+    size_t h = fnv(s, len) & mask;
+    while (t[h].s != NULL && !(t[h].len == len && memcmp(t[h].s, s, (size_t)len) == 0))
+        h = (h + 1) & mask;
+    return &t[h];
 }
 
-static int get_column(PyObject *obj, Py_buffer *b, const char *format, Py_ssize_t n, const char *what) {
-    if (PyObject_GetBuffer(obj, b, PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
-        return -1;
-    if (b->format == NULL || strcmp(b->format, format) != 0 || b->len / b->itemsize < n) {
-        PyErr_Format(PyExc_TypeError, "%s must be an array of typecode '%s', one item an entry", what,
-                     format);
-        PyBuffer_Release(b);
-        return -1;
-    }
-    return 0;
-}
 
 /* classify(names, parent, mode, size, suffixes): see the top of this file. */
 static PyObject *classify(PyObject *self, PyObject *args) {
@@ -1286,10 +1284,7 @@ static PyObject *classify(PyObject *self, PyObject *args) {
         }
         const char *s = PyBytes_AS_STRING(key);
         Py_ssize_t len = PyBytes_GET_SIZE(key);
-        size_t h = fnv(s, len) & (cap - 1);
-        while (table[h].s != NULL && !(table[h].len == len && memcmp(table[h].s, s, (size_t)len) == 0))
-            h = (h + 1) & (cap - 1);
-        table[h] = (suffix_slot){s, len, (int)kind}; /* the dict keeps the key alive during the call */
+        *suffix_slot_of(table, cap - 1, s, len) = (suffix_slot){s, len, (int)kind}; /* the dict keeps the key alive */
     }
     out = PyByteArray_FromStringAndSize(NULL, n);
     if (out == NULL)
@@ -1321,7 +1316,8 @@ static PyObject *classify(PyObject *self, PyObject *args) {
                 break;
             }
         const char *suf = dot ? dot + 1 : s; /* bytes.rpartition: no dot, the whole name */
-        int t = suffix_kind(table, cap - 1, suf, s + len - suf);
+        const suffix_slot *slot = suffix_slot_of(table, cap - 1, suf, s + len - suf);
+        int t = slot->s != NULL ? slot->kind : -1;
         int so = 0;
         for (Py_ssize_t k = 0; k + 4 <= len && !so; k++)
             so = memcmp(s + k, ".so.", 4) == 0;
@@ -1622,7 +1618,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_listdir", "The scan's native part: folder listings, the tree walk, the names column.",
+    PyModuleDef_HEAD_INIT, "_listdir", "The native part: the scan's listings, walk and names column; content kinds; newc runs of plain files.",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
