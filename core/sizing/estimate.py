@@ -24,12 +24,16 @@ the build's own level (the compressors: docs/formats.md, section 2):
    (a 1 MiB chunk after 1 MiB of prefix came out 7% bigger than in the archive, Debian 12), but
    the proxy, with the same window, finds most of them too, so the ratio of the two is within ~1%
    of the ratio in the archive (+1.2% after 1 MiB, +0.5% after 4 MiB). Where the proxy shows the
-   chunk has matches further back than the prefix (:data:`CONTEXT_SENSITIVE`), the prefix is the
-   whole window (the demo's text, drawn from a 4 MB pool, needs it). A chunk's target size is its
-   ratio times its proxy size in the archive;
-3. chunks not sampled take the ratio of the sampled ones of like content (bins of the proxy
-   ratio, :data:`BIN_MIN` samples or more each), with the bins' standard errors and the chunks'
-   spread (Student's t, a prior spread worth :data:`PRIOR_DF` samples);
+   chunk has matches further back than the prefix (:data:`CONTEXT_SENSITIVE`), the prefix doubles
+   until it has them, up to the target's window (the demo's text, drawn from a 4 MB pool, needs
+   8 MiB; a Debian 12 tree's chunks 2 or 4). Which chunks are sampled is decided on their prefixes,
+   before the target level runs, and the target level runs on every worker without waiting for
+   a batch's slowest chunk. A chunk's target size is its ratio times its proxy size in the archive;
+3. in chunks not sampled, the bytes of compressed files (.gz, .xz, .zst, .png, ...: they do not
+   shrink again) take :data:`COMPRESSED_RATIO`, the rest the ratio of the sampled chunks whose rest
+   compresses alike (bins of its proxy ratio, :data:`BIN_MIN` samples or more each), with the
+   bins' standard errors and the chunks' spread (Student's t, a prior spread worth
+   :data:`PRIOR_DF` samples);
 4. :meth:`Estimator.deepen` compresses whole groups at the target level with the build's
    parameters after the compressor's window of archive (exact to ~0.2%), the most uncertain per
    byte first (:meth:`Estimator.refine_order`), each one narrowing the band; each build's real
@@ -57,8 +61,9 @@ import threading
 import time
 import zlib
 from array import array
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -72,7 +77,7 @@ from ..tree.fsentry import FsEntry
 from ..tree.index import TRAILER_BYTES, TreeIndex
 from ..tree.selection import IntervalSet, Sums
 from ..units import MiB
-from .quick import FAST_LEVEL, Estimate, proxy_level, t995, van_der_corput
+from .quick import COMPRESSED, FAST_LEVEL, Estimate, entry_kinds, proxy_level, t995, van_der_corput
 
 CALIBRATION_FILE = ".sysextant-calibration.json"
 #: relative error floor of a group modelled from chunk samples (the method's own bias, +0.5% to
@@ -85,16 +90,23 @@ FLOOR_EXACT = 0.002
 #: the attribution uncertainty of a group a selection cuts through, relative to its kept part
 PARTIAL_UNCERTAINTY = 0.05
 #: the samples' budget, as a share of the archive compressed at the target level (prefixes
-#: included); with the build's two-core, overlapping multi-threaded mode, it keeps the whole
-#: estimate (proxy pass included) near a fifth of the build's compression time
-SAMPLE_SHARE = 0.2
+#: included); with the samples on every worker and the build's two-core, overlapping
+#: multi-threaded mode, it keeps the whole estimate (proxy pass included) under a quarter of the
+#: build's compression time (bench/uki.py: demo 0.23x, Debian 12 0.17x, both within 1.4%)
+SAMPLE_SHARE = 0.12
 #: at least this many chunks are sampled, whatever the budget (a small tree)
 MIN_SAMPLES = 6
-#: a sampled chunk gets the whole window of archive before it when its size at the proxy level
-#: after ``prefix_bytes`` is more than this much above its size in the archive: the strong level
-#: then finds matches further back that the ratio to the proxy cannot carry (the demo's text,
-#: drawn from a 4 MB pool, after 1 MiB: 0.76 instead of 0.28)
+#: a sampled chunk's prefix doubles (from ``prefix_bytes`` up to the target's window) while its
+#: size at the proxy level after the prefix is more than this much above its size in the archive:
+#: the strong level then finds matches further back that the ratio to the proxy cannot carry (the
+#: demo's text, drawn from a 4 MB pool, after 1 MiB: 0.76 instead of 0.28)
 CONTEXT_SENSITIVE = 0.10
+#: compressed files (:data:`.quick.COMPRESSED`: .gz, .xz, .zst, .png, ...) do not shrink again at
+#: any level: the ratio target / proxy of their bytes, and its spread. Measured over every chunk
+#: of a Debian 12 tree at zstd 19 (proxy zstd 9), the chunks mostly of compressed files: 0.997,
+#: spread 0.003; left to the bins, their ratio came from chunks of code (0.89), -1.8% of the whole
+COMPRESSED_RATIO = 1.0
+COMPRESSED_SPREAD = 0.01
 #: chunks of like content (their proxy ratio) share a ratio: bins of at least this many samples,
 #: at most this many bins
 BIN_MIN = 4
@@ -206,6 +218,7 @@ class _Chunk:
     stop: int
     raw: int
     fast: float  # proxy bytes in the archive
+    compressed: int = 0  # newc bytes of its compressed files (.gz, .xz, .zst, .png, ...)
     key: str = ""
     #: sampled: (target, proxy) bytes after the same ``prefix`` bytes of archive
     measured: tuple[int, int] | None = None
@@ -497,6 +510,10 @@ class Estimator:
             groups.append(_Group(start, stop, raw, int(round(pp[stop] - pp[start])), list(ivs), key))
             prev_key = key
         self.chunks = [_Chunk(g, s, e, raw, pp[e] - pp[s]) for g, s, e, raw in chunk_cuts]
+        if not self.exact_pass:
+            kinds, cpio = entry_kinds(index, self.base), index.cpio
+            for ch in self.chunks:
+                ch.compressed = sum(cpio[i] for i in order[ch.start:ch.stop] if kinds[i] == COMPRESSED)
         for n, ch in enumerate(self.chunks):
             grp = groups[ch.group]
             grp.chunks = (n if grp.chunks[1] == 0 else grp.chunks[0], n + 1)
@@ -536,13 +553,14 @@ class Estimator:
                     break
         return out
 
-    def _measure(self, n: int) -> tuple[int, int, int]:
-        """Chunk ``n`` at the target and the proxy level after the same prefix of archive:
-        (target, proxy, prefix bytes). The prefix is ``prefix_bytes``, or the whole window when
-        the proxy shows the chunk has matches further back (its size after the short prefix is
-        more than :data:`CONTEXT_SENSITIVE` above its size in the archive). The proxy ends a
-        block where the pass did (its blocks cost a little), the target only at the chunk's end
-        (as the build, which ends none)."""
+    def _context(self, n: int) -> tuple[bytearray, memoryview, int]:
+        """Chunk ``n``'s bytes, the prefix of archive it is measured after, and its size at the
+        proxy level after that prefix. The prefix is ``prefix_bytes``, doubled while the proxy
+        shows the chunk has matches further back (its size after the prefix more than
+        :data:`CONTEXT_SENSITIVE` above its size in the archive), up to the target's window: the
+        demo's text, drawn from a 4 MB pool, needs 8 MiB; most chunks of a real tree need 2. The
+        proxy ends a block where the pass did (its blocks cost a little). Cheap next to the
+        target level: the budget is decided on it, before the target level runs."""
         ch = self.chunks[n]
         if self.reporter is not None:
             self.reporter.check()
@@ -553,16 +571,18 @@ class Estimator:
         a = bisect.bisect_right(self._cuts, ch.start)
         b = bisect.bisect_left(self._cuts, ch.stop, a)
         pieces = [offsets[p - ch.start - 1] for p in self._cuts[a:b]] + [len(body.buf)]
-        lo = self._back(ch.start, self.prefix_bytes)
-        pre = _Bytes()
-        write_entries(self.index, self.order[lo:ch.start], pre, mtime=0, with_trailer=False)
-        fast = self._after(False, pre.buf, body.buf, pieces)
-        if lo > 0 and ch.fast and fast > (1 + CONTEXT_SENSITIVE) * ch.fast:
-            lo = self._back(ch.start, self.window())
-            pre = _Bytes()
-            write_entries(self.index, self.order[lo:ch.start], pre, mtime=0, with_trailer=False)
-            fast = self._after(False, pre.buf, body.buf, pieces)
-        return self._after(True, pre.buf, body.buf, [len(body.buf)]), fast, len(pre.buf)
+        window = self.window()
+        full = _Bytes()  # the archive before the chunk, as far back as the target's matches reach
+        write_entries(self.index, self.order[self._back(ch.start, window):ch.start], full, mtime=0,
+                      with_trailer=False)
+        context = memoryview(full.buf)[-window:]
+        want = self.prefix_bytes
+        while True:
+            pre = context[-want:]
+            fast = self._after(False, pre, body.buf, pieces)
+            if len(pre) == len(context) or not ch.fast or fast <= (1 + CONTEXT_SENSITIVE) * ch.fast:
+                return body.buf, pre, fast
+            want *= 2
 
     def _after(self, target: bool, pre: bytes | bytearray, body: bytes | bytearray, ends: Sequence[int]) -> int:
         """Compressed bytes of ``body`` right after ``pre`` in one stream, a block ended at each
@@ -597,36 +617,51 @@ class Estimator:
 
     def _sample(self) -> None:
         """Sample chunks in :meth:`_priority` order until the budget is spent (at least
-        :data:`MIN_SAMPLES`), a batch of one chunk per worker at a time."""
+        :data:`MIN_SAMPLES`): each chunk's prefix and proxy size here (:meth:`_context`), its
+        target size on the workers, one chunk queued ahead of them."""
         order = [n for n in self._priority() if self.groups[self.chunks[n].group].target is None]
         budget = self._budget()
         spent = sum(c.raw + c.prefix for c in self.chunks if c.measured is not None)
         have = sum(1 for c in self.chunks if c.measured is not None)
         task = "estimate: samples at the target level"
-        todo = [n for n in order if self.chunks[n].measured is None]
+        todo = (n for n in order if self.chunks[n].measured is None)
         workers = max(1, self.threads)
-        k = 0
+
+        def target(body: bytearray, pre: memoryview) -> int:
+            return self._after(True, pre, body, [len(body)])
+
+        # which chunks are sampled is decided on their prefixes (known before the target level
+        # runs), so it is the same every time; the target level then runs on every worker without
+        # a batch waiting for its slowest chunk (an 8 MiB prefix next to a 2 MiB one)
+        pending: deque[tuple[int, int, int, Future[int]]] = deque()
         try:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                while k < len(todo) and (spent < budget or have < MIN_SAMPLES):
+                for n in todo:
+                    if spent >= budget and have >= MIN_SAMPLES:
+                        break
                     if self.reporter is not None:
                         self.reporter(task, min(spent, budget), budget)
-                    batch = todo[k:k + workers]
-                    k += len(batch)
-                    for n, (t, f, pre) in zip(batch, pool.map(self._measure, batch), strict=True):
-                        ch = self.chunks[n]
-                        ch.measured, ch.prefix = (t, f), pre
-                        spent += ch.raw + pre
-                        have += 1
-            if self.reporter is not None:
-                self.reporter(task, budget, budget)
+                    body, pre, fast = self._context(n)
+                    spent += self.chunks[n].raw + len(pre)
+                    have += 1
+                    pending.append((n, fast, len(pre), pool.submit(target, body, pre)))
+                    del body, pre
+                    while len(pending) > workers or pending and pending[0][3].done():
+                        self._sampled(*pending.popleft())
+                while pending:
+                    self._sampled(*pending.popleft())
         finally:
             self._save_cache()
 
+    def _sampled(self, n: int, fast: int, prefix: int, size: Future[int]) -> None:
+        ch = self.chunks[n]
+        ch.measured, ch.prefix = (size.result(), fast), prefix
+
     def _fit(self) -> None:
         """Ratios target / proxy: measured for the groups known whole and the sampled chunks;
-        for the other chunks, that of the sampled chunks of like content (bins of the proxy
-        ratio, each of at least :data:`BIN_MIN` samples); and their uncertainty. Then each
+        for the other chunks, :data:`COMPRESSED_RATIO` for their compressed files and for the rest
+        that of the sampled chunks of like content (bins of the rest's proxy ratio, each of at
+        least :data:`BIN_MIN` samples); and their uncertainty. Then each
         entry's modelled target bytes, as prefix sums over the index order."""
         if not self.prepared:
             return
@@ -645,20 +680,19 @@ class Estimator:
             if ch.measured is not None and ch.measured[1] > 0 and ch.fast > 0:
                 est[n] = ch.measured[0] * ch.fast / ch.measured[1]
                 samples.append(n)
-        xs = sorted(samples, key=lambda c: (chunks[c].fast / max(1, chunks[c].raw), c))
-        per = max(BIN_MIN, -(-len(xs) // MAX_BINS))
-        bins = [xs[k:k + per] for k in range(0, len(xs), per)]
-        if len(bins) > 1 and len(bins[-1]) < BIN_MIN:
-            last = bins.pop()
-            bins[-1] += last
-        edges = [(chunks[a[-1]].fast / chunks[a[-1]].raw + chunks[b[0]].fast / chunks[b[0]].raw) / 2
-                 for a, b in zip(bins, bins[1:], strict=False)]
-        stats = []  # per bin: (ratio, relative standard error, relative per-chunk spread, t)
+        # a chunk's compressed files take COMPRESSED_RATIO; the rest of its proxy bytes (``o``) the
+        # ratio of the sampled chunks whose rest compresses alike (bins of the rest's proxy ratio)
+        comp = [min(ch.fast, ch.compressed) for ch in chunks]
+        rest = [ch.fast - c for ch, c in zip(chunks, comp, strict=True)]
+        like = [o / max(1, ch.raw - ch.compressed) for ch, o in zip(chunks, rest, strict=True)]
+        bins = _bins(sorted((c for c in samples if rest[c] > 0), key=lambda c: (like[c], c)), like)
+        edges = [(like[a[-1]] + like[b[0]]) / 2 for a, b in zip(bins, bins[1:], strict=False)]
+        stats = []  # per bin: (ratio of the rest, relative standard error, relative per-chunk spread, t)
         for members in bins:
-            f = sum(chunks[c].fast for c in members)
-            r = sum(est[c] for c in members) / f
+            o = sum(rest[c] for c in members)
+            r = max(0.0, sum(est[c] - COMPRESSED_RATIO * comp[c] for c in members) / o)
             n = len(members)
-            s2 = (sum(chunks[c].fast * (est[c] / chunks[c].fast - r) ** 2 for c in members) / f
+            s2 = (sum(rest[c] * ((est[c] - COMPRESSED_RATIO * comp[c]) / rest[c] - r) ** 2 for c in members) / o
                   * n / (n - 1) / r ** 2) if n > 1 and r > 0 else 0.0
             df = PRIOR_DF + n - 1
             s2 = (PRIOR_DF * PRIOR_SPREAD ** 2 + (n - 1) * s2) / df
@@ -683,11 +717,11 @@ class Estimator:
                 if est[n] is not None:
                     ratio[n] = est[n] / ch.fast
                 elif stats:
-                    k = bisect.bisect_right(edges, ch.fast / max(1, ch.raw))
+                    k = bisect.bisect_right(edges, like[n])
                     r, _se, spread, _t = stats[k]
-                    ratio[n] = r
-                    vec[k] += r * ch.fast
-                    idio += (spread * r * ch.fast) ** 2
+                    ratio[n] = (COMPRESSED_RATIO * comp[n] + r * rest[n]) / ch.fast
+                    vec[k] += r * rest[n]
+                    idio += (spread * r * rest[n]) ** 2 + (COMPRESSED_SPREAD * comp[n]) ** 2
                 else:  # no sample at all (none could be read): the proxy's own figure, unsure
                     ratio[n] = 1.0
                     vec[0] += ch.fast
@@ -819,7 +853,7 @@ class Estimator:
         if not ch.key:
             grp = self.groups[ch.group]
             prev = self.groups[ch.group - 1].key if ch.group else ""
-            ch.key = hashlib.sha256(f"{prev}:{grp.key}:{n - grp.chunks[0]}:{self.prefix_bytes}".encode()).hexdigest()[:32]
+            ch.key = hashlib.sha256(f"{prev}:{grp.key}:{n - grp.chunks[0]}:{self.prefix_bytes}:doubling".encode()).hexdigest()[:32]
         return ch.key
 
     def _load_cache(self) -> None:
@@ -1066,6 +1100,27 @@ class Estimator:
 #: thread to finish the job in hand, seconds at high levels, which would hold up a cancel (and
 #: quitting the workbench). The oldest is let go once newer ones exist; its job is long done.
 _ABANDONED: list[object] = []
+
+
+def _bins(xs: list[int], key: Sequence[float]) -> list[list[int]]:
+    """Samples ``xs`` (sorted by ``key``, their proxy ratio) cut into bins of like content: at
+    most :data:`MAX_BINS`, each of at least :data:`BIN_MIN`, cut where the ratio jumps most (text
+    next to code, code next to random data) rather than at equal counts, which put two chunks of
+    the demo's text (ratio 0.11) in one bin with code (0.5), their ratios 0.3 and 0.95 apart."""
+    n = len(xs)
+    if n < 2 * BIN_MIN:
+        return [xs] if xs else []
+    logs = [math.log(max(key[c], 1e-9)) for c in xs]
+    cuts: list[int] = []  # a bin starts at each of these positions of xs
+    for k in sorted(range(1, n), key=lambda k: (logs[k - 1] - logs[k], k)):
+        if len(cuts) + 1 >= min(MAX_BINS, n // BIN_MIN):
+            break
+        trial = sorted([*cuts, k])
+        bounds = [0, *trial, n]
+        if all(b - a >= BIN_MIN for a, b in zip(bounds, bounds[1:], strict=False)):
+            cuts = trial
+    bounds = [0, *cuts, n]
+    return [xs[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def _abandon(stream: object) -> None:

@@ -133,6 +133,11 @@ def test_level_19_in_band_before_any_build_then_calibrated_and_cached(small_tree
     est.prepare()
     sampled = [c for c in est.chunks if c.measured is not None]
     assert 6 <= len(sampled) < len(est.chunks) and not any(g.target is not None for g in est.groups)
+    # a chunk is measured after prefix_bytes of archive, doubled where the proxy shows it draws on
+    # context further back (the demo's text), never past the target's window
+    prefixes = [c.prefix for c in sampled]
+    assert max(prefixes) > kw["prefix_bytes"] and max(prefixes) <= est.window()
+    assert {p for p in prefixes if p >= kw["prefix_bytes"]} <= {kw["prefix_bytes"] << k for k in range(5)}, prefixes
     names = ("all", "drivers", "firmware", "docs+python")
     actual = {name: built_19(name) for name in names}
     for name in names:
