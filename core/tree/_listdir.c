@@ -1,7 +1,8 @@
 /* The native part: the scan's folder listings with lstat and the tree walk that lays out the
  * index's columns (sysextant.core.tree.index; the column layout and the newc sizes are
- * described there and in docs/formats.md), and three loops over those columns that Python is
- * slow at (the quick estimate's content kinds and per-kind columns, the initrd's plain files).
+ * described there and in docs/formats.md), and four loops over those columns that Python is
+ * slow at (the quick estimate's content kinds, per-kind columns and likely copies, the initrd's
+ * plain files).
  *
  * listdir_lstat(path: bytes) -> (names: list[bytes], stats: bytes, failed: list[tuple[bytes, int]])
  *
@@ -53,6 +54,14 @@
  *   and device numbers are 0, nlink 1. ``ends`` packs each entry's end offset in ``data`` as
  *   native int64; an entry it stops at (cannot open, changed) is left to the caller, which names
  *   the problem. Files are opened relative to ``dir_fd`` with O_NOFOLLOW, without the GIL.
+ *
+ * copies(order, names, size, cpio, kinds, window, least) -> bytes
+ *
+ *   The quick estimate's likely copies (sysextant.core.sizing.quick.copies, whose pure-Python
+ *   twin the tests compare it to): walking ``order`` (int32 entries, archive order) with their
+ *   archive offsets (sums of ``cpio``), each entry not of kind 0 with ``size`` >= ``least`` whose
+ *   size and name match an entry at most ``window`` bytes before it (the last one with both).
+ *   Packed (entry, earlier entry) pairs of native int32. No I/O.
  *
  * Names: the index's names column, one blob and 4 bytes an entry for where each name ends
  *   (where a list of bytes takes about 56 a name): len, [i], iteration, ==, append.
@@ -1337,6 +1346,117 @@ done:
     return out;
 }
 
+typedef struct { int64_t size, off; int32_t entry; int32_t used; } copy_slot;
+
+static uint64_t copy_hash(int64_t size, const char *s, Py_ssize_t len) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)size * 0x9E3779B97F4A7C15ULL;
+    for (Py_ssize_t k = 0; k < len; k++)
+        h = (h ^ (unsigned char)s[k]) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+/* copies(order, names, size, cpio, kinds, window, least): see the top of this file. */
+static PyObject *copies(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *order_obj, *size_obj, *cpio_obj, *out = NULL;
+    NamesObject *names;
+    Py_buffer ob, sb, cb, kb;
+    long long window, least;
+    if (!PyArg_ParseTuple(args, "OO!OOy*LL:copies", &order_obj, &NamesType, &names, &size_obj, &cpio_obj, &kb,
+                          &window, &least))
+        return NULL;
+    if (get_column(order_obj, &ob, "i", 0, "copies: order") < 0) {
+        PyBuffer_Release(&kb);
+        return NULL;
+    }
+    if (get_column(size_obj, &sb, "q", names->n, "copies: size") < 0) {
+        PyBuffer_Release(&ob);
+        PyBuffer_Release(&kb);
+        return NULL;
+    }
+    if (get_column(cpio_obj, &cb, "q", names->n, "copies: cpio") < 0) {
+        PyBuffer_Release(&sb);
+        PyBuffer_Release(&ob);
+        PyBuffer_Release(&kb);
+        return NULL;
+    }
+    const int32_t *order = ob.buf;
+    const int64_t *size = sb.buf, *cpio = cb.buf;
+    const unsigned char *kinds = kb.buf;
+    Py_ssize_t n = ob.len / (Py_ssize_t)sizeof(int32_t), nent = names->n;
+    if (kb.len < nent)
+        nent = kb.len;
+    size_t candidates = 0;
+    for (Py_ssize_t p = 0; p < n; p++) {
+        int32_t i = order[p];
+        if (i < 0 || i >= nent) {
+            PyErr_SetString(PyExc_IndexError, "copies: an entry beyond the columns");
+            goto done;
+        }
+        if (size[i] >= least && kinds[i] != 0)
+            candidates++;
+    }
+    size_t cap = 16;
+    while (cap < 2 * candidates)
+        cap <<= 1;
+    copy_slot *slots = PyMem_RawCalloc(cap, sizeof *slots);
+    vec pairs = {0};
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int64_t off = 0;
+    for (Py_ssize_t p = 0; p < n; p++) {
+        int32_t i = order[p];
+        int64_t sz = size[i];
+        if (sz >= least && kinds[i] != 0) {
+            const char *s;
+            Py_ssize_t len;
+            names_span(names, i, &s, &len);
+            size_t h = (size_t)copy_hash(sz, s, len) & (cap - 1);
+            for (;; h = (h + 1) & (cap - 1)) {
+                copy_slot *slot = &slots[h];
+                if (!slot->used) {
+                    slot->used = 1;
+                    slot->size = sz;
+                    slot->entry = i;
+                    slot->off = off;
+                    break;
+                }
+                if (slot->size != sz)
+                    continue;
+                const char *t;
+                Py_ssize_t tlen;
+                names_span(names, slot->entry, &t, &tlen);
+                if (tlen != len || memcmp(s, t, (size_t)len) != 0)
+                    continue;
+                if (off - slot->off <= window) {
+                    int32_t pair[2] = {i, slot->entry};
+                    if (vec_push(&pairs, pair, sizeof pair) < 0) {
+                        PyErr_NoMemory();
+                        PyMem_RawFree(slots);
+                        PyMem_RawFree(pairs.p);
+                        goto done;
+                    }
+                }
+                slot->entry = i;
+                slot->off = off;
+                break;
+            }
+        }
+        off += cpio[i];
+    }
+    out = PyBytes_FromStringAndSize(pairs.p, (Py_ssize_t)(pairs.n * 2 * sizeof(int32_t)));
+    PyMem_RawFree(slots);
+    PyMem_RawFree(pairs.p);
+done:
+    PyBuffer_Release(&cb);
+    PyBuffer_Release(&sb);
+    PyBuffer_Release(&ob);
+    PyBuffer_Release(&kb);
+    return out;
+}
+
 typedef struct { int32_t *ents; int64_t *pre; size_t n, cap; } kind_column;
 
 /* columns(kinds, values, intervals, nkinds): see the top of this file. */
@@ -1612,13 +1732,15 @@ static PyMethodDef methods[] = {
     {"pack_files", pack_files, METH_VARARGS,
      "pack_files(dir_fd, prefix, names, entries, start, parent, mode, size, skip, ino, mtime, limit) -> (data, ends): "
      "newc bytes of a folder's plain files."},
+    {"copies", copies, METH_VARARGS,
+     "copies(order, names, size, cpio, kinds, window, least) -> bytes: likely copies (quick estimate)."},
     {"columns", columns, METH_VARARGS,
      "columns(kinds, values, intervals, nkinds) -> (entries, prefix): per kind, its entries and their values' prefix sums."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "_listdir", "The native part: the scan's listings, walk and names column; content kinds; newc runs of plain files.",
+    PyModuleDef_HEAD_INIT, "_listdir", "The native part: the scan's listings, walk and names column; content kinds and copies; newc runs of plain files.",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 

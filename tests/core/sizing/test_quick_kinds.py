@@ -87,3 +87,52 @@ def test_columns_refuse_what_they_cannot_read(tmp_path: Path) -> None:
         quick._columns(kinds, index.cpio, IntervalSet([(0, len(index) + 5)]), len(KINDS))
     with pytest.raises(TypeError):
         quick._columns(kinds, index.parent, IntervalSet([(0, 2)]), len(KINDS))  # int32, not int64
+
+
+def copy_tree(root: Path) -> dict[str, str]:
+    """Package docs with copies; returns each expected copy's path -> its twin's path."""
+    blob, big = os.urandom(5000), os.urandom(30_000)
+
+    def put(rel: str, data: bytes) -> None:
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+    put("usr/share/doc/liba-dev/copyright", blob)
+    put("usr/share/doc/liba1/copyright", blob)  # same name and size, 5 KB on: a copy
+    put("usr/share/doc/liba1/notes", blob)  # same size, another name, small: not one
+    put("usr/share/doc/liba1/tiny", b"x" * 100)
+    put("usr/share/doc/liba2/tiny", b"x" * 100)  # below COPY_MIN: not one
+    put("usr/share/doc/liba2/copyright", bytes(reversed(blob)))  # same name and size: one by its metadata
+    put("usr/share/doc/liba2/fw.bin", big)
+    put("usr/share/doc/libb/fw-other.bin", big)  # same size, another name: not one
+    put("usr/share/doc/libb/fw.bin", big)  # same name and size: one
+    put("usr/share/doc/libc/filler", os.urandom(150_000))
+    put("usr/share/doc/libd/copyright", blob)  # its last twin lies more than the window back
+    return {"usr/share/doc/liba1/copyright": "usr/share/doc/liba-dev/copyright",
+            "usr/share/doc/liba2/copyright": "usr/share/doc/liba1/copyright",
+            "usr/share/doc/libb/fw.bin": "usr/share/doc/liba2/fw.bin"}
+
+
+def test_copies_by_size_and_name_within_the_window_native_and_python(tmp_path: Path) -> None:
+    want = copy_tree(tmp_path)
+    index = scan(tmp_path)
+    base = IntervalSet([(1, len(index))])
+    kinds = entry_kinds(index)
+    order = quick.archive_entries(index, base)
+    window = 100_000  # the filler (150 KB) puts libd/copyright out of reach
+    got = quick.copies(index, base, kinds, window)
+    assert got == quick._copies_py(index, order, kinds, window)
+    assert {os.fsdecode(index.path(i)): os.fsdecode(index.path(t)) for i, t in got.items()} == want
+    # a window that reaches: libd's copyright is a copy of liba2's (the last of that name and size)
+    far = quick.copies(index, base, kinds, 1 << 20)
+    assert far[index.lookup("usr/share/doc/libd/copyright")] == index.lookup("usr/share/doc/liba2/copyright")
+
+
+def test_copies_native_and_python_agree_on_the_real_usr() -> None:
+    index = scan(b"/usr")
+    base = IntervalSet([(1, len(index))])
+    kinds = entry_kinds(index)
+    got = quick.copies(index, base, kinds, 8 << 20)
+    assert got == quick._copies_py(index, quick.archive_entries(index, base), kinds, 8 << 20)
+    assert got  # a Debian /usr holds copies (package docs, licences)
