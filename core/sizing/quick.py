@@ -20,11 +20,11 @@ is (see docs/formats.md, section 2, for the compressors):
 3. the units are compressed, each after :data:`SHORT_PREFIX` of the archive before it (so it
    meets nearby context), first many at a cheap *proxy* level (:func:`proxy_level`: zstd 9 with
    the target's window for zstd 19; a copy's twins first), then the first of them at the target
-   level too: a kind's
-   ratio is its proxy ratio over the big sample times its gain from the proxy to the target over
-   the small one, which varies far less between units (double sampling, ratio estimators). A
-   few units of each kind are compressed again after the proxy's whole window of archive: how
-   much the kind gains from context the short prefix lacks (:func:`QuickEstimator._context`).
+   level too: a kind's ratio is its proxy ratio over the big sample times its gain from the proxy
+   to the target over the small one, which varies far less between units (double sampling, ratio
+   estimators). A few units of each kind are compressed again after the proxy's whole window of
+   archive: how much the kind gains from context the short prefix lacks
+   (:func:`QuickEstimator._context`).
    All in rounds of doubling size, until the sample is done or ``seconds`` are spent;
 4. a selection's estimate is, per stratum, the ratio of the sampled units inside the selection
    (a domain estimate; the whole stratum's ratio when too few fall inside) times the selection's
@@ -93,10 +93,10 @@ KINDS = ("meta", "compressed", "firmware", "elf", "text", "other", "copy")
 META, COMPRESSED, FIRMWARE, ELF, TEXT, OTHER, COPY = range(len(KINDS))
 #: a file of at least this many bytes with the size and name of a file shortly before it in the
 #: archive (within the compressor's window; docs/libfoo1/copyright after docs/libfoo-dev/copyright)
-#: is of kind ``copy``: likely the same bytes, which the build stores as
-#: one long match. A stratum of its own, each unit measured with its twins before it: this
-#: machine's /usr/share/doc holds 25 MB of copied changelogs among 62 MB of .gz files, and a
-#: sample that took them for .gz files (ratio 1) said +56%, its band 50 points off
+#: is of kind ``copy``: likely the same bytes, which the build stores as one long match. A stratum
+#: of its own, each unit measured with its twins before it: this machine's /usr/share/doc holds
+#: 25 MB of copied changelogs among 62 MB of .gz files, and a sample that took them for .gz files
+#: (ratio 1) said +55%, its band 50 points off
 COPY_MIN = 1024
 
 _COMPRESSED_SUFFIXES = frozenset(
@@ -210,9 +210,9 @@ def copies(index: TreeIndex, base: IntervalSet, kinds: bytearray, window: int) -
     of a file at most ``window`` newc bytes before them in the archive: {entry: that earlier
     file}. No I/O: a file that is not a copy after all is measured as what it is. (The size alone
     would take glibc's gconv modules of one size, alike but not copies, and their sample with
-    them.) Natively (``_listdir.copies``, ~0.1 s a million entries,
-    where the Python twin :func:`_copies_py` takes ~0.8 s), after the archive order (cached: the
-    full estimator reads the archive in it)."""
+    them.) Natively (``_listdir.copies``, ~0.1 s a million entries, where the Python twin
+    :func:`_copies_py` takes ~0.8 s), after the archive order (cached: the full estimator reads
+    the archive in it)."""
     order = archive_entries(index, base)
     if (_copies is not None and isinstance(index.names, _Names) and index.size.typecode == "q"
             and index.cpio.typecode == "q"):
@@ -410,7 +410,7 @@ class QuickEstimator:
         self.complete = False  # every planned unit compressed (else the time ran out first)
         #: the strata of an earlier sample of the same base (a glance before this one): not again
         self.strata: list[_Stratum] = list(previous.strata) if previous is not None and previous.base is base else []
-        #: kind ``copy``: each such entry's earlier file of the same size (see :func:`copies`)
+        #: kind ``copy``: each such entry's earlier file of its size and name (see :func:`copies`)
         self.twins: dict[int, int] = previous.twins if self.strata else {}
         self._overhead = TRAILER_BYTES + extra_bytes(self.extra)
         self._raw_total = 0
