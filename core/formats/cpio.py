@@ -182,6 +182,12 @@ def archive_order(index: TreeIndex) -> array:
     return out
 
 
+def archive_order_known(index: TreeIndex) -> bool:
+    """Whether :func:`archive_order` of ``index`` is cached (free) or would be computed."""
+    hit = _ORDER_CACHE.get(id(index))
+    return hit is not None and hit[0]() is index and len(hit[1]) == len(index) - 1
+
+
 def selection_mask(index: TreeIndex, selection: IntervalSet) -> bytearray:
     """A byte per index entry: 1 when it is in ``selection``."""
     mask = bytearray(len(index))
