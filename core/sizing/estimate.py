@@ -92,7 +92,7 @@ PARTIAL_UNCERTAINTY = 0.05
 #: the samples' budget, as a share of the archive compressed at the target level (prefixes
 #: included); with the samples on every worker and the build's two-core, overlapping
 #: multi-threaded mode, it keeps the whole estimate (proxy pass included) under a quarter of the
-#: build's compression time (bench/uki.py: demo 0.23x, Debian 12 0.17x, both within 1.4%)
+#: build's compression time (bench/uki.py: demo 0.20-0.22x, Debian 12 0.14-0.19x, both within 1.4%)
 SAMPLE_SHARE = 0.12
 #: at least this many chunks are sampled, whatever the budget (a small tree)
 MIN_SAMPLES = 6
