@@ -46,10 +46,12 @@ from ..tree.selection import IntervalSet
 from ..tree.sidecar import entry_truth
 
 try:
+    from ..tree._listdir import Folders as _Folders
     from ..tree._listdir import Names as _Names
+    from ..tree._listdir import archive_order as _archive_order
     from ..tree._listdir import pack_files as _pack_files
 except ImportError:  # not built (no C compiler): every entry the Python way
-    _Names = _pack_files = None
+    _Folders = _Names = _archive_order = _pack_files = None
 
 MAGIC = b"070701"
 TRAILER_NAME = b"TRAILER!!!"
@@ -136,12 +138,25 @@ def archive_order(index: TreeIndex) -> array:
 
     Computed without building full paths: in a folder, each child sorts by its name and each
     child folder's descendants by ``name + b"/"``. Names hold neither ``/`` nor NUL, so this
-    per-folder order is exactly the order of the full paths.
+    per-folder order is exactly the order of the full paths. Natively (``_listdir.archive_order``,
+    ~0.1 s a million entries where :func:`_archive_order_py` takes ~0.7 s) when the index is the
+    native scan's.
     """
     key = id(index)
     hit = _ORDER_CACHE.get(key)
     if hit is not None and hit[0]() is index and len(hit[1]) == len(index) - 1:
         return hit[1]
+    if _archive_order is not None and isinstance(index.names, _Names) and isinstance(index.layout, _Folders):
+        out = array("i")
+        out.frombytes(_archive_order(index.names, index.layout))
+    else:
+        out = _archive_order_py(index)
+    _ORDER_CACHE[key] = (weakref.ref(index, lambda _r, k=key: _ORDER_CACHE.pop(k, None)), out)
+    return out
+
+
+def _archive_order_py(index: TreeIndex) -> array:
+    """:func:`archive_order` in Python (not cached)."""
     names, mode = index.names, index.mode
     first_child, nchild = index.first_child, index.nchild
     IFMT, DIR = 0o170000, stat.S_IFDIR
@@ -178,14 +193,7 @@ def archive_order(index: TreeIndex) -> array:
             stack.append((sub, marks(sub), 0, 0))
         else:
             out.extend(lst[prev:])
-    _ORDER_CACHE[key] = (weakref.ref(index, lambda _r, k=key: _ORDER_CACHE.pop(k, None)), out)
     return out
-
-
-def archive_order_known(index: TreeIndex) -> bool:
-    """Whether :func:`archive_order` of ``index`` is cached (free) or would be computed."""
-    hit = _ORDER_CACHE.get(id(index))
-    return hit is not None and hit[0]() is index and len(hit[1]) == len(index) - 1
 
 
 def selection_mask(index: TreeIndex, selection: IntervalSet) -> bytearray:

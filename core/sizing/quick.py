@@ -52,7 +52,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import accumulate, compress, islice
 
-from ..formats.cpio import archive_entries, archive_order_known, entry_block, extra_bytes
+from ..formats.cpio import archive_entries, entry_block, extra_bytes
 from ..formats.initrd import check_level, zstd_threads
 from ..progress import Reporter
 from ..tree.fsentry import FsEntry, open_nofollow
@@ -98,11 +98,6 @@ META, COMPRESSED, FIRMWARE, ELF, TEXT, OTHER, COPY = range(len(KINDS))
 #: 25 MB of copied changelogs among 62 MB of .gz files, and a sample that took them for .gz files
 #: (ratio 1) said +55%, its band 50 points off
 COPY_MIN = 1024
-#: a glance (a sample of under GLANCE_MAX seconds, a bigger one follows) on a tree of more entries
-#: than this whose archive order is not known yet leaves copies to the sample after it: the order
-#: takes 0.6-0.7 s a million entries, which put the first figure on such a tree at 6.9 s
-COPIES_DEFER = 300_000
-GLANCE_MAX = 2.0
 
 _COMPRESSED_SUFFIXES = frozenset(
     b"gz tgz xz txz zst zstd bz2 tbz lz4 lzma lzo lz br zip jar war ear whl egg apk deb rpm 7z cab xpi crx "
@@ -216,8 +211,8 @@ def copies(index: TreeIndex, base: IntervalSet, kinds: bytearray, window: int) -
     file}. No I/O: a file that is not a copy after all is measured as what it is. (The size alone
     would take glibc's gconv modules of one size, alike but not copies, and their sample with
     them.) Natively (``_listdir.copies``, ~0.1 s a million entries, where the Python twin
-    :func:`_copies_py` takes ~0.8 s), after the archive order (cached: the full estimator reads
-    the archive in it)."""
+    :func:`_copies_py` takes ~0.8 s), after the archive order (natively ~0.05 s a million
+    entries, and cached: the full estimator reads the archive in it)."""
     order = archive_entries(index, base)
     if (_copies is not None and isinstance(index.names, _Names) and index.size.typecode == "q"
             and index.cpio.typecode == "q"):
@@ -414,9 +409,7 @@ class QuickEstimator:
         self.elapsed = 0.0
         self.complete = False  # every planned unit compressed (else the time ran out first)
         #: the strata of an earlier sample of the same base (a glance before this one): not again
-        #: whether the strata hold the copy kind (a glance on a big tree may leave it to the next)
-        self.copies_found = True
-        lend = previous is not None and previous.base is base and previous.copies_found
+        lend = previous is not None and previous.base is base
         self.strata: list[_Stratum] = list(previous.strata) if lend else []
         #: kind ``copy``: each such entry's earlier file of its size and name (see :func:`copies`)
         self.twins: dict[int, int] = previous.twins if lend else {}
@@ -432,10 +425,7 @@ class QuickEstimator:
     # -- the sample -------------------------------------------------------------------------
     def _strata(self) -> list[_Stratum]:
         kinds = entry_kinds(self.index, self.base)
-        if self.seconds < GLANCE_MAX and len(self.index) > COPIES_DEFER and not archive_order_known(self.index):
-            self.twins, self.copies_found = {}, False
-        else:
-            self.twins = copies(self.index, self.base, kinds, self._proxy_window())
+        self.twins = copies(self.index, self.base, kinds, self._proxy_window())
         for i in self.twins:
             kinds[i] = COPY
         entries, prefix = kind_columns(kinds, self.index.cpio, self.base, len(KINDS))

@@ -63,6 +63,13 @@
  *   size and name match an entry at most ``window`` bytes before it (the last one with both).
  *   Packed (entry, earlier entry) pairs of native int32. No I/O.
  *
+ * archive_order(names, folders) -> bytes
+ *
+ *   Every entry but the root (entry 0) in bytewise full-path order, the initrd's order
+ *   (sysextant.core.formats.cpio.archive_order, whose pure-Python twin the tests compare it to),
+ *   packed as native int32, without building a path: in a folder each child sorts by its name and
+ *   each child folder's subtree by its name and "/". ``folders`` is the index's Folders. No I/O.
+ *
  * Names: the index's names column, one blob and 4 bytes an entry for where each name ends
  *   (where a list of bytes takes about 56 a name): len, [i], iteration, ==, append.
  *
@@ -1722,6 +1729,167 @@ done:
     return out;
 }
 
+/* ---- archive order ---------------------------------------------------------------------- */
+
+/* val < 0: -1 - folder, its subtree; head: the item's first 8 bytes big-endian, NUL-padded */
+typedef struct { uint64_t head; const char *s; Py_ssize_t len; int32_t val; } order_item;
+
+static uint64_t order_head(const char *s, Py_ssize_t len, int subtree) {
+    unsigned char b[8] = {0};
+    Py_ssize_t k = len < 8 ? len : 8;
+    memcpy(b, s, (size_t)k);
+    if (subtree && len < 8)
+        b[len] = '/';
+    uint64_t h = 0;
+    for (int j = 0; j < 8; j++)
+        h = h << 8 | b[j];
+    return h;
+}
+
+/* A child's name, or a subtree's (its folder's name and "/"), bytewise: the heads first (names
+ * hold no NUL, so padding sorts an end before any byte). Names in a folder are distinct and hold
+ * no "/", so two items compare equal only when they are one. */
+static int order_cmp(const void *pa, const void *pb) {
+    const order_item *a = pa, *b = pb;
+    if (a->head != b->head)
+        return a->head < b->head ? -1 : 1;
+    Py_ssize_t k = a->len < b->len ? a->len : b->len;
+    int r = memcmp(a->s, b->s, (size_t)k);
+    if (r)
+        return r;
+    int ca = k < a->len ? (unsigned char)a->s[k] : a->val < 0 && k == a->len ? '/' : -1;
+    int cb = k < b->len ? (unsigned char)b->s[k] : b->val < 0 && k == b->len ? '/' : -1;
+    return ca - cb;
+}
+
+static inline int order_less(const order_item *a, const order_item *b) {
+    return a->head != b->head ? a->head < b->head : order_cmp(a, b) < 0;
+}
+
+/* Sorts ``n`` items (``tmp`` holds as many): insertion sort of runs of 16, then bottom-up
+ * merges, the comparison inlined (qsort's call per comparison took two thirds of the time). */
+static void order_sort(order_item *a, order_item *tmp, Py_ssize_t n) {
+    enum { RUN = 16 };
+    for (Py_ssize_t lo = 0; lo < n; lo += RUN) {
+        Py_ssize_t hi = lo + RUN < n ? lo + RUN : n;
+        for (Py_ssize_t i = lo + 1; i < hi; i++) {
+            order_item x = a[i];
+            Py_ssize_t j = i;
+            for (; j > lo && order_less(&x, &a[j - 1]); j--)
+                a[j] = a[j - 1];
+            a[j] = x;
+        }
+    }
+    order_item *src = a, *dst = tmp;
+    for (Py_ssize_t w = RUN; w < n; w *= 2) {
+        for (Py_ssize_t lo = 0; lo < n; lo += 2 * w) {
+            Py_ssize_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n, i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                dst[k++] = order_less(&src[j], &src[i]) ? src[j++] : src[i++];
+            while (i < mid)
+                dst[k++] = src[i++];
+            while (j < hi)
+                dst[k++] = src[j++];
+        }
+        order_item *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a)
+        memcpy(a, src, (size_t)n * sizeof *a);
+}
+
+typedef struct { order_item *items; Py_ssize_t n, k; } order_frame;
+
+/* archive_order(names, folders): see the top of this file. */
+static PyObject *archive_order(PyObject *self, PyObject *args) {
+    (void)self;
+    NamesObject *names;
+    FoldersObject *f;
+    if (!PyArg_ParseTuple(args, "O!O!:archive_order", &NamesType, &names, &FoldersType, &f))
+        return NULL;
+    Py_ssize_t n = f->n < names->n ? f->n : names->n;
+    if (n < 1)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)((n - 1) * sizeof(int32_t)));
+    if (out == NULL)
+        return NULL;
+    int32_t *dst = (int32_t *)PyBytes_AS_STRING(out);
+    Py_ssize_t put = 0, depth = 0, cap = 0;
+    order_frame *stack = NULL;
+    int32_t d = 0, err = 0;
+    for (;;) {
+        if (d >= 0) { /* open folder d: its children and its child folders' subtrees, sorted */
+            int32_t slot = f->slot[d], first = slot < 0 ? -1 : f->first_child[slot];
+            Py_ssize_t nc = first < 0 ? 0 : f->nchild[slot], m = 0;
+            if (first + nc > n) {
+                err = 1;
+                break;
+            }
+            order_item *items = nc ? PyMem_RawMalloc(4 * (size_t)nc * sizeof *items) : NULL; /* and the sort's room */
+            if (nc && items == NULL) {
+                err = 2;
+                break;
+            }
+            for (Py_ssize_t c = first; c < first + nc; c++) {
+                order_item *it = &items[m++];
+                names_span(names, c, &it->s, &it->len);
+                it->val = (int32_t)c;
+                it->head = order_head(it->s, it->len, 0);
+                int32_t cs = f->slot[c];
+                if (cs >= 0 && f->nchild[cs] > 0) {
+                    items[m] = *it;
+                    items[m].head = order_head(it->s, it->len, 1);
+                    items[m++].val = -1 - (int32_t)c;
+                }
+            }
+            order_sort(items, items + 2 * nc, m);
+            if (depth == cap) {
+                Py_ssize_t more = cap ? 2 * cap : 64;
+                order_frame *p = PyMem_RawRealloc(stack, (size_t)more * sizeof *p);
+                if (p == NULL) {
+                    PyMem_RawFree(items);
+                    err = 2;
+                    break;
+                }
+                stack = p;
+                cap = more;
+            }
+            stack[depth++] = (order_frame){items, m, 0};
+            d = -1;
+        }
+        if (depth == 0)
+            break;
+        order_frame *top = &stack[depth - 1];
+        while (top->k < top->n && top->items[top->k].val >= 0) {
+            if (put == n - 1) {
+                err = 1;
+                break;
+            }
+            dst[put++] = top->items[top->k++].val;
+        }
+        if (err)
+            break;
+        if (top->k < top->n) {
+            d = -1 - top->items[top->k++].val;
+        } else {
+            PyMem_RawFree(top->items);
+            depth--;
+        }
+    }
+    while (depth > 0)
+        PyMem_RawFree(stack[--depth].items);
+    PyMem_RawFree(stack);
+    if (err || put != n - 1) {
+        Py_DECREF(out);
+        if (err == 2)
+            return PyErr_NoMemory();
+        PyErr_SetString(PyExc_ValueError, "archive_order: the folder columns do not make one tree of the entries");
+        return NULL;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"listdir_lstat", listdir_lstat, METH_O,
      "listdir_lstat(path: bytes) -> (names, packed int64 stats, failed): one folder, no symlink followed."},
@@ -1734,6 +1902,8 @@ static PyMethodDef methods[] = {
      "newc bytes of a folder's plain files."},
     {"copies", copies, METH_VARARGS,
      "copies(order, names, size, cpio, kinds, window, least) -> bytes: likely copies (quick estimate)."},
+    {"archive_order", archive_order, METH_VARARGS,
+     "archive_order(names, folders) -> bytes: every entry but the root in bytewise full-path order (int32)."},
     {"columns", columns, METH_VARARGS,
      "columns(kinds, values, intervals, nkinds) -> (entries, prefix): per kind, its entries and their values' prefix sums."},
     {NULL, NULL, 0, NULL},

@@ -15,6 +15,8 @@ import pytest
 
 from sysextant.core.errors import UserError
 from sysextant.core.formats.cpio import (
+    _archive_order,
+    _archive_order_py,
     archive_entries,
     archive_order,
     archive_size,
@@ -210,9 +212,26 @@ def test_archive_order_is_bytewise_path_order(tmp_path: Path) -> None:
     for name in ("a", "a-b", "a.c", "a0", "ab"):
         (root / "usr/share" / name).mkdir()
         (root / "usr/share" / name / "f").write_bytes(b"1")
+    # heads of 8 bytes alike, a folder's name 7 and 8 bytes long (its subtree sorts as name + "/"),
+    # bytes above 0x7f, and more than 16 names in one folder (the native sort merges runs of 16)
+    odd = root / "usr/share/order"
+    odd.mkdir()
+    for name in (b"abcdefg", b"abcdefgh", b"abcdefg-", b"abcdefg0", b"abcdefgh.x", b"abcdefg.", b"\xff\xfe", b"\x01",
+                 *(b"n%03d" % k for k in range(40, 0, -1))):
+        os.mkdir(os.path.join(bytes(odd), name))
+        with open(os.path.join(bytes(odd), name, b"f"), "wb") as fh:
+            fh.write(b"1")
     index = scan(root)
     order = [index.path(i) for i in archive_order(index)]
     assert order == sorted(index.path(i) for i in range(1, len(index)))
+    if _archive_order is not None:  # the native order and its Python twin agree
+        assert _archive_order(index.names, index.layout) == _archive_order_py(index).tobytes()
+
+
+@pytest.mark.skipif(_archive_order is None, reason="the native part is not built")
+def test_archive_order_native_and_python_agree_on_the_real_usr() -> None:
+    index = scan("/usr")
+    assert _archive_order(index.names, index.layout) == _archive_order_py(index).tobytes()
 
 
 def test_vanished_or_changed_file_is_a_user_error(tmp_path: Path) -> None:

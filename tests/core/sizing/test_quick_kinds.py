@@ -136,19 +136,3 @@ def test_copies_native_and_python_agree_on_the_real_usr() -> None:
     got = quick.copies(index, base, kinds, 8 << 20)
     assert got == quick._copies_py(index, quick.archive_entries(index, base), kinds, 8 << 20)
     assert got  # a Debian /usr holds copies (package docs, licences)
-
-
-def test_a_glance_on_a_big_tree_leaves_copies_to_the_sample_after_it(tmp_path: Path, monkeypatch) -> None:
-    """The archive order takes ~0.7 s on a million entries: a glance on such a tree (whose order
-    is not known yet) skips copies, and the bigger sample after it finds them."""
-    copy_tree(tmp_path)
-    index = scan(tmp_path)
-    base = IntervalSet([(1, len(index))])
-    monkeypatch.setattr(quick, "COPIES_DEFER", 0)  # this small tree stands for a big one
-    glance = quick.quick_estimator(index, base, compression="zstd", level=19, seconds=1.0)
-    assert not glance.copies_found and not glance.strata[quick.COPY].total
-    after = quick.quick_estimator(index, base, compression="zstd", level=19, seconds=2.5, previous=glance)
-    assert after.copies_found and after.strata[quick.COPY].total and after.twins
-    # the archive order known (the full estimator read it): a glance finds copies at once
-    again = quick.quick_estimator(index, base, compression="zstd", level=19, seconds=1.0)
-    assert again.copies_found and again.twins == after.twins
