@@ -324,12 +324,12 @@ def write_newc(index: TreeIndex, selection: IntervalSet, out: Writable, *, extra
 def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, extra: Sequence[FsEntry] = (),
                   mtime: int | None = None, keep_owners: bool = False, reporter: Reporter | None = None,
                   task: str = "initrd: archive", total: int = 0,
-                  after_entry: Callable[[int, int], None] | None = None, with_trailer: bool = True) -> int:
+                  ends: array | None = None, with_trailer: bool = True) -> int:
     """Write ``entries`` (index entries, already in archive order) as newc, see :func:`write_newc`.
 
-    ``after_entry(i, offset)`` runs after each index entry with the archive offset where it
-    ends (bytes may still sit in the writer's buffer); the size model's estimator uses it to
-    attribute compressed bytes to entries. ``with_trailer=False`` leaves the trailer out.
+    ``ends`` (an array of typecode 'q') gets each index entry's end offset in the archive, in
+    order, as soon as the entry is written (its bytes may still sit in the writer's buffer); the
+    size model's estimator attributes compressed bytes to entries with them. ``with_trailer=False`` leaves the trailer out.
     """
     root = index.root
     mtime = default_mtime() if mtime is None else mtime
@@ -375,17 +375,16 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
             if (packer is not None and modes[i] & _IFMT == _IFREG and sizes[i] <= CHUNK and i not in member_of
                     and (xi == len(extras) or not extras[xi].path.startswith(prefix))):
                 try:
-                    data, ends = packer(dirs.get(index, i), prefix, pos, ino + 1, w.mtime)
+                    data, packed = packer(dirs.get(index, i), prefix, pos, ino + 1, w.mtime, w.written + len(buf))
                 except OSError:  # the folder vanished or became a link: the Python path names it
-                    data, ends = b"", ()
-                if ends:
-                    at = w.written + len(buf)
+                    data, packed = b"", b""
+                if packed:
                     buf += data
-                    if after_entry is not None:
-                        for k, end in enumerate(ends):
-                            after_entry(entries[pos + k], at + end)
-                    ino += len(ends)
-                    pos += len(ends)
+                    if ends is not None:
+                        ends.frombytes(packed)
+                    run = len(packed) // 8
+                    ino += run
+                    pos += run
                     if len(buf) >= CHUNK:
                         w._flush()
                     continue
@@ -416,8 +415,8 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
                     w._flush()
             else:
                 _write_index_entry(w, index, i, path, dirs, ino, member_of, names_in, link_ino, keep_owners)
-            if after_entry is not None:
-                after_entry(i, w.written + len(buf))
+            if ends is not None:
+                ends.append(w.written + len(buf))
         while xi < len(extras):
             ino += 1
             _write_extra(w, extras[xi], ino)
@@ -430,7 +429,7 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
         dirs.close()
 
 
-def _pack_runs(index: TreeIndex, entries: Sequence[int], member_of: dict) -> Callable[..., tuple[bytes, array]] | None:
+def _pack_runs(index: TreeIndex, entries: Sequence[int], member_of: dict) -> Callable[..., tuple[bytes, bytes]] | None:
     """A function writing a run of one folder's plain files natively (``_listdir.pack_files``:
     regular, not hardlinked, at most 1 MiB, unchanged since the scan), or None where the native
     part is not built or the index is not its kind. ~4 us a small file where the Python path
@@ -445,11 +444,9 @@ def _pack_runs(index: TreeIndex, entries: Sequence[int], member_of: dict) -> Cal
         skip[i] = 1
     names, parent, mode, size = index.names, index.parent, index.mode, index.size
 
-    def pack(dir_fd: int, prefix: bytes, pos: int, ino: int, mtime: int) -> tuple[bytes, array]:
-        data, packed = _pack_files(dir_fd, prefix, names, order, pos, parent, mode, size, skip, ino, mtime, CHUNK)
-        ends = array("q")
-        ends.frombytes(packed)
-        return data, ends
+    def pack(dir_fd: int, prefix: bytes, pos: int, ino: int, mtime: int, at: int) -> tuple[bytes, bytes]:
+        """(data, its entries' end offsets in the archive as packed int64), ``data`` going at ``at``."""
+        return _pack_files(dir_fd, prefix, names, order, pos, parent, mode, size, skip, ino, mtime, CHUNK, at)
 
     return pack
 

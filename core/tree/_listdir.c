@@ -42,7 +42,7 @@
  *   sums of their ``values`` (an array of typecode 'q'), 0 first, packed as native int64
  *   (``prefix[k]``): quick.kind_columns, whose pure-Python twin the tests compare it to.
  *
- * pack_files(dir_fd, prefix, names, entries, start, parent, mode, size, skip, ino, mtime, limit)
+ * pack_files(dir_fd, prefix, names, entries, start, parent, mode, size, skip, ino, mtime, limit, at=0)
  *   -> (data, ends)
  *
  *   The newc bytes of plain files for the initrd writer (sysextant.core.formats.cpio, whose
@@ -51,9 +51,10 @@
  *   same folder (``dir_fd``, whose path is ``prefix``, "" or ending in "/"), not marked in
  *   ``skip`` (a byte an entry: hardlinks), at most 1 MiB, still of their scanned ``size`` and
  *   readable, and ``data`` is shorter than ``limit``. Inode numbers count from ``ino``; uid, gid
- *   and device numbers are 0, nlink 1. ``ends`` packs each entry's end offset in ``data`` as
- *   native int64; an entry it stops at (cannot open, changed) is left to the caller, which names
- *   the problem. Files are opened relative to ``dir_fd`` with O_NOFOLLOW, without the GIL.
+ *   and device numbers are 0, nlink 1. ``ends`` packs each entry's end offset in ``data`` plus
+ *   ``at`` (where ``data`` goes in the archive) as native int64; an entry it stops at (cannot
+ *   open, changed) is left to the caller, which names the problem. Files are opened relative to
+ *   ``dir_fd`` with O_NOFOLLOW, without the GIL.
  *
  * copies(order, names, size, cpio, kinds, window, least) -> bytes
  *
@@ -1586,9 +1587,9 @@ static PyObject *pack_files(PyObject *self, PyObject *args) {
     NamesObject *names;
     PyObject *entries_o, *parent_o, *mode_o, *size_o;
     Py_ssize_t start, limit;
-    long long ino, mtime;
-    if (!PyArg_ParseTuple(args, "iy*O!OnOOOy*LLn:pack_files", &dir_fd, &prefix, &NamesType, &names, &entries_o,
-                          &start, &parent_o, &mode_o, &size_o, &skip, &ino, &mtime, &limit))
+    long long ino, mtime, at = 0;
+    if (!PyArg_ParseTuple(args, "iy*O!OnOOOy*LLn|L:pack_files", &dir_fd, &prefix, &NamesType, &names, &entries_o,
+                          &start, &parent_o, &mode_o, &size_o, &skip, &ino, &mtime, &limit, &at))
         return NULL;
     Py_ssize_t n = names->n;
     int got_e = 0, got_p = 0, got_m = 0, got_s = 0;
@@ -1700,7 +1701,7 @@ static PyObject *pack_files(PyObject *self, PyObject *args) {
         memset(p + fsize, 0, -fsize & 3);
         len += need;
         ino++;
-        int64_t end = (int64_t)len;
+        int64_t end = (int64_t)at + (int64_t)len;
         if (vec_push(&ends, &end, sizeof end) < 0) {
             nomem = 1;
             break;

@@ -8,6 +8,7 @@ import os
 import shutil
 import stat
 import subprocess
+from array import array
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,11 +264,12 @@ def _both_ways(index, selection: IntervalSet, monkeypatch, **kw) -> None:
     in Python only: the same bytes."""
     from sysextant.core.formats import cpio
 
-    def run() -> tuple[bytes, list]:
-        ends: list = []
+    def run() -> tuple[bytes, array]:
+        ends = array("q")
         buf = io.BytesIO()
-        cpio.write_entries(index, archive_entries(index, selection, extra=kw.get("extra", ())), buf,
-                           after_entry=lambda i, off: ends.append((i, off)), **kw)
+        entries = archive_entries(index, selection, extra=kw.get("extra", ()))
+        cpio.write_entries(index, entries, buf, ends=ends, **kw)
+        assert len(ends) == len(entries)
         return buf.getvalue(), ends
 
     native = run()
