@@ -17,8 +17,10 @@ Generates the tree (bench/bigtree.py; or takes --root), writes a spec for it (zs
 - the same with the sources at --baseline-src (a checkout of an earlier commit, the package
   ``sysextant`` importable from it) for the before figures.
 
-Prints the ratios plan / zstd (target <= 1.5) and peak RSS (target <= 250 MB). Targets are not
-asserted: machines differ; the ratios are measured in the same run.
+Prints the ratios plan / zstd (target <= 1.5) and peak RSS (target <= 250 MB), and what bounds
+the first from below: ``du -s`` (the listing the scan does) and ``tar -cf - | cat`` (reading every
+file) as multiples of the same zstd. Targets are not asserted: machines differ; the ratios are
+measured in the same run.
 """
 
 from __future__ import annotations
@@ -147,6 +149,20 @@ def zstd_reference(spec: Path, work: Path, level: int, repeat: int) -> tuple[flo
     return best, n, size
 
 
+def floor_reference(root: Path, repeat: int) -> tuple[float, float]:
+    """What any plan of this tree must do at least, timed warm: list it (``du -s``: lstat of every
+    entry, which the scan does) and read every file (``tar -cf - | cat``: one thread, as fast as
+    a reader of a million small files gets here). Best seconds of each."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        for k, cmd in enumerate((f"du -s {shlex.quote(str(root))} > /dev/null",
+                                 f"tar -C {shlex.quote(str(root))} -cf - . | cat > /dev/null")):
+            t = time.monotonic()
+            subprocess.run(["sh", "-c", cmd], check=True)
+            best[k] = min(best[k], time.monotonic() - t)
+    return best[0], best[1]
+
+
 def tree_reference(root: Path, level: int, repeat: int) -> float | None:
     """The shell's way from the tree to the same compressed archive: ``find | cpio -o -H newc |
     zstd -LEVEL -T0`` (GNU cpio reads every file as the plan must; zstd alone above only
@@ -215,6 +231,9 @@ def main() -> int:
         if tree_s:
             print(f"reference: find | cpio -o -H newc | zstd -{args.level} -T0 over the tree: {tree_s:.2f} s "
                   f"(best of {args.repeat})")
+        du_s, tar_s = floor_reference(root, args.repeat)
+        print(f"floor: du -s (listing alone) {du_s:.2f} s = {du_s / zstd_s:.2f}x zstd; tar -cf - | cat (reading "
+              f"every file) {tar_s:.2f} s = {tar_s / zstd_s:.2f}x zstd")
         if args.baseline_src:
             report(f"before ({args.baseline_src})", spec, args.baseline_src, zstd_s, args.repeat, tree_s)
         report("now", spec, None, zstd_s, args.repeat, tree_s)
