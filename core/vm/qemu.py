@@ -127,6 +127,11 @@ class Machine:
     cpus: int = 2
     interactive: bool = False  # serial console and monitor on the terminal (else: stdout, no monitor)
 
+    @property
+    def cwd(self) -> Path | None:
+        """Where QEMU runs: the TPM socket's folder, so its path stays short (see start_swtpm)."""
+        return self.tpm_socket.parent if self.tpm_socket is not None else None
+
     def command(self) -> list[str]:
         smm = "on" if self.firmware.secure_boot else "off"
         cmd = [self.qemu, "-machine", f"q35,smm={smm},accel={self.accel.name}",
@@ -137,14 +142,14 @@ class Machine:
             cmd += ["-global", "driver=cfi.pflash01,property=secure,value=on",
                     "-global", "ICH9-LPC.disable_s3=1"]
         cmd += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={self.firmware.code}",
-                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
-                "-drive", f"if=none,id=esp,format=raw,file={self.esp}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.vars.absolute()}",  # QEMU runs in cwd
+                "-drive", f"if=none,id=esp,format=raw,file={self.esp.absolute()}",
                 "-device", "virtio-blk-pci,drive=esp,bootindex=1"]
         if self.ext_disk is not None:
-            cmd += ["-drive", f"if=none,id=exts,format=raw,readonly=on,file={self.ext_disk}",
+            cmd += ["-drive", f"if=none,id=exts,format=raw,readonly=on,file={self.ext_disk.absolute()}",
                     "-device", "virtio-blk-pci,drive=exts,serial=sysextant-exts"]
-        if self.tpm_socket is not None:
-            cmd += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket}",
+        if self.tpm_socket is not None:  # relative to :attr:`cwd` (see start_swtpm)
+            cmd += ["-chardev", f"socket,id=chrtpm,path={self.tpm_socket.name}",
                     "-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0"]
         if self.interactive:
             cmd += ["-serial", "mon:stdio"]
@@ -180,13 +185,18 @@ def stop(proc: subprocess.Popen | None, *, grace: float = 3.0) -> None:
 
 
 def start_swtpm(swtpm: str, state: Path) -> tuple[subprocess.Popen, Path]:
-    """A TPM 2.0 emulator with its state in ``state``; returns it and the socket QEMU connects to."""
+    """A TPM 2.0 emulator with its state in ``state``; returns it and the socket QEMU connects to.
+
+    swtpm (and QEMU, see :attr:`Machine.cwd`) name the socket relative to ``state``: a Unix
+    socket's path holds at most 107 bytes, which a long TMPDIR passes (swtpm then exits 1 without
+    a word)."""
+    state = state.absolute()
     state.mkdir(mode=0o700, exist_ok=True)
     sock = state / "swtpm.sock"
     log = state / "swtpm.log"
-    proc = spawn([swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl", f"type=unixio,path={sock}",
+    proc = spawn([swtpm, "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl", f"type=unixio,path={sock.name}",
                   "--log", f"file={log},level=1", "--terminate"],
-                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 cwd=state, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 10
     while not sock.exists():
         if proc.poll() is not None:

@@ -147,13 +147,13 @@ def boot(uki: Path, *, cert: Path | None, images: Sequence[Path] = (), tpm: bool
             reporter.log("boot", f"starting QEMU ({label}: {uki})", "step")
             t0 = time.monotonic()
             if not check:
-                vm = qemu.spawn(machine.command(), interactive=True)
+                vm = qemu.spawn(machine.command(), interactive=True, cwd=machine.cwd)
                 vm.wait()
                 ended = f"QEMU exited ({vm.returncode})"
             else:
                 log = open(console_log, "wb") if console_log else None  # noqa: SIM115 (closed in finally)
                 vm = qemu.spawn(machine.command(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, cwd=machine.cwd)
                 ended = _watch(vm, watcher, t0, timeout, reporter, log, on_stage, stop_when_booted)
         finally:  # before the folder goes: swtpm and QEMU hold files in it
             qemu.stop(vm)

@@ -240,6 +240,24 @@ def test_cli_names_the_missing_package_in_one_line(tmp_path, keypair) -> None:
     assert len(lines) == 1 and "install the Debian package 'ovmf'" in lines[0], proc.stderr
 
 
+@pytest.mark.skipif(shutil.which("swtpm") is None, reason="swtpm not installed (Debian package swtpm)")
+def test_swtpm_starts_in_a_folder_whose_socket_path_is_too_long_for_a_unix_socket(tmp_path) -> None:
+    """A long TMPDIR (pytest-xdist's own makes one) put the socket's path past the 107 bytes a Unix
+    socket holds: swtpm exited 1 without a word. The socket is named relative to its folder, and
+    QEMU runs there."""
+    state = tmp_path / ("d" * 60) / ("e" * 60) / "tpm"
+    state.parent.mkdir(parents=True)
+    assert len(bytes(state / "swtpm.sock")) > 107
+    proc, sock = qemu.start_swtpm(shutil.which("swtpm"), state)
+    try:
+        assert sock == state / "swtpm.sock" and stat.S_ISSOCK(sock.stat().st_mode) and proc.poll() is None
+        m = qemu.Machine("q", firmware.Firmware(Path("/c"), Path("/v"), True), tmp_path / "v", tmp_path / "e",
+                         qemu.Accel("tcg", "t"), tpm_socket=sock)
+        assert m.cwd == state and "socket,id=chrtpm,path=swtpm.sock" in m.command()
+    finally:
+        qemu.stop(proc)
+
+
 # -- real boots ----------------------------------------------------------------------------------------
 def _need_vm_tools() -> None:
     for tool, pkg in (("qemu-system-x86_64", "qemu-system-x86"), ("swtpm", "swtpm"), ("mcopy", "mtools"),
