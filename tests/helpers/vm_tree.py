@@ -11,6 +11,7 @@ why. Run ``python tests/helpers/vm_tree.py`` to make it by hand.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -42,6 +43,16 @@ def make_tree(kernel: Path, modules: Path, release: str, *, log=sys.stderr) -> P
     target = tree_path(release)
     if (target / "usr/lib/systemd/systemd").is_file() and (target / "boot/vmlinuz").is_file():
         return target
+    target.parent.parent.mkdir(parents=True, exist_ok=True)
+    # tests run in two processes (pytest-xdist): one makes the tree, the other waits for it
+    with open(target.parent.parent / ".tree.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _make_tree(target, kernel, modules, release, log)
+
+
+def _make_tree(target: Path, kernel: Path, modules: Path, release: str, log) -> Path:
+    if (target / "usr/lib/systemd/systemd").is_file() and (target / "boot/vmlinuz").is_file():
+        return target  # made while this process waited for the lock
     if os.geteuid() != 0:
         raise RuntimeError(f"no cached Debian tree at {target} and debootstrap needs root")
     if shutil.which("debootstrap") is None and not Path("/usr/sbin/debootstrap").is_file():

@@ -514,9 +514,13 @@ def test_ctrl_c_stops_qemu_and_swtpm_and_leaves_no_temp_files(debian_project, tm
         seen.append(line)
         if "starting QEMU" in line:
             break
-    time.sleep(3)
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    children: list[str] = []
+    deadline = time.monotonic() + 60  # a loaded machine (the suite runs in two processes) starts them late
+    while len(children) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) >= 2, seen  # swtpm and QEMU
+    time.sleep(2)  # QEMU running, not just spawned
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=30)[1]
     assert proc.returncode == 130, rest
