@@ -1,6 +1,6 @@
 """The one native part: core/tree/_listdir.c, the scan's per-folder listing and lstat, the quick
-estimate's content kinds and likely copies, and the initrd's runs of plain files (optional: each
-has a Python twin used when it is not built, e.g. without a C compiler)."""
+estimate's content kinds and likely copies, the archive order, and the initrd's runs of plain
+files (optional: each has a Python twin used when it is not built, e.g. without a C compiler)."""
 
 from setuptools import Extension, setup
 

@@ -139,7 +139,7 @@ def archive_order(index: TreeIndex) -> array:
     Computed without building full paths: in a folder, each child sorts by its name and each
     child folder's descendants by ``name + b"/"``. Names hold neither ``/`` nor NUL, so this
     per-folder order is exactly the order of the full paths. Natively (``_listdir.archive_order``,
-    ~0.1 s a million entries where :func:`_archive_order_py` takes ~0.7 s) when the index is the
+    ~0.04 s a million entries where :func:`_archive_order_py` takes ~0.6 s) when the index is the
     native scan's.
     """
     key = id(index)
@@ -329,7 +329,8 @@ def write_entries(index: TreeIndex, entries: Sequence[int], out: Writable, *, ex
 
     ``ends`` (an array of typecode 'q') gets each index entry's end offset in the archive, in
     order, as soon as the entry is written (its bytes may still sit in the writer's buffer); the
-    size model's estimator attributes compressed bytes to entries with them. ``with_trailer=False`` leaves the trailer out.
+    size model's estimator attributes compressed bytes to entries with them.
+    ``with_trailer=False`` leaves the trailer out.
     """
     root = index.root
     mtime = default_mtime() if mtime is None else mtime

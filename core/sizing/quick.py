@@ -211,7 +211,7 @@ def copies(index: TreeIndex, base: IntervalSet, kinds: bytearray, window: int) -
     file}. No I/O: a file that is not a copy after all is measured as what it is. (The size alone
     would take glibc's gconv modules of one size, alike but not copies, and their sample with
     them.) Natively (``_listdir.copies``, ~0.1 s a million entries, where the Python twin
-    :func:`_copies_py` takes ~0.8 s), after the archive order (natively ~0.05 s a million
+    :func:`_copies_py` takes ~0.8 s), after the archive order (natively ~0.04 s a million
     entries, and cached: the full estimator reads the archive in it)."""
     order = archive_entries(index, base)
     if (_copies is not None and isinstance(index.names, _Names) and index.size.typecode == "q"
